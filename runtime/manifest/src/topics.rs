@@ -1,0 +1,248 @@
+//! Every NATS subject name CKP defines, formed in exactly one place.
+//!
+//! Nothing else in the code base spells `input.`, `result.`, `ck.{guid}.` or `_INBOX_`: the
+//! manifest resolves a kernel's topics here, the ACL compiler asks here for the subjects a grant
+//! opens, and the host publishes loop events through [`loop_event_subject`].
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// The four topic kinds a kernel declares (ckp-spec §1.2; `stream` is v3.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TopicKind {
+    /// Requests to the kernel.
+    Input,
+    /// Results the kernel publishes.
+    Result,
+    /// Events the kernel publishes.
+    Event,
+    /// Streamed partial output (agent kernels).
+    Stream,
+}
+
+impl TopicKind {
+    /// All kinds, in manifest order.
+    pub const ALL: [TopicKind; 4] = [
+        TopicKind::Input,
+        TopicKind::Result,
+        TopicKind::Event,
+        TopicKind::Stream,
+    ];
+
+    /// The name used in subjects and in `spec.nats.{name}_topic`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopicKind::Input => "input",
+            TopicKind::Result => "result",
+            TopicKind::Event => "event",
+            TopicKind::Stream => "stream",
+        }
+    }
+}
+
+/// How default topics are formed (`spec.nats.format`, ours: the docs define no key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TopicFormat {
+    /// `input.{KernelName}` — the v3.2 primary standard.
+    #[default]
+    Name,
+    /// `ck.{guid}.input` — the multi-instance SPIFFE extension.
+    Guid,
+}
+
+/// Name-based topic: `input.{KernelName}`.
+pub fn name_topic(kind: TopicKind, kernel_name: &str) -> String {
+    format!("{}.{kernel_name}", kind.as_str())
+}
+
+/// GUID-based topic: `ck.{guid}.input`.
+pub fn guid_topic(kind: TopicKind, guid: &str) -> String {
+    format!("{KERNEL_PREFIX}.{guid}.{}", kind.as_str())
+}
+
+/// The default topic for `kind` under `format`.
+pub fn default_topic(
+    format: TopicFormat,
+    kind: TopicKind,
+    kernel_name: &str,
+    guid: &str,
+) -> String {
+    match format {
+        TopicFormat::Name => name_topic(kind, kernel_name),
+        TopicFormat::Guid => guid_topic(kind, guid),
+    }
+}
+
+/// First token of every GUID-scoped subject.
+pub const KERNEL_PREFIX: &str = "ck";
+
+/// Every subject a kernel owns outright: `ck.{guid}.>` (never `ck.{guid}.*`, which would not
+/// cover the four-token per-loop subjects).
+pub fn kernel_namespace(guid: &str) -> String {
+    format!("{KERNEL_PREFIX}.{guid}.>")
+}
+
+/// The per-loop event namespace, e.g. `ck.{guid}.data.>`.
+pub fn loop_namespace(guid: &str, lp: Loop) -> String {
+    format!("{KERNEL_PREFIX}.{guid}.{}.>", lp.as_str())
+}
+
+/// The kernel's private reply prefix: `_INBOX_{guid}`. Its requests use it as the inbox prefix,
+/// and only it may subscribe to `_INBOX_{guid}.>`; nobody gets `_INBOX.>`.
+pub fn inbox_prefix(guid: &str) -> String {
+    format!("_INBOX_{guid}")
+}
+
+/// Subscription covering the kernel's private replies: `_INBOX_{guid}.>`.
+pub fn inbox_namespace(guid: &str) -> String {
+    format!("{}.>", inbox_prefix(guid))
+}
+
+/// Auth-tier administrative topic `admin.{Kernel}` (v3.7 auth.md).
+pub fn admin_topic(kernel_name: &str) -> String {
+    format!("admin.{kernel_name}")
+}
+
+/// Auth-tier metrics topic `metrics.{Kernel}` (v3.7 auth.md).
+pub fn metrics_topic(kernel_name: &str) -> String {
+    format!("metrics.{kernel_name}")
+}
+
+/// First tokens that belong to CKP subject families or to NATS itself. A kernel's explicit topic
+/// may only use them in its own name or GUID space.
+pub const RESERVED_FIRST_TOKENS: [&str; 8] = [
+    "input", "result", "event", "stream", "ck", "admin", "metrics", "session",
+];
+
+/// Subject prefixes no kernel topic may ever use (NATS system and inbox subjects).
+pub fn is_system_subject(subject: &str) -> bool {
+    subject.starts_with('$') || subject.starts_with("_INBOX") || subject.starts_with("_R_")
+}
+
+/// The three loops of a kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Loop {
+    /// Identity (conceptkernel.yaml, ontology, rules).
+    Ck,
+    /// Code (the component).
+    Tool,
+    /// Knowledge (sealed instances, proofs, ledger).
+    Data,
+}
+
+impl Loop {
+    /// Token used in subjects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Loop::Ck => "ck",
+            Loop::Tool => "tool",
+            Loop::Data => "data",
+        }
+    }
+}
+
+macro_rules! loop_events {
+    ($( $variant:ident => ($lp:ident, $name:literal, $doc:literal) ),* $(,)?) => {
+        /// The 22 per-loop events of ckp-spec §2.5 (20 from v3.5-alpha6 plus two from v3.7).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+        pub enum LoopEvent {
+            $( #[doc = $doc] $variant, )*
+        }
+
+        impl LoopEvent {
+            /// Every per-loop event, in spec order.
+            pub const ALL: &'static [LoopEvent] = &[ $( LoopEvent::$variant, )* ];
+
+            /// The loop the event belongs to.
+            pub fn loop_(self) -> Loop {
+                match self { $( LoopEvent::$variant => Loop::$lp, )* }
+            }
+
+            /// The event's last subject token, e.g. `ref-update`.
+            pub fn name(self) -> &'static str {
+                match self { $( LoopEvent::$variant => $name, )* }
+            }
+        }
+    };
+}
+
+loop_events! {
+    CkCommit => (Ck, "commit", "CK repository: new commit."),
+    CkRefUpdate => (Ck, "ref-update", "CK branch pointer moved."),
+    CkPromote => (Ck, "promote", "Version promoted to stable."),
+    CkRollback => (Ck, "rollback", "Version rolled back."),
+    CkCanary => (Ck, "canary", "Canary weight updated."),
+    CkSchemaChange => (Ck, "schema-change", "`ontology.yaml` or `rules.shacl` changed."),
+    CkDependsOn => (Ck, "depends-on", "Dependency on another kernel declared or updated."),
+    ToolCommit => (Tool, "commit", "TOOL repository: new commit."),
+    ToolRefUpdate => (Tool, "ref-update", "Tool branch pointer moved."),
+    ToolPromote => (Tool, "promote", "Tool version promoted to stable."),
+    ToolInvoked => (Tool, "invoked", "Tool execution started."),
+    ToolCompleted => (Tool, "completed", "Tool execution finished successfully."),
+    ToolFailed => (Tool, "failed", "Tool execution failed."),
+    DataWritten => (Data, "written", "New instance written."),
+    DataIndexed => (Data, "indexed", "Index files updated."),
+    DataProofGenerated => (Data, "proof-generated", "Proof entry created."),
+    DataLedgerEntry => (Data, "ledger-entry", "`audit.jsonl` appended."),
+    DataAccessed => (Data, "accessed", "DATA read by another kernel."),
+    DataExported => (Data, "exported", "Dataset derived for consumers."),
+    DataAmended => (Data, "amended", "Instance amendment committed and proof rebuilt."),
+    DataShaclRejected => (Data, "shacl-rejected", "SHACL validation rejected a write."),
+    DataNatsDegraded => (Data, "nats-degraded", "Reconnected after local queue overflow."),
+}
+
+impl fmt::Display for LoopEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.loop_().as_str(), self.name())
+    }
+}
+
+/// `ck.{guid}.{loop}.{event}` — per-loop subjects are always GUID-form, even for name-based
+/// kernels, because they refer to one kernel instance.
+pub fn loop_event_subject(guid: &str, event: LoopEvent) -> String {
+    format!(
+        "{KERNEL_PREFIX}.{guid}.{}.{}",
+        event.loop_().as_str(),
+        event.name()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn twenty_two_loop_subjects() {
+        assert_eq!(LoopEvent::ALL.len(), 22);
+        let g = "7f3ea1b2-0000-4000-8000-000000000000";
+        let subjects: Vec<String> = LoopEvent::ALL
+            .iter()
+            .map(|e| loop_event_subject(g, *e))
+            .collect();
+        assert!(subjects.contains(&format!("ck.{g}.data.written")));
+        assert!(subjects.contains(&format!("ck.{g}.ck.schema-change")));
+        assert!(subjects.contains(&format!("ck.{g}.data.nats-degraded")));
+        for s in &subjects {
+            ck_subject::validate_literal(s).unwrap();
+            assert!(ck_subject::matches(&kernel_namespace(g), s));
+            assert_eq!(s.split('.').count(), 4);
+        }
+        let unique: std::collections::HashSet<_> = subjects.iter().collect();
+        assert_eq!(unique.len(), 22);
+    }
+
+    #[test]
+    fn topic_forms() {
+        assert_eq!(name_topic(TopicKind::Input, "CS.Voting"), "input.CS.Voting");
+        assert_eq!(guid_topic(TopicKind::Stream, "g1"), "ck.g1.stream");
+        assert_eq!(
+            default_topic(TopicFormat::Guid, TopicKind::Result, "X.Y", "g1"),
+            "ck.g1.result"
+        );
+        assert_eq!(inbox_namespace("g1"), "_INBOX_g1.>");
+    }
+}
