@@ -1,0 +1,110 @@
+//! `ck validate`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use ck_manifest::{Diagnostic, KernelSet, Severity};
+use serde::Serialize;
+
+/// Arguments of `ck validate`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Manifest files or directories.
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Print errors only.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Serialize)]
+struct Report {
+    manifests: usize,
+    errors: usize,
+    warnings: usize,
+    diagnostics: Vec<Diagnostic>,
+}
+
+/// Loads every manifest the paths name; returns the loaded results and path-level problems.
+pub fn load_all(paths: &[PathBuf]) -> (Vec<ck_manifest::Loaded>, Vec<Diagnostic>) {
+    let now = chrono::Utc::now();
+    let mut loaded: Vec<ck_manifest::Loaded> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut problems = Vec::new();
+    for path in paths {
+        match ck_manifest::discover(path) {
+            Ok(found) if found.is_empty() => {
+                problems.push(path_problem(path, "no conceptkernel.yaml found here"))
+            }
+            Ok(found) => {
+                // The same manifest named twice (a file and a directory holding it) is read once.
+                let fresh = found
+                    .into_iter()
+                    .filter(|f| seen.insert(f.canonicalize().unwrap_or_else(|_| f.clone())));
+                loaded.extend(fresh.map(|f| ck_manifest::load_file(&f, now)));
+            }
+            Err(e) => problems.push(path_problem(path, &format!("cannot read: {e}"))),
+        }
+    }
+    (loaded, problems)
+}
+
+fn path_problem(path: &std::path::Path, message: &str) -> Diagnostic {
+    let mut d = ck_manifest::Diagnostics::new(path);
+    d.error(None, "", message);
+    d.into_vec().remove(0)
+}
+
+pub fn run(args: &Args) -> Result<ExitCode> {
+    let (loaded, mut diagnostics) = load_all(&args.paths);
+    let manifests = loaded.len();
+    let kernels: Vec<_> = loaded.iter().filter_map(|l| l.kernel.clone()).collect();
+    for l in loaded {
+        diagnostics.extend(l.diagnostics);
+    }
+    let (_, conflicts) = KernelSet::new(kernels);
+    diagnostics.extend(conflicts);
+    if args.quiet {
+        diagnostics.retain(|d| d.severity == Severity::Error);
+    }
+    let errors = diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    let warnings = diagnostics.len() - errors;
+    match args.format {
+        Format::Text => {
+            for d in &diagnostics {
+                println!("{d}");
+            }
+            let verdict = if errors == 0 { "ok" } else { "FAILED" };
+            println!(
+                "{verdict}: {manifests} manifest(s) checked, {errors} error(s), {warnings} warning(s)"
+            );
+        }
+        Format::Json => {
+            let report = Report {
+                manifests,
+                errors,
+                warnings,
+                diagnostics,
+            };
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+    }
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
