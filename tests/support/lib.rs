@@ -7,6 +7,8 @@
 //! refused. That is why the differential tests speak the wire protocol here instead of going
 //! through an async client whose errors arrive on a side channel.
 
+pub mod fuzz;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

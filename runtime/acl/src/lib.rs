@@ -168,8 +168,10 @@ fn check_wildcard(rule: &Rule) -> Result<(), AclError> {
         let prefix_len = tokens.len() - 1;
         let first = tokens[0];
         let kernel_scoped = first == topics::KERNEL_PREFIX && prefix_len >= 2;
-        let inbox_scoped =
-            prefix_len == 1 && first.starts_with("_INBOX_") && first.len() > "_INBOX_".len();
+        let inbox_scoped = prefix_len == 1
+            && first
+                .strip_prefix(topics::PRIVATE_INBOX_STEM)
+                .is_some_and(|g| !g.is_empty());
         if !(kernel_scoped || inbox_scoped) {
             return Err(widening(
                 "a '>' entry must sit under one kernel's `ck.{guid}` or `_INBOX_{guid}` prefix",

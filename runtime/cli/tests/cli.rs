@@ -20,6 +20,22 @@ fn ck(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs `ck` and insists on success, showing its stderr otherwise.
+fn ck_ok(args: &[&str]) -> Output {
+    let out = ck(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "ck {args:?}: {stderr}");
+    out
+}
+
+fn strings(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect()
+}
+
 fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
@@ -169,13 +185,7 @@ fn warnings_do_not_fail_and_typos_get_a_hint() {
 
 #[test]
 fn shapes_normalise_to_the_same_model() {
-    let out = ck(&["acl", "--format", "json", "tests/fixtures/valid/cklib"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = ck_ok(&["acl", "--format", "json", "tests/fixtures/valid/cklib"]);
     let acl = json(&out);
     assert_eq!(acl["kernel"], "CS.Voting");
     assert_eq!(acl["guid"], "5c4d3e2f-1a0b-4c9d-8e7f-6a5b4c3d2e1f");
@@ -210,7 +220,7 @@ fn shapes_normalise_to_the_same_model() {
 #[test]
 fn acl_considers_the_grants_of_known_kernels() {
     let voting = "5c4d3e2f-1a0b-4c9d-8e7f-6a5b4c3d2e1f";
-    let out = ck(&[
+    let out = ck_ok(&[
         "acl",
         "--format",
         "json",
@@ -218,25 +228,9 @@ fn acl_considers_the_grants_of_known_kernels() {
         "--with",
         "tests/fixtures/valid",
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let acl = json(&out);
-    let subs: Vec<&str> = acl["permissions"]["subscribe"]["allow"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    let pubs: Vec<&str> = acl["permissions"]["publish"]["allow"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let subs = strings(&acl["permissions"]["subscribe"]["allow"]);
+    let pubs = strings(&acl["permissions"]["publish"]["allow"]);
     assert!(
         subs.contains(&format!("ck.{voting}.data.>").as_str()),
         "{subs:?}"
@@ -250,7 +244,7 @@ fn acl_considers_the_grants_of_known_kernels() {
     assert_eq!(acl["expires_at"], "2099-01-01T00:00:00Z");
 
     // Looked up by name among --with, and rendered as a nats-server block.
-    let out = ck(&[
+    let out = ck_ok(&[
         "acl",
         "TG.Cymatics",
         "--with",
@@ -258,12 +252,6 @@ fn acl_considers_the_grants_of_known_kernels() {
         "--format",
         "nats",
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let block = String::from_utf8(out.stdout).unwrap();
     assert!(
         block.starts_with("permissions {\n  publish {\n    allow: ["),

@@ -90,10 +90,13 @@ pub fn loop_namespace(guid: &str, lp: Loop) -> String {
     format!("{KERNEL_PREFIX}.{guid}.{}.>", lp.as_str())
 }
 
+/// Stem of every private reply prefix (`_INBOX_` + guid).
+pub const PRIVATE_INBOX_STEM: &str = "_INBOX_";
+
 /// The kernel's private reply prefix: `_INBOX_{guid}`. Its requests use it as the inbox prefix,
 /// and only it may subscribe to `_INBOX_{guid}.>`; nobody gets `_INBOX.>`.
 pub fn inbox_prefix(guid: &str) -> String {
-    format!("_INBOX_{guid}")
+    format!("{PRIVATE_INBOX_STEM}{guid}")
 }
 
 /// Subscription covering the kernel's private replies: `_INBOX_{guid}.>`.
