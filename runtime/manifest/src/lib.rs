@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 pub use diag::{Diagnostic, Diagnostics, Loc, Severity};
 pub use model::{
     ACCESS_VERBS, Access, Action, Conversation, Edge, Edges, Expiry, Governance, Grant,
-    GrantIdentity, Kernel, KernelType, Predicate, Tool, Topics,
+    GrantIdentity, Kernel, KernelType, Limits, Predicate, Tool, Topics,
 };
 pub use normalize::ParseOptions;
 pub use set::KernelSet;

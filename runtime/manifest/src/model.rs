@@ -44,6 +44,8 @@ pub struct Kernel {
     pub conversation: Conversation,
     /// The TOOL entry: the component and how to build it.
     pub tool: Tool,
+    /// `spec.limits`: what one call of the kernel may use.
+    pub limits: Limits,
 }
 
 impl Kernel {
@@ -360,4 +362,42 @@ pub struct Tool {
     /// LinkML runtime (informational).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+}
+
+/// Per-call resource limits (`spec.limits`, ours: the CKP docs define none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// Wall-clock deadline of one call, in milliseconds.
+    pub timeout_ms: u64,
+    /// Cap on the kernel's linear memory, in MiB.
+    pub memory_mb: u64,
+    /// Instruction budget per call (wasmtime fuel); none when absent.
+    pub fuel: Option<u64>,
+    /// Largest request payload accepted, in bytes (larger ones are answered 413).
+    pub max_request_bytes: u64,
+    /// Largest result a call may return, in bytes.
+    pub max_result_bytes: u64,
+    /// 0: a fresh instance per message (the default, full isolation); N: an instance is reused
+    /// for up to N messages and dropped after any failure.
+    pub reuse_instances: u64,
+}
+
+impl Limits {
+    /// Upper bounds a manifest may ask for.
+    pub const MAX_TIMEOUT_MS: u64 = 10 * 60 * 1000;
+    /// Largest memory cap, in MiB (the wasm32 address space).
+    pub const MAX_MEMORY_MB: u64 = 4096;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 5_000,
+            memory_mb: 64,
+            fuel: None,
+            max_request_bytes: 1024 * 1024,
+            max_result_bytes: 1024 * 1024,
+            reuse_instances: 0,
+        }
+    }
 }

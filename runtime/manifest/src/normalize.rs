@@ -13,7 +13,7 @@ use ck_subject::{validate_literal, validate_token};
 use crate::diag::{Diagnostics, Loc};
 use crate::model::{
     ACCESS_VERBS, Access, Action, Conversation, Edge, Edges, Expiry, Governance, Grant,
-    GrantIdentity, Kernel, KernelType, Predicate, Tool, Topics,
+    GrantIdentity, Kernel, KernelType, Limits, Predicate, Tool, Topics,
 };
 use crate::topics::{self, TopicFormat, TopicKind};
 use crate::yaml::{Node, Value};
@@ -75,6 +75,7 @@ const SPEC_KEYS: &[&str] = &[
     "actions",
     "nats",
     "tool",
+    "limits",
     "edges",
     "grants",
     "type",
@@ -119,6 +120,14 @@ const EDGE_KEYS: &[&str] = &[
     "requires_target_auth",
 ];
 const TOOL_KEYS: &[&str] = &["component", "build", "language", "entrypoint", "runtime"];
+const LIMIT_KEYS: &[&str] = &[
+    "timeout_ms",
+    "memory_mb",
+    "fuel",
+    "max_request_bytes",
+    "max_result_bytes",
+    "reuse_instances",
+];
 
 /// Longest kernel name, GUID or action name accepted (they end up inside subjects and IDs).
 const MAX_NAME_LEN: usize = 128;
@@ -431,6 +440,7 @@ pub(crate) fn normalize(doc: &Node, opts: &ParseOptions, d: &mut Diagnostics) ->
     let guid_str = guid.clone().unwrap_or_default();
     let (topics, conversation) = read_topics(&mut r, spec, qualities, &name, guid.as_deref());
     let tool = read_tool(&mut r, spec);
+    let limits = read_limits(&mut r, spec);
     let own_spiffe = domain
         .as_ref()
         .map(|dm| format!("spiffe://{dm}/ck/{class}/{guid_str}"));
@@ -462,6 +472,7 @@ pub(crate) fn normalize(doc: &Node, opts: &ParseOptions, d: &mut Diagnostics) ->
         topics,
         conversation,
         tool,
+        limits,
     })
 }
 
@@ -1149,6 +1160,52 @@ fn read_tool(r: &mut Reader<'_>, spec: Option<&Node>) -> Tool {
     tool.entrypoint = text(r, "entrypoint").map(|(s, ..)| s);
     tool.runtime = text(r, "runtime").map(|(s, ..)| s);
     tool
+}
+
+fn read_limits(r: &mut Reader<'_>, spec: Option<&Node>) -> Limits {
+    let mut limits = Limits::default();
+    let Some((node, path)) = r.child(spec, "spec", "limits") else {
+        return limits;
+    };
+    let Some(node) = r.map(node, &path) else {
+        return limits;
+    };
+    r.check_keys(node, &path, LIMIT_KEYS);
+    let number = |r: &mut Reader<'_>, key: &str, min: u64, max: u64| -> Option<u64> {
+        let (n, p) = r.child(Some(node), &path, key)?;
+        let parsed = match &n.value {
+            Value::Number(text) => text.parse::<u64>().ok(),
+            _ => None,
+        };
+        match parsed {
+            Some(v) if (min..=max).contains(&v) => Some(v),
+            _ => {
+                r.d.error(
+                    Some(n.loc),
+                    &p,
+                    format!("expected a whole number from {min} to {max}"),
+                );
+                None
+            }
+        }
+    };
+    if let Some(v) = number(r, "timeout_ms", 1, Limits::MAX_TIMEOUT_MS) {
+        limits.timeout_ms = v;
+    }
+    if let Some(v) = number(r, "memory_mb", 1, Limits::MAX_MEMORY_MB) {
+        limits.memory_mb = v;
+    }
+    limits.fuel = number(r, "fuel", 1, u64::MAX);
+    if let Some(v) = number(r, "max_request_bytes", 64, 64 * 1024 * 1024) {
+        limits.max_request_bytes = v;
+    }
+    if let Some(v) = number(r, "max_result_bytes", 64, 64 * 1024 * 1024) {
+        limits.max_result_bytes = v;
+    }
+    if let Some(v) = number(r, "reuse_instances", 0, 1_000_000) {
+        limits.reuse_instances = v;
+    }
+    limits
 }
 
 fn parse_expiry(text: &str) -> Result<Expiry, String> {

@@ -1,0 +1,396 @@
+//! CKP message bodies and headers (ckp-spec §5).
+//!
+//! Requests arrive as `{"action": …, "data": {…}}` or flat (`{"action": "task.start",
+//! "task_id": …}`, whose other fields become the data). Results are the union of the v3.7 and
+//! cklib shapes: `{action, data, trace_id, kernel, kernel_urn, timestamp, status, error?, code?}`.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+/// Header carrying the trace id, propagated unchanged downstream.
+pub const TRACE_ID: &str = "Trace-Id";
+/// Header naming the sender (a kernel name, or `browser`).
+pub const KERNEL_ID: &str = "X-Kernel-ID";
+/// Header naming the user (`anonymous` or a user name).
+pub const USER_ID: &str = "X-User-ID";
+/// Header carrying a bearer token for `auth`/`owner` actions.
+pub const AUTHORIZATION: &str = "Authorization";
+/// JetStream de-duplication key.
+pub const MSG_ID: &str = "Nats-Msg-Id";
+/// The user recorded when a request names none.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// A new trace id, `tx-{uuid}`.
+pub fn new_trace_id() -> String {
+    format!("tx-{}", uuid::Uuid::new_v4())
+}
+
+/// A parsed request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The action to run.
+    pub action: String,
+    /// The request data as JSON text (an object, `{}` when none was given).
+    pub data: String,
+    /// `task_id`, at top level or inside `data`.
+    pub task_id: Option<String>,
+    /// The trace id (from `Trace-Id`, or new).
+    pub trace_id: String,
+    /// `X-User-ID`, or `anonymous`.
+    pub user: String,
+    /// `X-Kernel-ID` of the sender, if given.
+    pub sender: Option<String>,
+    /// The `Authorization` header, if given.
+    pub authorization: Option<String>,
+}
+
+/// Why a request could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RequestError {
+    /// Larger than the configured limit.
+    #[error("payload is {size} bytes; this kernel accepts at most {max}")]
+    TooLarge {
+        /// Payload size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Not JSON.
+    #[error("payload is not valid JSON: {0}")]
+    InvalidJson(String),
+    /// JSON, but not an object.
+    #[error("payload must be a JSON object with an `action`")]
+    NotAnObject,
+    /// No `action`.
+    #[error("missing `action`")]
+    MissingAction,
+    /// `action` is not a non-empty string.
+    #[error("`action` must be a non-empty string")]
+    BadAction,
+    /// `data` is not an object.
+    #[error("`data` must be a JSON object")]
+    BadData,
+}
+
+impl RequestError {
+    /// The failure to answer with.
+    pub fn failure(&self) -> Failure {
+        let (code, kind) = match self {
+            RequestError::TooLarge { .. } => (413, "payload_too_large"),
+            _ => (400, "bad_request"),
+        };
+        Failure::new(code, kind, self.to_string())
+    }
+}
+
+/// Headers of an incoming message that the protocol reads.
+#[derive(Debug, Clone, Default)]
+pub struct RequestHeaders {
+    /// `Trace-Id`.
+    pub trace_id: Option<String>,
+    /// `X-Kernel-ID`.
+    pub sender: Option<String>,
+    /// `X-User-ID`.
+    pub user: Option<String>,
+    /// `Authorization`.
+    pub authorization: Option<String>,
+}
+
+impl RequestHeaders {
+    /// Reads the protocol headers of a NATS message.
+    pub fn from_nats(headers: Option<&async_nats::HeaderMap>) -> Self {
+        let get = |name: &str| {
+            headers
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        Self {
+            trace_id: get(TRACE_ID),
+            sender: get(KERNEL_ID),
+            user: get(USER_ID),
+            authorization: get(AUTHORIZATION),
+        }
+    }
+}
+
+/// Parses a request body. The trace id is taken from the headers or created, so that even a
+/// refused request is answered under a trace id.
+pub fn parse_request(
+    payload: &[u8],
+    headers: RequestHeaders,
+    max_payload: usize,
+) -> (String, Result<Request, RequestError>) {
+    let trace_id = headers.trace_id.clone().unwrap_or_else(new_trace_id);
+    (
+        trace_id.clone(),
+        parse_body(payload, headers, trace_id, max_payload),
+    )
+}
+
+fn parse_body(
+    payload: &[u8],
+    headers: RequestHeaders,
+    trace_id: String,
+    max: usize,
+) -> Result<Request, RequestError> {
+    if payload.len() > max {
+        return Err(RequestError::TooLarge {
+            size: payload.len(),
+            max,
+        });
+    }
+    let value: Value =
+        serde_json::from_slice(payload).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
+    let Value::Object(mut body) = value else {
+        return Err(RequestError::NotAnObject);
+    };
+    let action = match body.remove("action") {
+        None | Some(Value::Null) => return Err(RequestError::MissingAction),
+        Some(Value::String(a)) if !a.trim().is_empty() => a,
+        Some(_) => return Err(RequestError::BadAction),
+    };
+    let data = match body.remove("data") {
+        Some(Value::Object(d)) => d,
+        Some(Value::Null) => Map::new(),
+        Some(_) => return Err(RequestError::BadData),
+        // Flat body: everything but `action` (and envelope bookkeeping) is the data.
+        None => {
+            body.remove("timestamp");
+            std::mem::take(&mut body)
+        }
+    };
+    let task_id = [body.get("task_id"), data.get("task_id")]
+        .into_iter()
+        .flatten()
+        .find_map(|v| v.as_str().map(str::to_owned));
+    Ok(Request {
+        action,
+        data: Value::Object(data).to_string(),
+        task_id,
+        trace_id,
+        user: headers.user.unwrap_or_else(|| ANONYMOUS.to_owned()),
+        sender: headers.sender,
+        authorization: headers.authorization,
+    })
+}
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    /// HTTP-style status code.
+    pub code: u16,
+    /// Machine-readable kind, e.g. `unknown_action`.
+    pub error: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure.
+    pub fn new(code: u16, error: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            error: error.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Who is answering: fixed per kernel.
+#[derive(Debug, Clone)]
+pub struct Responder {
+    /// Kernel name (`X-Kernel-ID` and `kernel`).
+    pub kernel: String,
+    /// Kernel URN.
+    pub kernel_urn: String,
+}
+
+#[derive(Serialize)]
+struct ResultBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+    trace_id: &'a str,
+    kernel: &'a str,
+    kernel_urn: &'a str,
+    timestamp: String,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct EventBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<&'a str>,
+    trace_id: &'a str,
+    kernel: &'a str,
+    kernel_urn: &'a str,
+    timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<u16>,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The result body for an outcome. `data` must already be valid JSON.
+pub fn result_body(
+    who: &Responder,
+    trace_id: &str,
+    action: Option<&str>,
+    outcome: &Result<Box<RawValue>, Failure>,
+) -> Vec<u8> {
+    let body = match outcome {
+        Ok(data) => ResultBody {
+            action,
+            data: Some(data),
+            trace_id,
+            kernel: &who.kernel,
+            kernel_urn: &who.kernel_urn,
+            timestamp: now(),
+            status: "ok",
+            error: None,
+            code: None,
+            message: None,
+        },
+        Err(f) => ResultBody {
+            action,
+            data: None,
+            trace_id,
+            kernel: &who.kernel,
+            kernel_urn: &who.kernel_urn,
+            timestamp: now(),
+            status: "error",
+            error: Some(&f.error),
+            code: Some(f.code),
+            message: Some(&f.message),
+        },
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// The event body published on the kernel's event topic for an outcome.
+pub fn event_body(
+    who: &Responder,
+    trace_id: &str,
+    action: Option<&str>,
+    outcome: &Result<Box<RawValue>, Failure>,
+) -> Vec<u8> {
+    let (kind, code) = match outcome {
+        Ok(_) => ("action.completed", None),
+        Err(f) => ("action.failed", Some(f.code)),
+    };
+    let body = EventBody {
+        kind,
+        action,
+        trace_id,
+        kernel: &who.kernel,
+        kernel_urn: &who.kernel_urn,
+        timestamp: now(),
+        code,
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<Request, RequestError> {
+        parse_request(body.as_bytes(), RequestHeaders::default(), 1024).1
+    }
+
+    #[test]
+    fn envelope_and_flat_bodies() {
+        let r = parse(r#"{"action":"tally","data":{"ballots":["a","b"]}}"#).unwrap();
+        assert_eq!(r.action, "tally");
+        assert_eq!(r.data, r#"{"ballots":["a","b"]}"#);
+        assert_eq!(r.user, "anonymous");
+        assert!(r.trace_id.starts_with("tx-"));
+
+        let r = parse(r#"{"action":"task.start","task_id":"t-1","timestamp":"x"}"#).unwrap();
+        assert_eq!(r.data, r#"{"task_id":"t-1"}"#);
+        assert_eq!(r.task_id.as_deref(), Some("t-1"));
+
+        let r = parse(r#"{"action":"status"}"#).unwrap();
+        assert_eq!(r.data, "{}");
+    }
+
+    #[test]
+    fn refusals() {
+        assert!(matches!(
+            parse("not json"),
+            Err(RequestError::InvalidJson(_))
+        ));
+        assert_eq!(parse("[1]").unwrap_err(), RequestError::NotAnObject);
+        assert_eq!(
+            parse(r#"{"data":{}}"#).unwrap_err(),
+            RequestError::MissingAction
+        );
+        assert_eq!(
+            parse(r#"{"action":7}"#).unwrap_err(),
+            RequestError::BadAction
+        );
+        assert_eq!(
+            parse(r#"{"action":" "}"#).unwrap_err(),
+            RequestError::BadAction
+        );
+        assert_eq!(
+            parse(r#"{"action":"a","data":[1]}"#).unwrap_err(),
+            RequestError::BadData
+        );
+        let big = format!(r#"{{"action":"a","data":{{"x":"{}"}}}}"#, "y".repeat(2000));
+        let err = parse(&big).unwrap_err();
+        assert_eq!(err.failure().code, 413);
+        assert_eq!(RequestError::MissingAction.failure().code, 400);
+    }
+
+    #[test]
+    fn trace_id_is_propagated_even_on_refusal() {
+        let headers = RequestHeaders {
+            trace_id: Some("tx-abc".into()),
+            ..Default::default()
+        };
+        let (trace, result) = parse_request(b"{", headers, 10);
+        assert_eq!(trace, "tx-abc");
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn result_bodies() {
+        let who = Responder {
+            kernel: "CS.Voting".into(),
+            kernel_urn: "ckp://Kernel#CS.Voting:v1.0".into(),
+        };
+        let data = RawValue::from_string(r#"{"winner":"a"}"#.into()).unwrap();
+        let ok: Value =
+            serde_json::from_slice(&result_body(&who, "tx-1", Some("tally"), &Ok(data))).unwrap();
+        assert_eq!(ok["status"], "ok");
+        assert_eq!(ok["data"]["winner"], "a");
+        assert_eq!(ok["kernel"], "CS.Voting");
+        assert_eq!(ok["trace_id"], "tx-1");
+        let err: Value = serde_json::from_slice(&result_body(
+            &who,
+            "tx-2",
+            None,
+            &Err(Failure::new(404, "unknown_action", "no action `x`")),
+        ))
+        .unwrap();
+        assert_eq!(err["status"], "error");
+        assert_eq!(err["code"], 404);
+        assert_eq!(err["error"], "unknown_action");
+        assert!(err.get("data").is_none());
+    }
+}

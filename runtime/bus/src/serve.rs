@@ -1,0 +1,210 @@
+//! Serving a kernel's input topic: every message is answered exactly once.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use async_nats::{Client, HeaderMap, Message};
+use bytes::Bytes;
+use ck_manifest::Kernel;
+use ck_manifest::topics::TopicFormat;
+use futures::StreamExt;
+use serde_json::value::RawValue;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::envelope::{
+    Failure, KERNEL_ID, Request, RequestHeaders, Responder, TRACE_ID, USER_ID, event_body,
+    parse_request, result_body,
+};
+
+/// Produces the answer to one request.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles `request`; `Ok` carries the result data as JSON.
+    fn handle(
+        &self,
+        request: Request,
+    ) -> impl Future<Output = Result<Box<RawValue>, Failure>> + Send;
+}
+
+/// Where a kernel listens and answers.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Input topic.
+    pub input: String,
+    /// Result topic.
+    pub result: String,
+    /// Event topic.
+    pub event: String,
+    /// Queue group: instances of one kernel class share name-based input topics.
+    pub queue_group: Option<String>,
+    /// Who answers.
+    pub responder: Responder,
+}
+
+impl Endpoint {
+    /// The endpoint of a kernel: name-based input through a queue group named after the
+    /// kernel class, GUID input directly (it addresses one instance).
+    pub fn for_kernel(kernel: &Kernel) -> Self {
+        Self {
+            input: kernel.topics.input.clone(),
+            result: kernel.topics.result.clone(),
+            event: kernel.topics.event.clone(),
+            queue_group: (kernel.topics.format == TopicFormat::Name
+                && !kernel.topics.input.contains(&kernel.guid))
+            .then(|| kernel.name.clone()),
+            responder: Responder {
+                kernel: kernel.name.clone(),
+                kernel_urn: kernel.urn.clone(),
+            },
+        }
+    }
+}
+
+/// Serving limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// Largest request payload accepted, in bytes (larger ones are answered 413).
+    pub max_payload: usize,
+    /// Messages handled at once; the subscription is not read further while all are busy.
+    pub max_in_flight: usize,
+    /// Publish an event on the event topic for every answer.
+    pub publish_events: bool,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            max_payload: 1024 * 1024,
+            max_in_flight: 256,
+            publish_events: true,
+        }
+    }
+}
+
+/// What a finished serving loop did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServeReport {
+    /// Messages answered.
+    pub answered: u64,
+}
+
+/// Subscribes `endpoint.input` and answers every message with `handler` until `shutdown` is
+/// cancelled; then stops taking new messages, answers those already delivered, and returns.
+pub async fn serve<H: Handler>(
+    client: Client,
+    endpoint: Endpoint,
+    handler: Arc<H>,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+) -> Result<ServeReport, async_nats::SubscribeError> {
+    let mut subscriber = match &endpoint.queue_group {
+        Some(group) => {
+            client
+                .queue_subscribe(endpoint.input.clone(), group.clone())
+                .await?
+        }
+        None => client.subscribe(endpoint.input.clone()).await?,
+    };
+    // The subscription is registered with the server once this returns.
+    let _ = client.flush().await;
+    tracing::info!(kernel = %endpoint.responder.kernel, topic = %endpoint.input, queue = ?endpoint.queue_group, "nats.subscribed");
+    let endpoint = Arc::new(endpoint);
+    let slots = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
+    let mut tasks = JoinSet::new();
+    let mut report = ServeReport::default();
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled(), if !draining => {
+                // Stop new deliveries but keep the messages already on their way.
+                draining = true;
+                let _ = subscriber.drain().await;
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            message = subscriber.next() => {
+                let Some(message) = message else { break };
+                let Ok(slot) = slots.clone().acquire_owned().await else { break };
+                report.answered += 1;
+                let (client, endpoint, handler) = (client.clone(), endpoint.clone(), handler.clone());
+                tasks.spawn(async move {
+                    answer(&client, &endpoint, handler.as_ref(), options, message).await;
+                    drop(slot);
+                });
+            }
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    let _ = client.flush().await;
+    tracing::info!(kernel = %endpoint.responder.kernel, answered = report.answered, "nats.drained");
+    Ok(report)
+}
+
+async fn answer<H: Handler>(
+    client: &Client,
+    endpoint: &Endpoint,
+    handler: &H,
+    options: ServeOptions,
+    message: Message,
+) {
+    let (trace_id, parsed) = parse_request(
+        &message.payload,
+        RequestHeaders::from_nats(message.headers.as_ref()),
+        options.max_payload,
+    );
+    let span = tracing::debug_span!("message", kernel = %endpoint.responder.kernel, trace_id = %trace_id, action = tracing::field::Empty);
+    async {
+        let (action, user, outcome) = match parsed {
+            Ok(request) => {
+                tracing::Span::current().record("action", request.action.as_str());
+                let (action, user) = (request.action.clone(), request.user.clone());
+                (Some(action), user, handler.handle(request).await)
+            }
+            Err(e) => (
+                None,
+                crate::envelope::ANONYMOUS.to_owned(),
+                Err(e.failure()),
+            ),
+        };
+        if let Err(f) = &outcome {
+            tracing::warn!(code = f.code, error = %f.error, message = %f.message, "error.dispatch");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACE_ID, trace_id.as_str());
+        headers.insert(KERNEL_ID, endpoint.responder.kernel.as_str());
+        headers.insert(USER_ID, user.as_str());
+        let body = Bytes::from(result_body(
+            &endpoint.responder,
+            &trace_id,
+            action.as_deref(),
+            &outcome,
+        ));
+        if let Some(reply) = message.reply {
+            send(client, reply.to_string(), headers.clone(), body.clone()).await;
+        }
+        if options.publish_events {
+            let event = Bytes::from(event_body(
+                &endpoint.responder,
+                &trace_id,
+                action.as_deref(),
+                &outcome,
+            ));
+            send(client, endpoint.event.clone(), headers.clone(), event).await;
+        }
+        send(client, endpoint.result.clone(), headers, body).await;
+        tracing::debug!(code = outcome.as_ref().err().map(|f| f.code), "tx.complete");
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn send(client: &Client, subject: String, headers: HeaderMap, payload: Bytes) {
+    if let Err(e) = client
+        .publish_with_headers(subject.clone(), headers, payload)
+        .await
+    {
+        tracing::error!(subject = %subject, error = %e, "tx.failed");
+    }
+}
