@@ -2,6 +2,9 @@
 //! nothing but argument parsing, output formatting and exit codes.
 
 mod acl;
+mod build;
+mod call;
+mod run;
 mod validate;
 
 use std::process::ExitCode;
@@ -30,13 +33,39 @@ enum Command {
     /// Permissions are deny-by-default allow lists built from the kernel's own topics and the
     /// grants and edges of every kernel given with --with.
     Acl(acl::Args),
+    /// Build kernel components from source (C in tool/, or the manifest's spec.tool.build).
+    Build(build::Args),
+    /// Serve kernels on NATS: subscribe each input topic, answer every message, publish results
+    /// and events. SIGTERM or Ctrl-C drains in-flight messages and exits 0.
+    Run(run::Args),
+    /// Send one request to a kernel and print the answer (exit 1 on an error answer).
+    Call(call::Args),
+}
+
+fn init_logging() {
+    // Structured JSON lines on stderr (ckp-spec §5.2); filter with CK_LOG (default: info, and
+    // the NATS client's own connection chatter at warn).
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     let result = match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Acl(args) => acl::run(&args),
+        Command::Build(args) => build::run(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Call(args) => call::run(&args),
     };
     match result {
         Ok(code) => code,

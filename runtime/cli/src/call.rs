@@ -1,0 +1,82 @@
+//! `ck call`: send one request to a kernel and print its answer.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use ck_bus::envelope::{KERNEL_ID, TRACE_ID, USER_ID, new_trace_id};
+
+/// Arguments of `ck call`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A kernel directory or manifest (its input topic is used), or a subject.
+    #[arg(value_name = "KERNEL_OR_SUBJECT")]
+    target: String,
+    /// The action.
+    action: String,
+    /// The action's data, a JSON object.
+    #[arg(default_value = "{}")]
+    data: String,
+    /// NATS server URL.
+    #[arg(long, default_value = "nats://127.0.0.1:4222", env = "CK_NATS_URL")]
+    nats: String,
+    /// How long to wait for the answer, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// X-User-ID to send.
+    #[arg(long, default_value = "anonymous")]
+    user: String,
+}
+
+pub fn run(args: &Args) -> Result<ExitCode> {
+    let data: serde_json::Value = serde_json::from_str(&args.data)
+        .with_context(|| format!("data '{}' is not JSON", args.data))?;
+    let subject = if Path::new(&args.target).exists() {
+        let files = ck_manifest::discover(Path::new(&args.target))?;
+        let [file] = files.as_slice() else {
+            bail!("{} does not name exactly one kernel", args.target)
+        };
+        let loaded = ck_manifest::load_file(file, chrono::Utc::now());
+        match loaded.kernel {
+            Some(k) => k.topics.input,
+            None => {
+                for d in &loaded.diagnostics {
+                    eprintln!("{d}");
+                }
+                bail!("invalid manifest");
+            }
+        }
+    } else {
+        args.target.clone()
+    };
+    let body = serde_json::to_vec(&serde_json::json!({ "action": args.action, "data": data }))?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let client = async_nats::connect(&args.nats)
+            .await
+            .with_context(|| format!("connecting to {}", args.nats))?;
+        let mut headers = async_nats::HeaderMap::new();
+        let trace = new_trace_id();
+        headers.insert(TRACE_ID, trace.as_str());
+        headers.insert(KERNEL_ID, "ck-call");
+        headers.insert(USER_ID, args.user.as_str());
+        let request = async_nats::Request::new()
+            .payload(Bytes::from(body))
+            .headers(headers)
+            .timeout(Some(Duration::from_millis(args.timeout_ms)));
+        let reply = client
+            .send_request(subject.clone(), request)
+            .await
+            .with_context(|| format!("request on {subject}"))?;
+        let answer: serde_json::Value =
+            serde_json::from_slice(&reply.payload).context("the answer is not JSON")?;
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        Ok(if answer["status"] == "ok" {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })
+}

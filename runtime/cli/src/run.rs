@@ -1,0 +1,260 @@
+//! `ck run`: serve kernels on NATS until SIGTERM or Ctrl-C, then drain and exit 0.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use ck_acl::{Policy, compile};
+use ck_bus::{Endpoint, Publisher, ServeOptions};
+use ck_host::{ArtifactCache, HostConfig, HostEngine, KernelComponent, KernelService};
+use ck_manifest::{Diagnostic, Kernel, KernelSet};
+use ck_subject::Permissions;
+use tokio_util::sync::CancellationToken;
+
+use crate::validate::load_all;
+
+/// Arguments of `ck run`.
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// Kernel directories (or manifests) to serve.
+    #[arg(required = true, value_name = "KERNEL")]
+    pub kernels: Vec<PathBuf>,
+    /// NATS server URL.
+    #[arg(long, default_value = "nats://127.0.0.1:4222", env = "CK_NATS_URL")]
+    pub nats: String,
+    /// Other kernels whose grants and edges count when compiling permissions.
+    #[arg(long = "with", value_name = "PATH")]
+    pub with: Vec<PathBuf>,
+    /// Compiled-component cache directory (default: $CK_CACHE_DIR or ~/.cache/ck/components).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not use the compiled-component cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Messages handled at once per kernel.
+    #[arg(long, default_value_t = 256)]
+    pub max_in_flight: usize,
+    /// Kernel instances that may exist at once across all kernels.
+    #[arg(long, default_value_t = 1000)]
+    pub max_instances: u32,
+    /// Largest linear memory a kernel may ask for, in MiB.
+    #[arg(long, default_value_t = 512)]
+    pub max_memory_mb: u64,
+    /// Do not publish an event on the kernel's event topic for every answer.
+    #[arg(long)]
+    pub no_events: bool,
+}
+
+/// One kernel, loaded and checked, before any connection is made.
+pub struct Ready {
+    /// The manifest.
+    pub kernel: Kernel,
+    /// Its component, compiled and linked.
+    pub component: KernelComponent,
+    /// Its compiled permissions.
+    pub permissions: Permissions,
+    /// Manifest warnings (reported by `check.identity`).
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Loads manifests, compiles permissions and components: everything that can fail before
+/// serving fails here, with the file at fault named.
+pub fn prepare(args: &Args) -> Result<(HostEngine, Vec<Ready>)> {
+    let (loaded, problems) = load_all(&args.kernels);
+    let (known, known_problems) = load_all(&args.with);
+    let mut failed = false;
+    for p in problems.iter().chain(&known_problems) {
+        eprintln!("{p}");
+        failed = true;
+    }
+    for l in loaded.iter().chain(&known) {
+        if l.has_errors() {
+            failed = true;
+            for d in &l.diagnostics {
+                eprintln!("{d}");
+            }
+        }
+    }
+    if failed {
+        bail!("refusing to serve invalid manifests");
+    }
+    let served: Vec<(Kernel, Vec<Diagnostic>)> = loaded
+        .into_iter()
+        .filter_map(|l| l.kernel.map(|k| (k, l.diagnostics)))
+        .collect();
+    let mut all: Vec<Kernel> = served.iter().map(|(k, _)| k.clone()).collect();
+    all.extend(known.into_iter().filter_map(|l| l.kernel));
+    let (set, conflicts) = KernelSet::new(all);
+    if !conflicts.is_empty() {
+        for c in &conflicts {
+            eprintln!("{c}");
+        }
+        bail!("refusing to serve conflicting manifests");
+    }
+    let engine = HostEngine::new(HostConfig {
+        max_instances: args.max_instances,
+        max_memory_mb: args.max_memory_mb,
+        fuel: served.iter().any(|(k, _)| k.limits.fuel.is_some()),
+        ..HostConfig::default()
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e:#}"))?;
+    let cache = (!args.no_cache).then(|| {
+        ArtifactCache::new(
+            args.cache_dir
+                .clone()
+                .unwrap_or_else(ArtifactCache::default_dir),
+        )
+    });
+    let now = chrono::Utc::now();
+    let mut ready = Vec::new();
+    for (kernel, warnings) in served {
+        let acl = compile(&kernel, &set, now, &Policy::default())
+            .with_context(|| format!("compiling permissions for {}", kernel.name))?;
+        let dir = kernel
+            .manifest_path
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let Some(relative) = &kernel.tool.component else {
+            bail!(
+                "{}: `spec.tool.component` is not set: nothing to serve",
+                kernel.manifest_path.display()
+            );
+        };
+        let path = dir.join(relative);
+        if !path.is_file() {
+            bail!(
+                "{}: component {} does not exist; build it with `ck build {}`",
+                kernel.name,
+                path.display(),
+                dir.display()
+            );
+        }
+        let component = KernelComponent::load(&engine, &path, cache.as_ref())?;
+        tracing::info!(
+            kernel = %kernel.name,
+            component = %path.display(),
+            digest = %component.digest,
+            from_cache = component.from_cache,
+            load_ms = component.load_time.as_secs_f64() * 1e3,
+            "component.loaded"
+        );
+        ready.push(Ready {
+            kernel,
+            component,
+            permissions: acl.permissions,
+            warnings,
+        });
+    }
+    Ok((engine, ready))
+}
+
+/// Connects as one kernel: its own connection, its private inbox prefix. Retries with backoff
+/// while NATS is unreachable (the kernel does not report ready before it is connected).
+pub async fn connect(
+    url: &str,
+    kernel: &Kernel,
+    shutdown: &CancellationToken,
+) -> Result<async_nats::Client> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let options = async_nats::ConnectOptions::new()
+            .name(format!("ck:{}:{}", kernel.name, kernel.guid))
+            .custom_inbox_prefix(ck_manifest::topics::inbox_prefix(&kernel.guid));
+        match options.connect(url).await {
+            Ok(client) => return Ok(client),
+            Err(e) => {
+                tracing::warn!(kernel = %kernel.name, url, error = %e, retry_in_ms = delay.as_millis() as u64, "nats.unreachable");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => bail!("stopped before NATS was reachable"),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Serves prepared kernels until `shutdown`; returns after every kernel drained.
+pub async fn serve_all(
+    args: &Args,
+    engine: &HostEngine,
+    ready: Vec<Ready>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let options = ServeOptions {
+        max_in_flight: args.max_in_flight,
+        publish_events: !args.no_events,
+        ..ServeOptions::default()
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for r in ready {
+        let client = connect(&args.nats, &r.kernel, &shutdown).await?;
+        let publisher = Publisher::new(client.clone(), r.kernel.name.clone());
+        let endpoint = Endpoint::for_kernel(&r.kernel);
+        let options = ServeOptions {
+            max_payload: r.kernel.limits.max_request_bytes as usize,
+            ..options
+        };
+        let name = r.kernel.name.clone();
+        let service = Arc::new(KernelService::new(
+            engine,
+            r.kernel,
+            r.component,
+            r.permissions,
+            publisher,
+            r.warnings,
+        )?);
+        let token = shutdown.clone();
+        tracing::info!(kernel = %name, input = %endpoint.input, "ready");
+        tasks.spawn(async move {
+            let report = ck_bus::serve(client, endpoint, service, options, token).await;
+            (name, report)
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (name, report) = done?;
+        let report = report.with_context(|| format!("serving {name}"))?;
+        tracing::info!(kernel = %name, answered = report.answered, "stopped");
+    }
+    Ok(())
+}
+
+/// Resolves when SIGTERM or Ctrl-C arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+pub fn run(args: &Args) -> Result<std::process::ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let (engine, ready) = prepare(args)?;
+        let shutdown = CancellationToken::new();
+        let trigger = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown.requested");
+            trigger.cancel();
+        });
+        serve_all(args, &engine, ready, shutdown).await?;
+        Ok(std::process::ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,282 @@
+//! Per-store state and the host side of the kernel contract.
+//!
+//! Every publish or request a guest makes is checked here, before anything reaches NATS,
+//! against the kernel's compiled permissions (the same ones nats-server enforces); a refusal is
+//! a typed `denied` error naming the subject and the missing permission, and an audit line.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ck_bus::{PublishFailure, Publisher};
+use ck_subject::{Permissions, validate_literal};
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::conceptkernel::kernel::host::{self, Denial, Level, PublishError};
+
+/// Longest log message kept, in bytes.
+const MAX_LOG: usize = 4096;
+/// Largest sealed instance a guest may read, in bytes.
+const MAX_INSTANCE_READ: u64 = 4 * 1024 * 1024;
+
+/// What every call of one kernel shares.
+pub(crate) struct Shared {
+    pub kernel: String,
+    pub permissions: Permissions,
+    pub publisher: Publisher,
+    pub max_publish: usize,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The request being handled.
+#[derive(Clone, Default)]
+pub(crate) struct CallInfo {
+    pub trace_id: String,
+    pub user: String,
+    pub deadline: Option<Instant>,
+}
+
+/// A refused memory growth, as a typed error instead of a failed `memory.grow`.
+#[derive(Debug)]
+pub(crate) struct MemoryCapExceeded {
+    pub desired: usize,
+    pub cap: usize,
+}
+
+impl std::fmt::Display for MemoryCapExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "memory limit of {} bytes exceeded (wanted {})",
+            self.cap, self.desired
+        )
+    }
+}
+
+impl std::error::Error for MemoryCapExceeded {}
+
+pub(crate) struct CapLimiter {
+    inner: StoreLimits,
+    cap: usize,
+}
+
+impl CapLimiter {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            inner: StoreLimitsBuilder::new()
+                .memory_size(cap)
+                .instances(64)
+                .tables(64)
+                .memories(16)
+                .build(),
+            cap,
+        }
+    }
+}
+
+impl ResourceLimiter for CapLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if self.inner.memory_growing(current, desired, maximum)? {
+            Ok(true)
+        } else {
+            Err(MemoryCapExceeded {
+                desired,
+                cap: self.cap,
+            }
+            .into())
+        }
+    }
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
+/// The state of one store (one kernel instance).
+pub(crate) struct State {
+    pub limiter: CapLimiter,
+    pub shared: Arc<Shared>,
+    pub call: CallInfo,
+    /// Created on first use: most kernels never touch WASI.
+    wasi: Option<WasiCtx>,
+    table: ResourceTable,
+}
+
+impl State {
+    pub fn new(shared: Arc<Shared>, memory_cap: usize) -> Self {
+        Self {
+            limiter: CapLimiter::new(memory_cap),
+            shared,
+            call: CallInfo::default(),
+            wasi: None,
+            table: ResourceTable::new(),
+        }
+    }
+
+    fn check(&self, subject: &str, size: usize) -> Result<(), PublishError> {
+        if let Err(e) = validate_literal(subject) {
+            return Err(PublishError::InvalidSubject(format!("'{subject}': {e}")));
+        }
+        if size > self.shared.max_publish {
+            return Err(PublishError::TooLarge(
+                u32::try_from(self.shared.max_publish).unwrap_or(u32::MAX),
+            ));
+        }
+        if !self.shared.permissions.can_publish(subject) {
+            let reason = format!(
+                "kernel {} has no grant to publish on '{subject}' (its compiled permissions allow: {})",
+                self.shared.kernel,
+                self.shared.permissions.publish.allow.join(", ")
+            );
+            tracing::warn!(
+                target: "ck::audit",
+                kernel = %self.shared.kernel,
+                trace_id = %self.call.trace_id,
+                subject = %subject,
+                result = "deny",
+                "guest publish denied"
+            );
+            return Err(PublishError::Denied(Denial {
+                subject: subject.to_owned(),
+                reason,
+            }));
+        }
+        Ok(())
+    }
+}
+
+fn unavailable(e: PublishFailure) -> PublishError {
+    match e {
+        PublishFailure::TooLarge { max, .. } => {
+            PublishError::TooLarge(u32::try_from(max).unwrap_or(u32::MAX))
+        }
+        PublishFailure::Timeout(_) => PublishError::Timeout,
+        other => PublishError::Unavailable(other.to_string()),
+    }
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        // Nothing inherited: no arguments, environment, preopened directories, stdin or
+        // network; stdout and stderr are discarded.
+        let ctx = self.wasi.get_or_insert_with(|| {
+            WasiCtx::builder()
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .build()
+        });
+        WasiCtxView {
+            ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl crate::conceptkernel::kernel::types::Host for State {}
+
+impl host::Host for State {
+    async fn publish(&mut self, subject: String, payload: Vec<u8>) -> Result<(), PublishError> {
+        self.check(&subject, payload.len())?;
+        let call = &self.call;
+        self.shared
+            .publisher
+            .publish(&subject, Bytes::from(payload), &call.trace_id, &call.user)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn request(
+        &mut self,
+        subject: String,
+        payload: Vec<u8>,
+        timeout_ms: u32,
+    ) -> Result<Vec<u8>, PublishError> {
+        self.check(&subject, payload.len())?;
+        // Never wait past the call's own deadline.
+        let mut timeout = Duration::from_millis(u64::from(timeout_ms));
+        if let Some(deadline) = self.call.deadline {
+            timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
+        }
+        let call = &self.call;
+        self.shared
+            .publisher
+            .request(
+                &subject,
+                Bytes::from(payload),
+                &call.trace_id,
+                &call.user,
+                timeout,
+            )
+            .await
+            .map(|b| b.to_vec())
+            .map_err(unavailable)
+    }
+
+    async fn log(&mut self, level: Level, mut message: String) {
+        if message.len() > MAX_LOG {
+            let mut cut = MAX_LOG;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        let (kernel, trace_id) = (&self.shared.kernel, &self.call.trace_id);
+        match level {
+            Level::Trace => tracing::trace!(target: "ck::guest", %kernel, %trace_id, "{message}"),
+            Level::Debug => tracing::debug!(target: "ck::guest", %kernel, %trace_id, "{message}"),
+            Level::Info => tracing::info!(target: "ck::guest", %kernel, %trace_id, "{message}"),
+            Level::Warn => tracing::warn!(target: "ck::guest", %kernel, %trace_id, "{message}"),
+            Level::Error => tracing::error!(target: "ck::guest", %kernel, %trace_id, "{message}"),
+        }
+    }
+
+    async fn read_instance(&mut self, instance_id: String) -> Result<String, String> {
+        let valid = !instance_id.is_empty()
+            && instance_id.len() <= 200
+            && !instance_id.starts_with('.')
+            && instance_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            return Err(format!("'{instance_id}' is not an instance id"));
+        }
+        let Some(dir) = &self.shared.data_dir else {
+            return Err("this kernel has no DATA directory".into());
+        };
+        let path = dir.join("instances").join(&instance_id).join("data.json");
+        let meta = tokio::fs::metadata(&path)
+            .await
+            .map_err(|_| format!("no sealed instance '{instance_id}'"))?;
+        if meta.len() > MAX_INSTANCE_READ {
+            return Err(format!(
+                "instance '{instance_id}' is larger than {MAX_INSTANCE_READ} bytes"
+            ));
+        }
+        tokio::fs::read_to_string(&path)
+            .await
+            .map_err(|e| format!("cannot read instance '{instance_id}': {e}"))
+    }
+}

@@ -1,0 +1,406 @@
+//! Dispatching one request of one kernel: protocol actions, unknown actions, access levels, then
+//! the guest under its limits.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ck_bus::{Failure, Publisher, Request};
+use ck_manifest::{Access, Diagnostic, Kernel as Manifest, Limits};
+use ck_subject::Permissions;
+use serde_json::json;
+use serde_json::value::RawValue;
+use wasmtime::Store;
+
+use crate::component::{KernelComponent, LoadError};
+use crate::conceptkernel::kernel::types::{Context, KernelError};
+use crate::engine::HostEngine;
+use crate::imports::{CallInfo, MemoryCapExceeded, Shared, State};
+
+/// The protocol actions every kernel answers without running its guest.
+const PROTOCOL_ACTIONS: [&str; 2] = ["status", "check.identity"];
+/// Extra wall-clock time allowed past a call's deadline before the call is abandoned (the epoch
+/// trap normally fires first; this catches guests blocked in a host call).
+const DEADLINE_GRACE: Duration = Duration::from_millis(50);
+
+/// Counters of one kernel.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ServiceStats {
+    /// Requests answered with data.
+    pub ok: u64,
+    /// Requests answered with an error.
+    pub errors: u64,
+    /// Guest instances created.
+    pub instances: u64,
+}
+
+struct Reusable {
+    store: Store<State>,
+    instance: crate::Kernel,
+    uses: u64,
+}
+
+/// One kernel, served: implements [`ck_bus::Handler`].
+pub struct KernelService {
+    manifest: Arc<Manifest>,
+    component: KernelComponent,
+    engine: HostEngine,
+    shared: Arc<Shared>,
+    limits: Limits,
+    memory_cap: usize,
+    warnings: Vec<Diagnostic>,
+    idle: Mutex<Vec<Reusable>>,
+    started: Instant,
+    ok: AtomicU64,
+    errors: AtomicU64,
+    instances: AtomicU64,
+}
+
+impl KernelService {
+    /// Serves `manifest` with `component`. `permissions` are the kernel's compiled permissions
+    /// (every guest publish is checked against them); `publisher` sends on its connection;
+    /// `warnings` are the manifest's diagnostics, reported by `check.identity`.
+    pub fn new(
+        engine: &HostEngine,
+        manifest: Manifest,
+        component: KernelComponent,
+        permissions: Permissions,
+        publisher: Publisher,
+        warnings: Vec<Diagnostic>,
+    ) -> Result<Self, LoadError> {
+        let limits = manifest.limits;
+        if limits.memory_mb > engine.config.max_memory_mb {
+            return Err(LoadError::Limits(format!(
+                "{}: spec.limits.memory_mb is {} but this host allows at most {} (--max-memory-mb)",
+                manifest.manifest_path.display(),
+                limits.memory_mb,
+                engine.config.max_memory_mb
+            )));
+        }
+        if limits.fuel.is_some() && !engine.config.fuel {
+            return Err(LoadError::Limits(format!(
+                "{}: spec.limits.fuel is set but this host was started without fuel metering",
+                manifest.manifest_path.display()
+            )));
+        }
+        let data_dir = manifest.manifest_path.parent().map(|d| d.join("data"));
+        let shared = Arc::new(Shared {
+            kernel: manifest.name.clone(),
+            permissions,
+            publisher,
+            max_publish: usize::try_from(limits.max_result_bytes).unwrap_or(usize::MAX),
+            data_dir,
+        });
+        Ok(Self {
+            memory_cap: usize::try_from(limits.memory_mb << 20).unwrap_or(usize::MAX),
+            manifest: Arc::new(manifest),
+            component,
+            engine: engine.clone(),
+            shared,
+            limits,
+            warnings,
+            idle: Mutex::new(Vec::new()),
+            started: Instant::now(),
+            ok: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            instances: AtomicU64::new(0),
+        })
+    }
+
+    /// The kernel's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The loaded component.
+    pub fn component(&self) -> &KernelComponent {
+        &self.component
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ServiceStats {
+        ServiceStats {
+            ok: self.ok.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            instances: self.instances.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn dispatch(&self, request: Request) -> Result<Box<RawValue>, Failure> {
+        match request.action.as_str() {
+            "status" => return Ok(raw(&self.status())),
+            "check.identity" => return Ok(raw(&self.check_identity())),
+            _ => {}
+        }
+        let Some(action) = self.manifest.action(&request.action) else {
+            return Err(Failure::new(
+                404,
+                "unknown_action",
+                format!("{} has no action `{}`", self.manifest.name, request.action),
+            ));
+        };
+        if action.access != Access::Anon {
+            // Callers are not authenticated yet (JWT-SVID verification comes with SPIFFE
+            // support), so only `anon` actions can be allowed: deny by default.
+            return Err(Failure::new(
+                401,
+                "unauthenticated",
+                format!(
+                    "action `{}` requires `{}` access and the caller is not authenticated",
+                    action.name, action.access
+                ),
+            ));
+        }
+        let output = self.invoke(&request).await?;
+        if output.len() as u64 > self.limits.max_result_bytes {
+            return Err(Failure::new(
+                500,
+                "result_too_large",
+                format!(
+                    "the kernel returned {} bytes; its limit is {}",
+                    output.len(),
+                    self.limits.max_result_bytes
+                ),
+            ));
+        }
+        RawValue::from_string(output).map_err(|e| {
+            Failure::new(
+                500,
+                "invalid_result",
+                format!("the kernel returned invalid JSON: {e}"),
+            )
+        })
+    }
+
+    fn new_instance_store(&self) -> Store<State> {
+        let mut store = Store::new(
+            &self.engine.engine,
+            State::new(self.shared.clone(), self.memory_cap),
+        );
+        store.limiter(|s| &mut s.limiter);
+        store
+    }
+
+    fn arm(&self, store: &mut Store<State>, call: CallInfo) -> Result<(), Failure> {
+        store.set_epoch_deadline(
+            self.engine
+                .ticks(Duration::from_millis(self.limits.timeout_ms)),
+        );
+        store.epoch_deadline_trap();
+        if self.engine.config.fuel {
+            store
+                .set_fuel(self.limits.fuel.unwrap_or(u64::MAX))
+                .map_err(|e| Failure::new(500, "kernel_trap", e.to_string()))?;
+        }
+        store.data_mut().call = call;
+        Ok(())
+    }
+
+    async fn invoke(&self, request: &Request) -> Result<String, Failure> {
+        let timeout = Duration::from_millis(self.limits.timeout_ms);
+        let call = CallInfo {
+            trace_id: request.trace_id.clone(),
+            user: request.user.clone(),
+            deadline: Some(Instant::now() + timeout),
+        };
+        let ctx = Context {
+            trace_id: request.trace_id.clone(),
+            caller: request.user.clone(),
+            task_id: request.task_id.clone(),
+            kernel_name: self.manifest.name.clone(),
+            kernel_guid: self.manifest.guid.clone(),
+        };
+        let reused = if self.limits.reuse_instances > 0 {
+            self.idle.lock().ok().and_then(|mut v| v.pop())
+        } else {
+            None
+        };
+        let run = async {
+            let (mut store, instance, uses) = match reused {
+                Some(r) => (r.store, r.instance, r.uses),
+                None => {
+                    let mut store = self.new_instance_store();
+                    self.arm(&mut store, call.clone())?;
+                    let instance = self
+                        .component
+                        .pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(classify)?;
+                    self.instances.fetch_add(1, Ordering::Relaxed);
+                    (store, instance, 0)
+                }
+            };
+            self.arm(&mut store, call)?;
+            let outcome = instance
+                .conceptkernel_kernel_handler()
+                .call_handle(&mut store, &request.action, &request.data, &ctx)
+                .await;
+            Ok::<_, Failure>((store, instance, uses + 1, outcome))
+        };
+        let (store, instance, uses, outcome) =
+            match tokio::time::timeout(timeout + DEADLINE_GRACE, run).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(Failure::new(
+                        504,
+                        "deadline_exceeded",
+                        format!(
+                            "the kernel did not finish within {} ms",
+                            self.limits.timeout_ms
+                        ),
+                    ));
+                }
+            };
+        let result = match outcome {
+            Ok(Ok(data)) => Ok(data),
+            Ok(Err(KernelError { code, message })) => {
+                let code = if (400..=599).contains(&code) {
+                    code
+                } else {
+                    500
+                };
+                Err(Failure::new(code, "kernel_error", message))
+            }
+            // A trapped instance is never reused.
+            Err(e) => return Err(classify(e)),
+        };
+        if self.limits.reuse_instances > uses
+            && let Ok(mut idle) = self.idle.lock()
+        {
+            idle.push(Reusable {
+                store,
+                instance,
+                uses,
+            });
+        }
+        result
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let m = &self.manifest;
+        json!({
+            "kernel": m.name,
+            "guid": m.guid,
+            "urn": m.urn,
+            "version": m.version,
+            "spiffe_id": m.spiffe_id(),
+            "state": "ready",
+            "uptime_ms": u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "component": {
+                "path": self.component.path,
+                "digest": format!("blake3:{}", self.component.digest),
+                "wasi": self.component.uses_wasi,
+            },
+            "runtime": { "host": concat!("ck ", env!("CARGO_PKG_VERSION")), "engine": "wasmtime 48.0.8" },
+            "limits": self.limits,
+            "topics": m.topics,
+            "stats": self.stats(),
+        })
+    }
+
+    /// The v3.7 manifest rules (ckp-spec §1.1) as observed on the loaded manifest.
+    fn check_identity(&self) -> serde_json::Value {
+        let m = &self.manifest;
+        let declared = |name: &str| m.action(name).is_some();
+        let checks = vec![
+            check(
+                "manifest-valid",
+                true,
+                format!("{} loaded without errors", m.manifest_path.display()),
+            ),
+            check(
+                "api-version",
+                m.api_version
+                    .as_deref()
+                    .is_some_and(|v| v.starts_with("conceptkernel/v3")),
+                format!("apiVersion {:?}", m.api_version),
+            ),
+            check("guid-is-uuid", is_uuid(&m.guid), format!("guid {}", m.guid)),
+            check(
+                "common-actions",
+                PROTOCOL_ACTIONS.iter().all(|a| declared(a)),
+                "spec.actions.common declares status and check.identity".to_owned(),
+            ),
+            check(
+                "spiffe-identity",
+                m.spiffe_id().is_some(),
+                m.spiffe_id()
+                    .unwrap_or_else(|| "no trust domain: no SPIFFE ID".into()),
+            ),
+            check(
+                "component-digest",
+                true,
+                format!("blake3:{}", self.component.digest),
+            ),
+        ];
+        let passed = checks.iter().all(|c| c["passed"] == true);
+        json!({
+            "kernel": m.name,
+            "urn": m.urn,
+            "passed": passed,
+            "checks": checks,
+            "warnings": self.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn check(name: &str, passed: bool, detail: String) -> serde_json::Value {
+    json!({ "name": name, "passed": passed, "detail": detail })
+}
+
+fn is_uuid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
+        && parts
+            .iter()
+            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+fn raw(value: &serde_json::Value) -> Box<RawValue> {
+    RawValue::from_string(value.to_string())
+        .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap_or_default())
+}
+
+/// Maps a wasmtime failure to the error answered for that message only.
+fn classify(error: wasmtime::Error) -> Failure {
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        return match trap {
+            wasmtime::Trap::Interrupt => {
+                Failure::new(504, "deadline_exceeded", "the kernel ran past its deadline")
+            }
+            wasmtime::Trap::OutOfFuel => {
+                Failure::new(500, "fuel_exhausted", "the kernel used up its fuel")
+            }
+            other => Failure::new(500, "kernel_trap", format!("the kernel trapped: {other}")),
+        };
+    }
+    if let Some(cap) = error.downcast_ref::<MemoryCapExceeded>() {
+        return Failure::new(500, "memory_exhausted", cap.to_string());
+    }
+    if error
+        .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+        .is_some()
+    {
+        return Failure::new(
+            503,
+            "overloaded",
+            "no free kernel instance slot; retry later",
+        );
+    }
+    let mut message = format!("{error:#}");
+    message.truncate(1000);
+    Failure::new(500, "kernel_trap", message)
+}
+
+impl ck_bus::Handler for KernelService {
+    async fn handle(&self, request: Request) -> Result<Box<RawValue>, Failure> {
+        let result = self.dispatch(request).await;
+        match &result {
+            Ok(_) => self.ok.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.errors.fetch_add(1, Ordering::Relaxed),
+        };
+        result
+    }
+}
