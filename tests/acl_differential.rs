@@ -9,7 +9,7 @@
 use std::cell::Cell;
 
 use ck_subject::{PermissionList, Permissions, ResponsePermission};
-use ck_tests::{NatsServer, RawClient, Verdict, connect_when_ready, users_config};
+use ck_tests::{RawClient, Verdict, connect_when_ready, nats, users_config};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
@@ -84,7 +84,7 @@ fn matcher_agrees_with_nats_server() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
-    let server = NatsServer::start(&users_config(&[("boot", "boot", &Permissions::default())]));
+    let server = nats(&users_config(&[("boot", "boot", &Permissions::default())]));
     let counter = Cell::new(0u64);
     let decisions = Cell::new(0u64);
     let mut runner = TestRunner::new(Config {
@@ -96,7 +96,9 @@ fn matcher_agrees_with_nats_server() {
         let n = counter.get() + 1;
         counter.set(n);
         let user = format!("u{n}");
-        server.reload(&users_config(&[(&user, "pw", &case.permissions)]));
+        server
+            .reload(&users_config(&[(&user, "pw", &case.permissions)]))
+            .unwrap_or_else(|e| panic!("{e}"));
         let config = case.permissions.to_nats_config();
         // A connection made while the server is still finishing the reload can be dropped by
         // the reload's re-check of existing clients; that is no permission decision, so the
@@ -194,7 +196,7 @@ fn pinned_server_quirks() {
         .collect();
     let refs: Vec<(&str, &str, &Permissions)> =
         users.iter().map(|(u, p)| (u.as_str(), "pw", p)).collect();
-    let server = NatsServer::start(&users_config(&refs));
+    let server = nats(&users_config(&refs));
     for (i, (p, op, subject, expected)) in quirks.iter().enumerate() {
         let mut client = connect_when_ready(&server, &format!("q{i}"), "pw");
         let real = match *op {

@@ -6,7 +6,7 @@ use std::path::Path;
 use ck_acl::{CompiledAcl, Policy, compile};
 use ck_manifest::topics::{self, LoopEvent, TopicKind};
 use ck_manifest::{Kernel, KernelSet};
-use ck_tests::{NatsServer, Verdict, connect_when_ready, users_config};
+use ck_tests::{Verdict, connect_when_ready, nats, users_config};
 
 fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -74,7 +74,7 @@ fn compiled_permissions_are_what_the_server_enforces() {
             .map(|(u, a)| (u.as_str(), "pw", &a.permissions))
             .collect::<Vec<_>>(),
     );
-    let server = NatsServer::start(&config);
+    let server = nats(&config);
     let (publishes, subscriptions) = probes(&kernels);
     let mut decisions = 0;
     for acl in &acls {
@@ -131,7 +131,7 @@ fn a_cross_kernel_grant_opens_data_and_nothing_more() {
     let with_grant = compile(audit, &set, now, &Policy::default()).unwrap();
     let (alone, _) = KernelSet::new(vec![audit.clone()]);
     let without = compile(audit, &alone, now, &Policy::default()).unwrap();
-    let server = NatsServer::start(&users_config(&[
+    let server = nats(&users_config(&[
         ("granted", "pw", &with_grant.permissions),
         ("ungranted", "pw", &without.permissions),
     ]));

