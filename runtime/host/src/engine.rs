@@ -17,7 +17,8 @@ pub struct HostConfig {
     /// Count fuel, so that kernels with `limits.fuel` can be given a budget. Costs some speed for
     /// every kernel, so it is on only when some kernel asks for it.
     pub fuel: bool,
-    /// How often the epoch advances; deadlines are counted in these ticks.
+    /// How often the epoch advances: a running guest yields (or, past its deadline, is
+    /// interrupted) at this granularity.
     pub epoch_tick: Duration,
 }
 
@@ -84,14 +85,6 @@ impl HostEngine {
     /// The wasmtime engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
-    }
-
-    /// Epoch ticks in `duration` (at least one).
-    pub(crate) fn ticks(&self, duration: Duration) -> u64 {
-        let tick = self.config.epoch_tick.as_micros().max(1);
-        u64::try_from(duration.as_micros() / tick)
-            .unwrap_or(u64::MAX)
-            .max(1)
     }
 }
 

@@ -10,7 +10,7 @@ use ck_manifest::{Access, Diagnostic, Kernel as Manifest, Limits};
 use ck_subject::Permissions;
 use serde_json::json;
 use serde_json::value::RawValue;
-use wasmtime::Store;
+use wasmtime::{Store, UpdateDeadline};
 
 use crate::component::{KernelComponent, LoadError};
 use crate::conceptkernel::kernel::types::{Context, KernelError};
@@ -182,11 +182,21 @@ impl KernelService {
     }
 
     fn arm(&self, store: &mut Store<State>, call: CallInfo) -> Result<(), Failure> {
-        store.set_epoch_deadline(
-            self.engine
-                .ticks(Duration::from_millis(self.limits.timeout_ms)),
-        );
-        store.epoch_deadline_trap();
+        // Every epoch tick the guest either yields to the scheduler (so a spinning kernel never
+        // holds a worker thread for more than a tick) or, past its deadline, is interrupted.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|store| {
+            let expired = store
+                .data()
+                .call
+                .deadline
+                .is_some_and(|d| Instant::now() >= d);
+            Ok(if expired {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
         if self.engine.config.fuel {
             store
                 .set_fuel(self.limits.fuel.unwrap_or(u64::MAX))

@@ -1,0 +1,462 @@
+//! `ck run` end to end: real kernels built from C by `ck build`, served over a real nats-server.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
+use ck_tests::{NatsServer, nats};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+const VOTING_GUID: &str = "5c4d3e2f-1a0b-4c9d-8e7f-6a5b4c3d2e10";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Copies the reference kernels' manifests and sources and builds them with `ck build`.
+fn built_kernels() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["echo", "voting", "hostile"] {
+        let from = repo().join("kernels").join(name);
+        let to = dir.path().join(name);
+        std::fs::create_dir_all(to.join("tool")).unwrap();
+        std::fs::copy(
+            from.join("conceptkernel.yaml"),
+            to.join("conceptkernel.yaml"),
+        )
+        .unwrap();
+        for entry in std::fs::read_dir(from.join("tool")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "c") {
+                std::fs::copy(&path, to.join("tool").join(path.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_ck"))
+        .arg("build")
+        .args(["echo", "voting", "hostile"].map(|k| dir.path().join(k)))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ck build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// A running `ck run`, killed on drop.
+struct Host {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Host {
+    fn start(server: &NatsServer, kernels: &Path, cache: &Path) -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("ck.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_ck"))
+            .arg("run")
+            .args(["echo", "voting", "hostile"].map(|k| kernels.join(k)))
+            .args([
+                "--nats",
+                &server.url(),
+                "--cache-dir",
+                cache.to_str().unwrap(),
+            ])
+            .env("CK_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let host = Host {
+            child,
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while host.log().matches("\"nats.subscribed\"").count() < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "ck run did not become ready:\n{}",
+                host.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        host
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn headers(trace: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("Trace-Id", trace);
+    h.insert("X-User-ID", "tester");
+    h.insert("X-Kernel-ID", "test");
+    h
+}
+
+async fn ask_raw(client: &Client, subject: &str, body: Vec<u8>) -> Value {
+    let request = async_nats::Request::new()
+        .payload(Bytes::from(body))
+        .headers(headers("tx-test"))
+        .timeout(Some(Duration::from_secs(10)));
+    let reply = client
+        .send_request(subject.to_owned(), request)
+        .await
+        .unwrap();
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+async fn ask(client: &Client, subject: &str, action: &str, data: Value) -> Value {
+    ask_raw(
+        client,
+        subject,
+        serde_json::to_vec(&json!({"action": action, "data": data})).unwrap(),
+    )
+    .await
+}
+
+struct Setup {
+    _kernels: tempfile::TempDir,
+    _cache: tempfile::TempDir,
+    host: Host,
+    server: NatsServer,
+    client: Client,
+}
+
+async fn setup() -> Setup {
+    let kernels = built_kernels();
+    let cache = tempfile::tempdir().unwrap();
+    let server = nats("");
+    let host = Host::start(&server, kernels.path(), cache.path());
+    let client = async_nats::connect(server.url()).await.unwrap();
+    Setup {
+        _kernels: kernels,
+        _cache: cache,
+        host,
+        server,
+        client,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kernels_answer_with_their_real_output() {
+    let s = setup().await;
+    let c = &s.client;
+    let answer = ask(
+        c,
+        "input.Demo.Echo",
+        "echo",
+        json!({"hello": "wörld", "n": [1, 2]}),
+    )
+    .await;
+    assert_eq!(answer["status"], "ok", "{answer}");
+    assert_eq!(answer["data"], json!({"hello": "wörld", "n": [1, 2]}));
+    assert_eq!(answer["kernel"], "Demo.Echo");
+    assert_eq!(answer["trace_id"], "tx-test");
+
+    // The domain kernel does real work; results are also published on result.{K} and an event
+    // on event.{K}, with the trace propagated.
+    let mut results = c.subscribe("result.CS.Voting").await.unwrap();
+    let mut events = c.subscribe("event.CS.Voting").await.unwrap();
+    c.flush().await.unwrap();
+    let ballots =
+        json!({"ballots": ["b", "a", "b", "c", "b", "a", "x"], "candidates": ["a", "b", "c"]});
+    let answer = ask(c, "input.CS.Voting", "tally", ballots).await;
+    assert_eq!(
+        answer["data"],
+        json!({"total": 7, "valid": 6, "invalid": 1, "counts": {"b": 3, "a": 2, "c": 1}, "winner": "b", "tie": false})
+    );
+    let tie = ask(
+        c,
+        "input.CS.Voting",
+        "tally",
+        json!({"ballots": ["a", "b"]}),
+    )
+    .await;
+    assert_eq!(tie["data"]["tie"], true);
+    assert_eq!(tie["data"]["winner"], Value::Null);
+    let bad = ask(c, "input.CS.Voting", "tally", json!({"ballots": "a"})).await;
+    assert_eq!(
+        (bad["code"].as_u64(), bad["error"].as_str()),
+        (Some(400), Some("kernel_error")),
+        "{bad}"
+    );
+
+    let published = tokio::time::timeout(Duration::from_secs(5), results.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let h = published.headers.unwrap();
+    assert_eq!(h.get("Trace-Id").unwrap().as_str(), "tx-test");
+    assert_eq!(h.get("X-Kernel-ID").unwrap().as_str(), "CS.Voting");
+    assert_eq!(h.get("X-User-ID").unwrap().as_str(), "tester");
+    let body: Value = serde_json::from_slice(&published.payload).unwrap();
+    assert_eq!(body["data"]["winner"], "b");
+    let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let event: Value = serde_json::from_slice(&event.payload).unwrap();
+    assert_eq!(event["type"], "action.completed");
+    assert_eq!(event["action"], "tally");
+
+    // A flat body: everything but `action` is the data; the context reaches the guest.
+    let flat = ask_raw(
+        c,
+        "input.Demo.Echo",
+        br#"{"action":"whoami","task_id":"t-42"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(flat["data"]["task_id"], "t-42");
+    assert_eq!(flat["data"]["caller"], "tester");
+    assert_eq!(flat["data"]["trace_id"], "tx-test");
+    assert_eq!(flat["data"]["guid"], "0e1c4a5b-2d3f-4a6b-9c8d-7e6f5a4b3c2d");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn protocol_actions_are_answered_for_every_kernel() {
+    let s = setup().await;
+    for input in ["input.Demo.Echo", "input.CS.Voting", "input.Test.Hostile"] {
+        let status = ask(&s.client, input, "status", json!({})).await;
+        assert_eq!(status["data"]["state"], "ready", "{status}");
+        assert!(
+            status["data"]["component"]["digest"]
+                .as_str()
+                .unwrap()
+                .starts_with("blake3:")
+        );
+        assert_eq!(status["data"]["runtime"]["engine"], "wasmtime 48.0.8");
+        let check = ask(&s.client, input, "check.identity", json!({})).await;
+        assert_eq!(check["status"], "ok");
+        assert_eq!(check["data"]["passed"], true, "{check}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_answered_with_a_code() {
+    let s = setup().await;
+    let c = &s.client;
+    let cases: Vec<(Vec<u8>, u64, &str)> = vec![
+        (b"not json".to_vec(), 400, "bad_request"),
+        (br#"{"data":{}}"#.to_vec(), 400, "bad_request"),
+        (br#"[1,2]"#.to_vec(), 400, "bad_request"),
+        (
+            br#"{"action":"nope","data":{}}"#.to_vec(),
+            404,
+            "unknown_action",
+        ),
+        (
+            br#"{"action":"whoami.verified","data":{}}"#.to_vec(),
+            401,
+            "unauthenticated",
+        ),
+        (
+            serde_json::to_vec(&json!({"action": "echo", "data": {"x": "y".repeat(100_000)}}))
+                .unwrap(),
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (body, code, error) in cases {
+        let answer = ask_raw(c, "input.Demo.Echo", body).await;
+        assert_eq!(answer["status"], "error", "{answer}");
+        assert_eq!(
+            (answer["code"].as_u64(), answer["error"].as_str()),
+            (Some(code), Some(error)),
+            "{answer}"
+        );
+        assert_eq!(answer["trace_id"], "tx-test");
+    }
+    let alive = ask(c, "input.Demo.Echo", "echo", json!({"ok": true})).await;
+    assert_eq!(alive["data"]["ok"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_kernels_fail_alone() {
+    let s = setup().await;
+    let c = &s.client;
+    let expectations = [
+        ("spin", 504, "deadline_exceeded"),
+        ("hog", 500, "memory_exhausted"),
+        ("crash", 500, "kernel_trap"),
+        ("flood", 500, "result_too_large"),
+    ];
+    for (action, code, error) in expectations {
+        // The echo kernel keeps answering while the hostile call is running, and after it.
+        let hostile = ask(c, "input.Test.Hostile", action, json!({}));
+        let during = async {
+            let started = Instant::now();
+            let answer = ask(c, "input.Demo.Echo", "echo", json!({"during": action})).await;
+            (answer, started.elapsed())
+        };
+        let (answer, (echo, echo_time)) = tokio::join!(hostile, during);
+        assert_eq!(
+            (answer["code"].as_u64(), answer["error"].as_str()),
+            (Some(code), Some(error)),
+            "{action}: {answer}"
+        );
+        assert_eq!(echo["data"]["during"], action);
+        assert!(
+            echo_time < Duration::from_millis(250),
+            "echo took {echo_time:?} during {action}"
+        );
+        let after = ask(c, "input.Demo.Echo", "echo", json!({"after": action})).await;
+        assert_eq!(after["data"]["after"], action);
+    }
+    let status = ask(c, "input.Test.Hostile", "status", json!({})).await;
+    assert_eq!(status["data"]["stats"]["errors"], 4, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_spinning_kernels_do_not_starve_the_host() {
+    let s = setup().await;
+    let c = &s.client;
+    // More spinning calls than this machine has cores: each yields every epoch tick.
+    let spins: Vec<_> = (0..8)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { ask(&c, "input.Test.Hostile", "spin", json!({})).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..5 {
+        let started = Instant::now();
+        let echo = ask(c, "input.Demo.Echo", "echo", json!({"i": i})).await;
+        assert_eq!(echo["data"]["i"], i);
+        assert!(
+            started.elapsed() < Duration::from_millis(250),
+            "echo took {:?} beside 8 spins",
+            started.elapsed()
+        );
+    }
+    for spin in spins {
+        let answer = spin.await.unwrap();
+        assert_eq!(answer["code"], 504, "{answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_publish_without_a_grant_is_denied_before_nats() {
+    let s = setup().await;
+    let c = &s.client;
+    let forged = format!("ck.{VOTING_GUID}.data.written");
+    let mut watch = c.subscribe(forged.clone()).await.unwrap();
+    c.flush().await.unwrap();
+    let answer = ask(c, "input.Test.Hostile", "sneak", json!({})).await;
+    assert_eq!(answer["status"], "ok", "{answer}");
+    let denied = &answer["data"]["denied"];
+    assert_eq!(denied["subject"], forged.as_str());
+    let reason = denied["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("Test.Hostile has no grant to publish on"),
+        "{reason}"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), watch.next())
+            .await
+            .is_err(),
+        "the forged message reached NATS"
+    );
+    let log = s.host.log();
+    assert!(
+        log.contains("guest publish denied") && log.contains("\"result\":\"deny\""),
+        "no audit line:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_messages_and_exits_zero() {
+    let mut s = setup().await;
+    let c = s.client.clone();
+    let mut pending = Vec::new();
+    for i in 0..200 {
+        let c = c.clone();
+        pending.push(tokio::spawn(async move {
+            ask(
+                &c,
+                "input.CS.Voting",
+                "tally",
+                json!({"ballots": vec!["a"; 50], "i": i}),
+            )
+            .await
+        }));
+    }
+    // Let the requests reach the host, then ask it to stop.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let pid = s.host.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    for p in pending {
+        let answer = p.await.unwrap();
+        assert_eq!(answer["data"]["total"], 50, "{answer}");
+    }
+    let status = tokio::task::spawn_blocking(move || s.host.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let _ = &s.server;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compiled_components_are_cached_and_a_corrupt_cache_is_a_miss() {
+    let kernels = built_kernels();
+    let cache = tempfile::tempdir().unwrap();
+    let server = nats("");
+    let first = Host::start(&server, kernels.path(), cache.path());
+    assert_eq!(
+        first.log().matches("\"from_cache\":false").count(),
+        3,
+        "{}",
+        first.log()
+    );
+    drop(first);
+    let second = Host::start(&server, kernels.path(), cache.path());
+    assert_eq!(
+        second.log().matches("\"from_cache\":true").count(),
+        3,
+        "{}",
+        second.log()
+    );
+    drop(second);
+    for entry in std::fs::read_dir(cache.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let third = Host::start(&server, kernels.path(), cache.path());
+    assert_eq!(
+        third.log().matches("\"from_cache\":false").count(),
+        3,
+        "{}",
+        third.log()
+    );
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let answer = ask(&client, "input.Demo.Echo", "echo", json!({"cached": "no"})).await;
+    assert_eq!(answer["data"]["cached"], "no");
+}
