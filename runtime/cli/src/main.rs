@@ -2,6 +2,7 @@
 //! nothing but argument parsing, output formatting and exit codes.
 
 mod acl;
+mod bench;
 mod build;
 mod call;
 mod run;
@@ -40,13 +41,22 @@ enum Command {
     Run(run::Args),
     /// Send one request to a kernel and print the answer (exit 1 on an error answer).
     Call(call::Args),
+    /// Measure request/reply through the kernel host beside a plain async-nats responder, on a
+    /// nats-server it starts itself. Build with --release for representative figures.
+    Bench(bench::Args),
 }
 
-fn init_logging() {
-    // Structured JSON lines on stderr (ckp-spec §5.2); filter with CK_LOG (default: info, and
-    // the NATS client's own connection chatter at warn).
+fn init_logging(serving: bool) {
+    // Structured JSON lines on stderr (ckp-spec §5.2); filter with CK_LOG. By default a serving
+    // host logs at info (the NATS client's own connection chatter at warn); other commands,
+    // whose output is their answer, only warn.
+    let default = if serving {
+        "info,async_nats=warn"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
@@ -59,13 +69,14 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(matches!(cli.command, Command::Run(_)));
     let result = match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Acl(args) => acl::run(&args),
         Command::Build(args) => build::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Call(args) => call::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -421,6 +421,91 @@ async fn sigterm_drains_in_flight_messages_and_exits_zero() {
     let _ = &s.server;
 }
 
+/// A kernel in a second language (Python, through componentize-py) is built from the same WIT by
+/// its manifest's build command and served by the same host, with a locked-down WASI.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_kernel_is_served_like_the_c_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("cymatics");
+    std::fs::create_dir_all(kernel.join("tool")).unwrap();
+    std::fs::create_dir_all(dir.path().join("wit")).unwrap();
+    let src = repo().join("kernels");
+    std::fs::copy(
+        src.join("wit/kernel.wit"),
+        dir.path().join("wit/kernel.wit"),
+    )
+    .unwrap();
+    std::fs::copy(
+        src.join("cymatics/conceptkernel.yaml"),
+        kernel.join("conceptkernel.yaml"),
+    )
+    .unwrap();
+    std::fs::copy(src.join("cymatics/tool/app.py"), kernel.join("tool/app.py")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ck"))
+        .arg("build")
+        .arg(&kernel)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ck build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let server = nats("");
+    let cache = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ck.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ck"))
+        .arg("run")
+        .arg(&kernel)
+        .args([
+            "--nats",
+            &server.url(),
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+        ])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("\"nats.subscribed\"")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let answer = ask(
+        &client,
+        "input.TG.Cymatics",
+        "modes",
+        json!({"width": 0.3, "height": 0.2, "wave_speed": 340.0, "count": 3}),
+    )
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(answer["status"], "ok", "{answer}");
+    let modes = answer["data"]["modes"].as_array().unwrap();
+    assert_eq!(modes.len(), 3);
+    // f11 = 170 * sqrt((1/0.3)^2 + (1/0.2)^2)
+    let f11 = 170.0 * ((1.0f64 / 0.3).powi(2) + (1.0f64 / 0.2).powi(2)).sqrt();
+    assert!(
+        (modes[0]["frequency_hz"].as_f64().unwrap() - f11).abs() < 1e-3,
+        "{answer}"
+    );
+    assert_eq!(
+        (modes[1]["m"].as_u64(), modes[1]["n"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let status = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.contains("\"kernel\":\"TG.Cymatics\""), "{status}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn compiled_components_are_cached_and_a_corrupt_cache_is_a_miss() {
     let kernels = built_kernels();

@@ -126,6 +126,31 @@ impl KernelService {
         }
     }
 
+    /// Times `n` fresh instantiations (store creation included), for benchmarks.
+    pub async fn instantiate_timings(&self, n: usize) -> Vec<Duration> {
+        let mut timings = Vec::with_capacity(n);
+        for _ in 0..n {
+            let started = Instant::now();
+            let mut store = self.new_instance_store();
+            let call = CallInfo {
+                deadline: Some(Instant::now() + Duration::from_secs(1)),
+                ..CallInfo::default()
+            };
+            if self.arm(&mut store, call).is_ok()
+                && self
+                    .component
+                    .pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .is_ok()
+            {
+                timings.push(started.elapsed());
+            }
+        }
+        timings.sort();
+        timings
+    }
+
     async fn dispatch(&self, request: Request) -> Result<Box<RawValue>, Failure> {
         match request.action.as_str() {
             "status" => return Ok(raw(&self.status())),

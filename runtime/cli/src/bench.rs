@@ -1,0 +1,362 @@
+//! `ck bench`: request/reply throughput and latency through the kernel host, side by side with a
+//! plain async-nats responder on the same nats-server in the same run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use ck_acl::{Policy, compile};
+use ck_bus::{Endpoint, Publisher, ServeOptions};
+use ck_host::{ArtifactCache, HostConfig, HostEngine, KernelComponent, KernelService};
+use ck_manifest::{Kernel, KernelSet};
+use futures::StreamExt;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// Arguments of `ck bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The echo kernel (answers `echo` with its data).
+    #[arg(long, default_value = "kernels/echo")]
+    echo: PathBuf,
+    /// The domain kernel (CS.Voting: `tally`).
+    #[arg(long, default_value = "kernels/voting")]
+    domain: PathBuf,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Concurrency levels (requests in flight).
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    concurrency: Vec<usize>,
+    /// Write the results as JSON to this file too.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Serialize, Clone)]
+struct Row {
+    target: String,
+    concurrency: usize,
+    requests: u64,
+    errors: u64,
+    throughput_rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    machine: String,
+    payload_bytes: usize,
+    seconds_per_run: f64,
+    rows: Vec<Row>,
+    instantiate_p50_us: f64,
+    instantiate_p99_us: f64,
+    ratio_echo_fresh_vs_baseline_c64: Option<f64>,
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * q) as usize).min(sorted.len() - 1);
+    sorted[i].as_secs_f64() * 1e6
+}
+
+/// Runs `concurrency` clients doing sequential requests for `duration`.
+async fn load(
+    client: &async_nats::Client,
+    subject: &str,
+    body: Bytes,
+    concurrency: usize,
+    duration: Duration,
+) -> (u64, u64, Vec<Duration>) {
+    let deadline = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, subject, body) = (client.clone(), subject.to_owned(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                match client.request(subject.clone(), body.clone()).await {
+                    Ok(reply)
+                        if !reply
+                            .payload
+                            .windows(16)
+                            .any(|w| w == b"\"status\":\"error") =>
+                    {
+                        latencies.push(started.elapsed())
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            all.extend(l);
+            errors += e;
+        }
+    }
+    all.sort();
+    (all.len() as u64, errors, all)
+}
+
+async fn measure(
+    rows: &mut Vec<Row>,
+    client: &async_nats::Client,
+    target: &str,
+    subject: &str,
+    body: &Bytes,
+    args: &Args,
+) {
+    // Warm up connections, caches and the pool before measuring.
+    let _ = load(client, subject, body.clone(), 8, Duration::from_millis(300)).await;
+    for &c in &args.concurrency {
+        let duration = Duration::from_secs_f64(args.seconds);
+        let started = Instant::now();
+        let (requests, errors, latencies) = load(client, subject, body.clone(), c, duration).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let row = Row {
+            target: target.to_owned(),
+            concurrency: c,
+            requests,
+            errors,
+            throughput_rps: requests as f64 / elapsed,
+            p50_us: percentile(&latencies, 0.50),
+            p99_us: percentile(&latencies, 0.99),
+        };
+        println!(
+            "{:<34} c={:<3} {:>9.0} req/s   p50 {:>7.0} µs   p99 {:>7.0} µs   ({} ok, {} errors)",
+            row.target,
+            row.concurrency,
+            row.throughput_rps,
+            row.p50_us,
+            row.p99_us,
+            row.requests,
+            row.errors
+        );
+        rows.push(row);
+    }
+}
+
+fn load_kernel(path: &std::path::Path) -> Result<Kernel> {
+    let files =
+        ck_manifest::discover(path).with_context(|| format!("reading {}", path.display()))?;
+    let [file] = files.as_slice() else {
+        bail!("{} does not name exactly one kernel", path.display())
+    };
+    let loaded = ck_manifest::load_file(file, chrono::Utc::now());
+    match loaded.kernel {
+        Some(k) => Ok(k),
+        None => {
+            for d in &loaded.diagnostics {
+                eprintln!("{d}");
+            }
+            bail!("invalid manifest {}", file.display())
+        }
+    }
+}
+
+async fn serve_kernel(
+    engine: &HostEngine,
+    url: &str,
+    mut kernel: Kernel,
+    reuse: u64,
+    shutdown: &CancellationToken,
+) -> Result<Arc<KernelService>> {
+    kernel.limits.reuse_instances = reuse;
+    let dir = kernel
+        .manifest_path
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    if kernel
+        .tool
+        .component
+        .as_ref()
+        .is_none_or(|c| !dir.join(c).is_file())
+    {
+        ck_build::build_kernel(&kernel, &dir)?;
+    }
+    let path = dir.join(kernel.tool.component.clone().unwrap_or_default());
+    let cache = ArtifactCache::new(ArtifactCache::default_dir());
+    let component = KernelComponent::load(engine, &path, Some(&cache))?;
+    let (set, _) = KernelSet::new(vec![kernel.clone()]);
+    let acl = compile(&kernel, &set, chrono::Utc::now(), &Policy::default())?;
+    let client = async_nats::ConnectOptions::new()
+        .custom_inbox_prefix(ck_manifest::topics::inbox_prefix(&kernel.guid))
+        .connect(url)
+        .await?;
+    let endpoint = Endpoint::for_kernel(&kernel);
+    let service = Arc::new(KernelService::new(
+        engine,
+        kernel.clone(),
+        component,
+        acl.permissions,
+        Publisher::new(client.clone(), kernel.name.clone()),
+        Vec::new(),
+    )?);
+    let (svc, token) = (service.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        ck_bus::serve(client, endpoint, svc, ServeOptions::default(), token).await
+    });
+    Ok(service)
+}
+
+pub fn run(args: &Args) -> Result<std::process::ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(bench(args))
+}
+
+async fn bench(args: &Args) -> Result<std::process::ExitCode> {
+    let server = ck_natsd::NatsServer::start("")?;
+    let url = server.url();
+    println!(
+        "nats-server {} on {url}; {} s per run; host built {}",
+        nats_version(),
+        args.seconds,
+        profile()
+    );
+    let engine = HostEngine::new(HostConfig::default()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let shutdown = CancellationToken::new();
+    let client = async_nats::connect(&url).await?;
+    let payload =
+        serde_json::json!({"action": "echo", "data": {"pad": "x".repeat(59)}}).to_string();
+    let body = Bytes::from(payload.clone());
+
+    // (a) Baseline: a plain async-nats responder echoing the payload, no WebAssembly.
+    let responder = async_nats::connect(&url).await?;
+    let mut sub = responder.subscribe("bench.baseline").await?;
+    responder.flush().await?;
+    let baseline = tokio::spawn(async move {
+        while let Some(message) = sub.next().await {
+            if let Some(reply) = message.reply {
+                let _ = responder.publish(reply, message.payload).await;
+            }
+        }
+    });
+
+    let echo = load_kernel(&args.echo)?;
+    let domain = load_kernel(&args.domain)?;
+    let mut rows = Vec::new();
+    measure(
+        &mut rows,
+        &client,
+        "(a) plain async-nats responder",
+        "bench.baseline",
+        &body,
+        args,
+    )
+    .await;
+
+    // (b) The echo kernel through the host, fresh instance per message (the default).
+    let fresh = serve_kernel(&engine, &url, echo.clone(), 0, &shutdown).await?;
+    client.flush().await?;
+    measure(
+        &mut rows,
+        &client,
+        "(b) ck host, echo, fresh instance",
+        &echo.topics.input,
+        &body,
+        args,
+    )
+    .await;
+    let instantiate = fresh.instantiate_timings(2000).await;
+    shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // (b') The same with warm instance reuse.
+    let shutdown = CancellationToken::new();
+    serve_kernel(&engine, &url, echo.clone(), 1000, &shutdown).await?;
+    client.flush().await?;
+    measure(
+        &mut rows,
+        &client,
+        "(b') ck host, echo, reused instance",
+        &echo.topics.input,
+        &body,
+        args,
+    )
+    .await;
+    shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // (c) The domain kernel doing real work (tally 20 ballots), fresh instances.
+    let shutdown = CancellationToken::new();
+    serve_kernel(&engine, &url, domain.clone(), 0, &shutdown).await?;
+    client.flush().await?;
+    let ballots: Vec<&str> = ["ada", "grace", "linus", "barbara"]
+        .iter()
+        .cycle()
+        .take(20)
+        .copied()
+        .collect();
+    let tally = Bytes::from(
+        serde_json::json!({"action": "tally", "data": {"ballots": ballots}}).to_string(),
+    );
+    measure(
+        &mut rows,
+        &client,
+        "(c) ck host, CS.Voting tally",
+        &domain.topics.input,
+        &tally,
+        args,
+    )
+    .await;
+    shutdown.cancel();
+    baseline.abort();
+
+    let p50 = percentile(&instantiate, 0.5);
+    let p99 = percentile(&instantiate, 0.99);
+    println!("instantiate (InstancePre, pooling, fresh store): p50 {p50:.1} µs   p99 {p99:.1} µs");
+    let at = |target: &str| {
+        rows.iter()
+            .find(|r| r.target.starts_with(target) && r.concurrency == 64)
+            .map(|r| r.throughput_rps)
+    };
+    let ratio = at("(a)").zip(at("(b) ")).map(|(a, b)| b / a);
+    if let Some(r) = ratio {
+        println!("ratio (b)/(a) throughput at c=64: {r:.2}");
+    }
+    let report = Report {
+        machine: format!(
+            "{} cores",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        ),
+        payload_bytes: payload.len(),
+        seconds_per_run: args.seconds,
+        rows,
+        instantiate_p50_us: p50,
+        instantiate_p99_us: p99,
+        ratio_echo_fresh_vs_baseline_c64: ratio,
+    };
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    drop(server);
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn nats_version() -> String {
+    ck_natsd::binary()
+        .ok()
+        .and_then(|b| std::process::Command::new(b).arg("--version").output().ok())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "in debug mode (numbers are not representative: use --release)"
+    } else {
+        "in release mode"
+    }
+}
