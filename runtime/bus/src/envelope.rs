@@ -4,9 +4,10 @@
 //! "task_id": …}`, whose other fields become the data). Results are the union of the v3.7 and
 //! cklib shapes: `{action, data, trace_id, kernel, kernel_urn, timestamp, status, error?, code?}`.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 use thiserror::Error;
 
 /// Header carrying the trace id, propagated unchanged downstream.
@@ -142,33 +143,55 @@ fn parse_body(
             max,
         });
     }
-    let value: Value =
-        serde_json::from_slice(payload).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
-    let Value::Object(mut body) = value else {
-        return Err(RequestError::NotAnObject);
+    // Only the top level is parsed; `data` stays raw text (it goes to the kernel as text anyway).
+    let top: BTreeMap<String, &RawValue> = serde_json::from_slice(payload).map_err(|e| {
+        match serde_json::from_slice::<serde::de::IgnoredAny>(payload) {
+            Ok(_) => RequestError::NotAnObject,
+            Err(_) => RequestError::InvalidJson(e.to_string()),
+        }
+    })?;
+    let action = match top.get("action").map(|raw| raw.get()) {
+        None | Some("null") => return Err(RequestError::MissingAction),
+        Some(raw) => match serde_json::from_str::<String>(raw) {
+            Ok(a) if !a.trim().is_empty() => a,
+            _ => return Err(RequestError::BadAction),
+        },
     };
-    let action = match body.remove("action") {
-        None | Some(Value::Null) => return Err(RequestError::MissingAction),
-        Some(Value::String(a)) if !a.trim().is_empty() => a,
-        Some(_) => return Err(RequestError::BadAction),
-    };
-    let data = match body.remove("data") {
-        Some(Value::Object(d)) => d,
-        Some(Value::Null) => Map::new(),
+    let string_field =
+        |raw: Option<&&RawValue>| raw.and_then(|r| serde_json::from_str::<String>(r.get()).ok());
+    let (data, task_id) = match top.get("data").map(|raw| raw.get()) {
+        Some(raw) if raw.starts_with('{') => {
+            // `task_id` inside the data is only looked for when it can be there.
+            let task_id = raw
+                .contains("\"task_id\"")
+                .then(|| serde_json::from_str::<BTreeMap<String, &RawValue>>(raw).ok())
+                .flatten()
+                .and_then(|d| string_field(d.get("task_id")));
+            (raw.to_owned(), string_field(top.get("task_id")).or(task_id))
+        }
+        Some("null") => ("{}".to_owned(), string_field(top.get("task_id"))),
         Some(_) => return Err(RequestError::BadData),
         // Flat body: everything but `action` (and envelope bookkeeping) is the data.
         None => {
-            body.remove("timestamp");
-            std::mem::take(&mut body)
+            let mut flat = String::from("{");
+            for (key, raw) in top
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "action" | "timestamp"))
+            {
+                if flat.len() > 1 {
+                    flat.push(',');
+                }
+                flat.push_str(&serde_json::to_string(key).unwrap_or_default());
+                flat.push(':');
+                flat.push_str(raw.get());
+            }
+            flat.push('}');
+            (flat, string_field(top.get("task_id")))
         }
     };
-    let task_id = [body.get("task_id"), data.get("task_id")]
-        .into_iter()
-        .flatten()
-        .find_map(|v| v.as_str().map(str::to_owned));
     Ok(Request {
         action,
-        data: Value::Object(data).to_string(),
+        data,
         task_id,
         trace_id,
         user: headers.user.unwrap_or_else(|| ANONYMOUS.to_owned()),
@@ -307,6 +330,7 @@ pub fn event_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn parse(body: &str) -> Result<Request, RequestError> {
         parse_request(body.as_bytes(), RequestHeaders::default(), 1024).1
@@ -326,6 +350,16 @@ mod tests {
 
         let r = parse(r#"{"action":"status"}"#).unwrap();
         assert_eq!(r.data, "{}");
+
+        let r = parse(r#"{"action":"a","data":{"task_id":"t-2","x":[1,{"y":null}]}}"#).unwrap();
+        assert_eq!(r.task_id.as_deref(), Some("t-2"));
+        assert_eq!(r.data, r#"{"task_id":"t-2","x":[1,{"y":null}]}"#);
+        let r = parse("{ \"action\" : \"a\" ,\n \"data\" :\n  { \"x\" : 1 } }").unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&r.data).unwrap()["x"], 1);
+        let r = parse(r#"{"action":"a","data":null}"#).unwrap();
+        assert_eq!(r.data, "{}");
+        let r = parse(r#"{"action":"a","k\"ey":1}"#).unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&r.data).unwrap()["k\"ey"], 1);
     }
 
     #[test]
