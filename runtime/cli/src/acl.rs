@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use ck_acl::{Policy, compile};
 use ck_manifest::{Kernel, KernelSet};
 
-use crate::validate::load_all;
+use crate::validate::{load_all, report_failures};
 
 /// Arguments of `ck acl`.
 #[derive(clap::Args)]
@@ -64,18 +64,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         None
     };
     let (loaded, problems) = load_all(&paths);
-    let mut failed = !problems.is_empty();
-    for p in &problems {
-        eprintln!("{p}");
-    }
-    for l in &loaded {
-        if l.has_errors() {
-            failed = true;
-            for d in &l.diagnostics {
-                eprintln!("{d}");
-            }
-        }
-    }
+    let failed = report_failures(&problems, &loaded);
     if failed {
         eprintln!("ck acl: refusing to compile permissions from invalid manifests");
         return Ok(ExitCode::FAILURE);

@@ -12,7 +12,7 @@ use ck_manifest::{Diagnostic, Kernel, KernelSet};
 use ck_subject::Permissions;
 use tokio_util::sync::CancellationToken;
 
-use crate::validate::load_all;
+use crate::validate::{load_all, report_failures};
 
 /// Arguments of `ck run`.
 #[derive(clap::Args, Clone)]
@@ -63,19 +63,10 @@ pub struct Ready {
 pub fn prepare(args: &Args) -> Result<(HostEngine, Vec<Ready>)> {
     let (loaded, problems) = load_all(&args.kernels);
     let (known, known_problems) = load_all(&args.with);
-    let mut failed = false;
-    for p in problems.iter().chain(&known_problems) {
-        eprintln!("{p}");
-        failed = true;
-    }
-    for l in loaded.iter().chain(&known) {
-        if l.has_errors() {
-            failed = true;
-            for d in &l.diagnostics {
-                eprintln!("{d}");
-            }
-        }
-    }
+    let failed = report_failures(
+        problems.iter().chain(&known_problems),
+        loaded.iter().chain(&known),
+    );
     if failed {
         bail!("refusing to serve invalid manifests");
     }

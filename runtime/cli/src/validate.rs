@@ -59,6 +59,26 @@ pub fn load_all(paths: &[PathBuf]) -> (Vec<ck_manifest::Loaded>, Vec<Diagnostic>
     (loaded, problems)
 }
 
+/// Prints path problems and the diagnostics of every manifest that has errors; true when
+/// anything failed (callers refuse to go on from invalid manifests).
+pub fn report_failures<'a>(
+    problems: impl IntoIterator<Item = &'a Diagnostic>,
+    loaded: impl IntoIterator<Item = &'a ck_manifest::Loaded>,
+) -> bool {
+    let mut failed = false;
+    for p in problems {
+        eprintln!("{p}");
+        failed = true;
+    }
+    for l in loaded.into_iter().filter(|l| l.has_errors()) {
+        failed = true;
+        for d in &l.diagnostics {
+            eprintln!("{d}");
+        }
+    }
+    failed
+}
+
 fn path_problem(path: &std::path::Path, message: &str) -> Diagnostic {
     let mut d = ck_manifest::Diagnostics::new(path);
     d.error(None, "", message);
