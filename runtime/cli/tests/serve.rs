@@ -421,6 +421,45 @@ async fn sigterm_drains_in_flight_messages_and_exits_zero() {
     let _ = &s.server;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fuel_budget_stops_a_spinning_kernel() {
+    let kernels = built_kernels();
+    let manifest = kernels.path().join("hostile/conceptkernel.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace(
+            "    timeout_ms: 300\n",
+            "    timeout_ms: 5000\n    fuel: 20000000\n",
+        ),
+    )
+    .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let server = nats("");
+    let _host = Host::start(&server, kernels.path(), cache.path());
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let started = Instant::now();
+    let answer = ask(&client, "input.Test.Hostile", "spin", json!({})).await;
+    assert_eq!(
+        (answer["code"].as_u64(), answer["error"].as_str()),
+        (Some(500), Some("fuel_exhausted")),
+        "{answer}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "fuel, not the 5 s deadline, must stop it"
+    );
+    // Kernels without a budget are unaffected by metering.
+    let echo = ask(
+        &client,
+        "input.Demo.Echo",
+        "echo",
+        json!({"fuel": "unlimited"}),
+    )
+    .await;
+    assert_eq!(echo["data"]["fuel"], "unlimited");
+}
+
 /// A kernel in a second language (Python, through componentize-py) is built from the same WIT by
 /// its manifest's build command and served by the same host, with a locked-down WASI.
 #[tokio::test(flavor = "multi_thread")]
