@@ -30,6 +30,9 @@ pub struct Args {
     /// Concurrency levels (requests in flight).
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
     concurrency: Vec<usize>,
+    /// Do not publish the per-answer event on event.{K} (to see what it costs).
+    #[arg(long)]
+    no_events: bool,
     /// Write the results as JSON to this file too.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -170,6 +173,7 @@ async fn serve_kernel(
     url: &str,
     mut kernel: Kernel,
     reuse: u64,
+    events: bool,
     shutdown: &CancellationToken,
 ) -> Result<Arc<KernelService>> {
     kernel.limits.reuse_instances = reuse;
@@ -205,9 +209,11 @@ async fn serve_kernel(
         Vec::new(),
     )?);
     let (svc, token) = (service.clone(), shutdown.clone());
-    tokio::spawn(async move {
-        ck_bus::serve(client, endpoint, svc, ServeOptions::default(), token).await
-    });
+    let options = ServeOptions {
+        publish_events: events,
+        ..ServeOptions::default()
+    };
+    tokio::spawn(async move { ck_bus::serve(client, endpoint, svc, options, token).await });
     Ok(service)
 }
 
@@ -258,7 +264,7 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
     .await;
 
     // (b) The echo kernel through the host, fresh instance per message (the default).
-    let fresh = serve_kernel(&engine, &url, echo.clone(), 0, &shutdown).await?;
+    let fresh = serve_kernel(&engine, &url, echo.clone(), 0, !args.no_events, &shutdown).await?;
     client.flush().await?;
     measure(
         &mut rows,
@@ -275,7 +281,15 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
 
     // (b') The same with warm instance reuse.
     let shutdown = CancellationToken::new();
-    serve_kernel(&engine, &url, echo.clone(), 1000, &shutdown).await?;
+    serve_kernel(
+        &engine,
+        &url,
+        echo.clone(),
+        1000,
+        !args.no_events,
+        &shutdown,
+    )
+    .await?;
     client.flush().await?;
     measure(
         &mut rows,
@@ -291,7 +305,7 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
 
     // (c) The domain kernel doing real work (tally 20 ballots), fresh instances.
     let shutdown = CancellationToken::new();
-    serve_kernel(&engine, &url, domain.clone(), 0, &shutdown).await?;
+    serve_kernel(&engine, &url, domain.clone(), 0, !args.no_events, &shutdown).await?;
     client.flush().await?;
     let ballots: Vec<&str> = ["ada", "grace", "linus", "barbara"]
         .iter()
