@@ -96,6 +96,17 @@ impl Host {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// All three kernels' components came from the artifact cache (or were all compiled).
+    fn assert_loaded_from_cache(&self, cached: bool) {
+        let log = self.log();
+        let pattern = format!("\"from_cache\":{cached}");
+        assert_eq!(
+            log.matches(&pattern).count(),
+            3,
+            "expected 3 × {pattern}:\n{log}"
+        );
+    }
 }
 
 impl Drop for Host {
@@ -551,20 +562,10 @@ async fn compiled_components_are_cached_and_a_corrupt_cache_is_a_miss() {
     let cache = tempfile::tempdir().unwrap();
     let server = nats("");
     let first = Host::start(&server, kernels.path(), cache.path());
-    assert_eq!(
-        first.log().matches("\"from_cache\":false").count(),
-        3,
-        "{}",
-        first.log()
-    );
+    first.assert_loaded_from_cache(false);
     drop(first);
     let second = Host::start(&server, kernels.path(), cache.path());
-    assert_eq!(
-        second.log().matches("\"from_cache\":true").count(),
-        3,
-        "{}",
-        second.log()
-    );
+    second.assert_loaded_from_cache(true);
     drop(second);
     for entry in std::fs::read_dir(cache.path()).unwrap() {
         let path = entry.unwrap().path();
@@ -574,12 +575,7 @@ async fn compiled_components_are_cached_and_a_corrupt_cache_is_a_miss() {
         std::fs::write(&path, bytes).unwrap();
     }
     let third = Host::start(&server, kernels.path(), cache.path());
-    assert_eq!(
-        third.log().matches("\"from_cache\":false").count(),
-        3,
-        "{}",
-        third.log()
-    );
+    third.assert_loaded_from_cache(false);
     let client = async_nats::connect(server.url()).await.unwrap();
     let answer = ask(&client, "input.Demo.Echo", "echo", json!({"cached": "no"})).await;
     assert_eq!(answer["data"]["cached"], "no");
