@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use bytes::Bytes;
 use ck_acl::{Policy, compile};
 use ck_bus::{Endpoint, Publisher, ServeOptions};
@@ -14,6 +14,8 @@ use ck_manifest::{Kernel, KernelSet};
 use futures::StreamExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+
+use crate::validate::load_one;
 
 /// Arguments of `ck bench`.
 #[derive(clap::Args)]
@@ -150,24 +152,6 @@ async fn measure(
     }
 }
 
-fn load_kernel(path: &std::path::Path) -> Result<Kernel> {
-    let files =
-        ck_manifest::discover(path).with_context(|| format!("reading {}", path.display()))?;
-    let [file] = files.as_slice() else {
-        bail!("{} does not name exactly one kernel", path.display())
-    };
-    let loaded = ck_manifest::load_file(file, chrono::Utc::now());
-    match loaded.kernel {
-        Some(k) => Ok(k),
-        None => {
-            for d in &loaded.diagnostics {
-                eprintln!("{d}");
-            }
-            bail!("invalid manifest {}", file.display())
-        }
-    }
-}
-
 async fn serve_kernel(
     engine: &HostEngine,
     url: &str,
@@ -250,8 +234,8 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
         }
     });
 
-    let echo = load_kernel(&args.echo)?;
-    let domain = load_kernel(&args.domain)?;
+    let echo = load_one(&args.echo)?;
+    let domain = load_one(&args.domain)?;
     let mut rows = Vec::new();
     measure(
         &mut rows,

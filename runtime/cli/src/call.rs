@@ -4,9 +4,11 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use ck_bus::envelope::{KERNEL_ID, TRACE_ID, USER_ID, new_trace_id};
+
+use crate::validate::load_one;
 
 /// Arguments of `ck call`.
 #[derive(clap::Args)]
@@ -34,20 +36,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let data: serde_json::Value = serde_json::from_str(&args.data)
         .with_context(|| format!("data '{}' is not JSON", args.data))?;
     let subject = if Path::new(&args.target).exists() {
-        let files = ck_manifest::discover(Path::new(&args.target))?;
-        let [file] = files.as_slice() else {
-            bail!("{} does not name exactly one kernel", args.target)
-        };
-        let loaded = ck_manifest::load_file(file, chrono::Utc::now());
-        match loaded.kernel {
-            Some(k) => k.topics.input,
-            None => {
-                for d in &loaded.diagnostics {
-                    eprintln!("{d}");
-                }
-                bail!("invalid manifest");
-            }
-        }
+        load_one(Path::new(&args.target))?.topics.input
     } else {
         args.target.clone()
     };

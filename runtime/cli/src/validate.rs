@@ -59,6 +59,26 @@ pub fn load_all(paths: &[PathBuf]) -> (Vec<ck_manifest::Loaded>, Vec<Diagnostic>
     (loaded, problems)
 }
 
+/// Loads the one kernel `path` names (a manifest or a kernel directory), printing its
+/// diagnostics if it is invalid.
+pub fn load_one(path: &std::path::Path) -> anyhow::Result<ck_manifest::Kernel> {
+    let files = ck_manifest::discover(path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let [file] = files.as_slice() else {
+        anyhow::bail!("{} does not name exactly one kernel", path.display())
+    };
+    let loaded = ck_manifest::load_file(file, chrono::Utc::now());
+    match loaded.kernel {
+        Some(kernel) => Ok(kernel),
+        None => {
+            for d in &loaded.diagnostics {
+                eprintln!("{d}");
+            }
+            anyhow::bail!("invalid manifest {}", file.display())
+        }
+    }
+}
+
 /// Prints path problems and the diagnostics of every manifest that has errors; true when
 /// anything failed (callers refuse to go on from invalid manifests).
 pub fn report_failures<'a>(

@@ -38,9 +38,15 @@ fn built_kernels() -> tempfile::TempDir {
             }
         }
     }
+    ck_build(&["echo", "voting", "hostile"].map(|k| dir.path().join(k)));
+    dir
+}
+
+/// Runs `ck build` on `kernels` and insists on success.
+fn ck_build(kernels: &[PathBuf]) {
     let out = Command::new(env!("CARGO_BIN_EXE_ck"))
         .arg("build")
-        .args(["echo", "voting", "hostile"].map(|k| dir.path().join(k)))
+        .args(kernels)
         .output()
         .unwrap();
     assert!(
@@ -48,7 +54,6 @@ fn built_kernels() -> tempfile::TempDir {
         "ck build: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    dir
 }
 
 /// A running `ck run`, killed on drop.
@@ -491,16 +496,7 @@ async fn a_python_kernel_is_served_like_the_c_ones() {
     )
     .unwrap();
     std::fs::copy(src.join("cymatics/tool/app.py"), kernel.join("tool/app.py")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ck"))
-        .arg("build")
-        .arg(&kernel)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ck build: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ck_build(std::slice::from_ref(&kernel));
 
     let server = nats("");
     let cache = tempfile::tempdir().unwrap();
