@@ -35,6 +35,13 @@ pub struct Args {
     /// Do not publish the per-answer event on event.{K} (to see what it costs).
     #[arg(long)]
     no_events: bool,
+    /// Which targets to measure: baseline, fresh, reused, domain (all by default).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "baseline,fresh,reused,domain"
+    )]
+    targets: Vec<String>,
     /// Write the results as JSON to this file too.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -237,78 +244,89 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
     let echo = load_one(&args.echo)?;
     let domain = load_one(&args.domain)?;
     let mut rows = Vec::new();
-    measure(
-        &mut rows,
-        &client,
-        "(a) plain async-nats responder",
-        "bench.baseline",
-        &body,
-        args,
-    )
-    .await;
+    let wanted = |t: &str| args.targets.iter().any(|x| x == t);
+    if wanted("baseline") {
+        measure(
+            &mut rows,
+            &client,
+            "(a) plain async-nats responder",
+            "bench.baseline",
+            &body,
+            args,
+        )
+        .await;
+    }
 
     // (b) The echo kernel through the host, fresh instance per message (the default).
-    let fresh = serve_kernel(&engine, &url, echo.clone(), 0, !args.no_events, &shutdown).await?;
-    client.flush().await?;
-    measure(
-        &mut rows,
-        &client,
-        "(b) ck host, echo, fresh instance",
-        &echo.topics.input,
-        &body,
-        args,
-    )
-    .await;
-    let instantiate = fresh.instantiate_timings(2000).await;
-    shutdown.cancel();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut instantiate = Vec::new();
+    if wanted("fresh") {
+        let fresh =
+            serve_kernel(&engine, &url, echo.clone(), 0, !args.no_events, &shutdown).await?;
+        client.flush().await?;
+        measure(
+            &mut rows,
+            &client,
+            "(b) ck host, echo, fresh instance",
+            &echo.topics.input,
+            &body,
+            args,
+        )
+        .await;
+        instantiate = fresh.instantiate_timings(2000).await;
+        shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // (b') The same with warm instance reuse.
-    let shutdown = CancellationToken::new();
-    serve_kernel(
-        &engine,
-        &url,
-        echo.clone(),
-        1000,
-        !args.no_events,
-        &shutdown,
-    )
-    .await?;
-    client.flush().await?;
-    measure(
-        &mut rows,
-        &client,
-        "(b') ck host, echo, reused instance",
-        &echo.topics.input,
-        &body,
-        args,
-    )
-    .await;
-    shutdown.cancel();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    if wanted("reused") {
+        let shutdown = CancellationToken::new();
+        serve_kernel(
+            &engine,
+            &url,
+            echo.clone(),
+            1000,
+            !args.no_events,
+            &shutdown,
+        )
+        .await?;
+        client.flush().await?;
+        measure(
+            &mut rows,
+            &client,
+            "(b') ck host, echo, reused instance",
+            &echo.topics.input,
+            &body,
+            args,
+        )
+        .await;
+        shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // (c) The domain kernel doing real work (tally 20 ballots), fresh instances.
     let shutdown = CancellationToken::new();
-    serve_kernel(&engine, &url, domain.clone(), 0, !args.no_events, &shutdown).await?;
-    client.flush().await?;
-    let ballots: Vec<&str> = ["ada", "grace", "linus", "barbara"]
-        .iter()
-        .cycle()
-        .take(20)
-        .copied()
-        .collect();
-    let tally = Bytes::from(
-        serde_json::json!({"action": "tally", "data": {"ballots": ballots}}).to_string(),
-    );
-    measure(
-        &mut rows,
-        &client,
-        "(c) ck host, CS.Voting tally",
-        &domain.topics.input,
-        &tally,
-        args,
-    )
-    .await;
+    if wanted("domain") {
+        serve_kernel(&engine, &url, domain.clone(), 0, !args.no_events, &shutdown).await?;
+        client.flush().await?;
+        let ballots: Vec<&str> = ["ada", "grace", "linus", "barbara"]
+            .iter()
+            .cycle()
+            .take(20)
+            .copied()
+            .collect();
+        let tally = Bytes::from(
+            serde_json::json!({"action": "tally", "data": {"ballots": ballots}}).to_string(),
+        );
+        measure(
+            &mut rows,
+            &client,
+            "(c) ck host, CS.Voting tally",
+            &domain.topics.input,
+            &tally,
+            args,
+        )
+        .await;
+    }
     shutdown.cancel();
     baseline.abort();
 
