@@ -92,6 +92,21 @@ pub struct CompiledAcl {
     pub rules: Vec<Rule>,
     /// Grants and edges that opened nothing, and why.
     pub notes: Vec<String>,
+    /// Applied grants marked `audit: true`: their use is recorded in the grantor's ledger.
+    pub audited: Vec<AuditedGrant>,
+}
+
+/// An applied grant whose grantor asked for every access to be audited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditedGrant {
+    /// The granting kernel's name.
+    pub grantor: String,
+    /// The granting kernel's GUID.
+    pub grantor_guid: String,
+    /// The granted actions.
+    pub actions: Vec<String>,
+    /// Manifest line of the grant.
+    pub line: usize,
 }
 
 /// Why compilation refused to produce permissions.
@@ -117,6 +132,7 @@ struct Builder {
     rules: Vec<Rule>,
     notes: Vec<String>,
     expires_at: Option<DateTime<Utc>>,
+    audited: Vec<AuditedGrant>,
 }
 
 impl Builder {
@@ -255,6 +271,14 @@ pub fn compile(
                     grant.line
                 ));
                 continue;
+            }
+            if grant.audit {
+                b.audited.push(AuditedGrant {
+                    grantor: x.name.clone(),
+                    grantor_guid: x.guid.clone(),
+                    actions: grant.actions.clone(),
+                    line: grant.line,
+                });
             }
             let named = matches!(grant.identity, GrantIdentity::Spiffe(_));
             let mut opened_any = false;
@@ -402,6 +426,7 @@ fn finish(kernel: &Kernel, mut b: Builder, policy: &Policy) -> Result<CompiledAc
         permissions,
         rules: b.rules,
         notes: b.notes,
+        audited: b.audited,
     })
 }
 
