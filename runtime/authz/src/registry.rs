@@ -1,0 +1,122 @@
+//! The registry of kernel manifests the callout decides from: one or more directories, rescanned
+//! when a manifest changes (so a new grant takes effect at the next connect, without a restart).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ck_manifest::KernelSet;
+
+/// How often the directories are checked for changed manifests at most.
+const RESCAN_INTERVAL: Duration = Duration::from_millis(200);
+
+struct Snapshot {
+    set: Arc<KernelSet>,
+    fingerprint: blake3::Hash,
+    checked: Instant,
+}
+
+/// Kernel manifests found under some directories.
+pub struct Registry {
+    roots: Vec<PathBuf>,
+    snapshot: Mutex<Snapshot>,
+}
+
+fn manifests(roots: &[PathBuf]) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for root in roots {
+        match ck_manifest::discover(root) {
+            Ok(found) => files.extend(found),
+            Err(e) => {
+                tracing::warn!(target: "ck::authz", root = %root.display(), error = %e, "registry.unreadable")
+            }
+        }
+    }
+    files
+}
+
+fn fingerprint(files: &[PathBuf]) -> blake3::Hash {
+    let mut hasher = blake3::Hasher::new();
+    for file in files {
+        hasher.update(file.as_os_str().as_encoded_bytes());
+        if let Ok(meta) = std::fs::metadata(file) {
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            hasher.update(&modified.to_le_bytes());
+            hasher.update(&meta.len().to_le_bytes());
+        }
+    }
+    hasher.finalize()
+}
+
+fn load(files: &[PathBuf]) -> KernelSet {
+    let now = chrono::Utc::now();
+    let mut kernels = Vec::new();
+    for file in files {
+        let loaded = ck_manifest::load_file(file, now);
+        match loaded.kernel {
+            Some(kernel) => kernels.push(kernel),
+            None => {
+                let first = loaded
+                    .diagnostics
+                    .first()
+                    .map(|d| d.to_string())
+                    .unwrap_or_default();
+                tracing::warn!(target: "ck::authz", manifest = %file.display(), problem = %first, "registry.invalid-manifest; its kernel cannot connect");
+            }
+        }
+    }
+    let (set, problems) = KernelSet::new(kernels);
+    for p in problems {
+        tracing::warn!(target: "ck::authz", problem = %p, "registry.conflict");
+    }
+    set
+}
+
+impl Registry {
+    /// Loads every kernel manifest under `roots`.
+    pub fn open(roots: Vec<PathBuf>) -> Self {
+        let files = manifests(&roots);
+        let set = load(&files);
+        tracing::info!(target: "ck::authz", kernels = set.iter().count(), roots = ?roots, "registry.loaded");
+        Self {
+            snapshot: Mutex::new(Snapshot {
+                set: Arc::new(set),
+                fingerprint: fingerprint(&files),
+                checked: Instant::now(),
+            }),
+            roots,
+        }
+    }
+
+    /// The directories scanned.
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.roots
+    }
+
+    /// The current kernel set, reloaded first if a manifest was added, removed or changed.
+    pub fn current(&self) -> Arc<KernelSet> {
+        let Ok(mut snapshot) = self.snapshot.lock() else {
+            return Arc::new(KernelSet::new(Vec::new()).0);
+        };
+        if snapshot.checked.elapsed() >= RESCAN_INTERVAL {
+            let files = manifests(&self.roots);
+            let now = fingerprint(&files);
+            if now != snapshot.fingerprint {
+                snapshot.set = Arc::new(load(&files));
+                snapshot.fingerprint = now;
+                tracing::info!(target: "ck::authz", kernels = snapshot.set.iter().count(), "registry.reloaded");
+            }
+            snapshot.checked = Instant::now();
+        }
+        snapshot.set.clone()
+    }
+}
+
+/// The directory of a kernel (where its `data/` lives).
+pub fn kernel_dir(manifest: &Path) -> PathBuf {
+    manifest.parent().map(Path::to_path_buf).unwrap_or_default()
+}

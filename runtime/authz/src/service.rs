@@ -1,0 +1,55 @@
+//! Serving the callout on NATS: a queue group, so several `ck authz` processes share the load
+//! and any one of them can answer when another is down.
+
+use std::sync::Arc;
+
+use async_nats::Client;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::callout::{Authorizer, CALLOUT_SUBJECT, Decision};
+
+/// The queue group every `ck authz` joins.
+pub const QUEUE_GROUP: &str = "ck-authz";
+
+/// Answers authorization requests on `client` (a user of the callout account) until `shutdown`.
+/// Each request is decided on its own task: nats-server holds the connecting client until the
+/// answer comes, so one slow decision must not delay the others.
+pub async fn serve(
+    client: Client,
+    authorizer: Arc<Authorizer>,
+    shutdown: CancellationToken,
+) -> Result<(), async_nats::SubscribeError> {
+    let mut requests = client
+        .queue_subscribe(CALLOUT_SUBJECT, QUEUE_GROUP.to_owned())
+        .await?;
+    let _ = client.flush().await;
+    tracing::info!(target: "ck::authz", subject = CALLOUT_SUBJECT, queue = QUEUE_GROUP, issuer = %authorizer.issuer_public_key(), "authz.serving");
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = requests.next() => match m { Some(m) => m, None => break },
+        };
+        let (client, authorizer) = (client.clone(), authorizer.clone());
+        tokio::spawn(async move {
+            let Some(reply) = message.reply else { return };
+            match authorizer.respond(&message.payload) {
+                Ok((response, decision)) => {
+                    if let Err(e) = client.publish(reply, response.into()).await {
+                        tracing::error!(target: "ck::authz", error = %e, "authz.reply-failed");
+                    }
+                    if let Decision::Deny { .. } = decision {
+                        // Logged and audited by the authorizer.
+                    }
+                }
+                // Not a request we can answer (not signed by a server): no reply, the server
+                // times the client out.
+                Err(e) => tracing::warn!(target: "ck::authz", error = %e, "authz.bad-request"),
+            }
+        });
+    }
+    let _ = requests.unsubscribe().await;
+    let _ = client.flush().await;
+    tracing::info!(target: "ck::authz", "authz.stopped");
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! `ck authz init`: the callout's secrets and the nats-server configuration that trusts it,
+//! rendered from `policies/nats/auth-callout.conf`.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nkeys::KeyPair;
+
+/// The server configuration template (policies/nats/auth-callout.conf).
+pub const SERVER_TEMPLATE: &str = include_str!("../../../policies/nats/auth-callout.conf");
+
+/// File names inside a callout directory.
+pub const ISSUER_FILE: &str = "issuer.nk";
+/// The callout user's password.
+pub const PASSWORD_FILE: &str = "callout.password";
+/// The rendered server configuration.
+pub const SERVER_CONFIG_FILE: &str = "nats-server.conf";
+/// The NATS user the callout connects as.
+pub const CALLOUT_USER: &str = "ck-authz";
+
+/// The secrets of one callout deployment.
+#[derive(Debug, Clone)]
+pub struct CalloutSecrets {
+    /// The account seed user JWTs are signed with.
+    pub issuer_seed: String,
+    /// The callout user's password.
+    pub password: String,
+}
+
+impl CalloutSecrets {
+    /// Fresh secrets.
+    pub fn generate() -> Self {
+        let issuer = KeyPair::new_account();
+        let password = blake3::hash(KeyPair::new_user().seed().unwrap_or_default().as_bytes())
+            .to_hex()[..40]
+            .to_owned();
+        Self {
+            issuer_seed: issuer.seed().unwrap_or_default(),
+            password,
+        }
+    }
+
+    /// Reads the secrets from `dir`.
+    pub fn load(dir: &Path) -> std::io::Result<Self> {
+        let read = |name: &str| -> std::io::Result<String> {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path)
+                .map(|s| s.trim().to_owned())
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+        };
+        Ok(Self {
+            issuer_seed: read(ISSUER_FILE)?,
+            password: read(PASSWORD_FILE)?,
+        })
+    }
+
+    /// The issuing key pair.
+    pub fn issuer(&self) -> Result<KeyPair, String> {
+        KeyPair::from_seed(&self.issuer_seed).map_err(|e| format!("{ISSUER_FILE}: {e}"))
+    }
+}
+
+/// A user that bypasses the callout with a password (operator tools, load generators).
+#[derive(Debug, Clone)]
+pub struct StaticUser {
+    /// Name.
+    pub name: String,
+    /// Password.
+    pub password: String,
+}
+
+/// Renders the server configuration for `secrets`, listening on `listen` (`host:port`).
+pub fn render_server_config(
+    secrets: &CalloutSecrets,
+    listen: &str,
+    static_users: &[StaticUser],
+) -> Result<String, String> {
+    let issuer = secrets.issuer()?.public_key();
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let users: Vec<String> = static_users
+        .iter()
+        .map(|u| {
+            format!(
+                "{{ user: {}, password: {} }}",
+                quote(&u.name),
+                quote(&u.password)
+            )
+        })
+        .collect();
+    let names: String = static_users
+        .iter()
+        .map(|u| format!(", {}", quote(&u.name)))
+        .collect();
+    Ok(SERVER_TEMPLATE
+        .replace("{{LISTEN}}", listen)
+        .replace("{{ISSUER}}", &issuer)
+        .replace("{{CALLOUT_PASSWORD}}", &secrets.password)
+        .replace("{{STATIC_USERS}}", &users.join(", "))
+        .replace("{{STATIC_USER_NAMES}}", &names))
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Writes fresh secrets and the rendered server configuration into `dir`; refuses to overwrite
+/// existing secrets (that would lock out every running server).
+pub fn init(dir: &Path, listen: &str, static_users: &[StaticUser]) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if dir.join(ISSUER_FILE).exists() {
+        return Err(format!(
+            "{} already exists; remove it to start over",
+            dir.join(ISSUER_FILE).display()
+        ));
+    }
+    let secrets = CalloutSecrets::generate();
+    let config = render_server_config(&secrets, listen, static_users)?;
+    let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    for (name, text) in [
+        (ISSUER_FILE, secrets.issuer_seed.as_str()),
+        (PASSWORD_FILE, secrets.password.as_str()),
+        (SERVER_CONFIG_FILE, config.as_str()),
+    ] {
+        let path = dir.join(name);
+        write_private(&path, text).map_err(|e| io(&path, e))?;
+    }
+    Ok(dir.join(SERVER_CONFIG_FILE))
+}
