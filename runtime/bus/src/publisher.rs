@@ -1,5 +1,6 @@
 //! Publishing on behalf of a kernel, with the protocol headers.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::{Client, HeaderMap};
@@ -30,10 +31,11 @@ pub enum PublishFailure {
     NoResponders(String),
 }
 
-/// Publishes for one kernel over its own connection.
+/// Publishes for one kernel over its own connection. The connection can be replaced while
+/// serving (credential rotation); clones share it.
 #[derive(Clone, Debug)]
 pub struct Publisher {
-    client: Client,
+    client: Arc<RwLock<Client>>,
     kernel: String,
 }
 
@@ -41,14 +43,25 @@ impl Publisher {
     /// A publisher sending as `kernel` over `client`.
     pub fn new(client: Client, kernel: impl Into<String>) -> Self {
         Self {
-            client,
+            client: Arc::new(RwLock::new(client)),
             kernel: kernel.into(),
         }
     }
 
-    /// The underlying connection.
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// The current connection.
+    pub fn client(&self) -> Client {
+        match self.client.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Sends through `client` from now on (publishes already under way finish on the old one).
+    pub fn replace_client(&self, client: Client) {
+        match self.client.write() {
+            Ok(mut c) => *c = client,
+            Err(poisoned) => *poisoned.into_inner() = client,
+        }
     }
 
     /// The protocol headers for a message sent as this kernel within `trace_id`.
@@ -61,7 +74,7 @@ impl Publisher {
     }
 
     fn check_size(&self, size: usize) -> Result<(), PublishFailure> {
-        let max = self.client.server_info().max_payload;
+        let max = self.client().server_info().max_payload;
         if max > 0 && size > max {
             return Err(PublishFailure::TooLarge { size, max });
         }
@@ -77,7 +90,7 @@ impl Publisher {
         user: &str,
     ) -> Result<(), PublishFailure> {
         self.check_size(payload.len())?;
-        self.client
+        self.client()
             .publish_with_headers(subject.to_owned(), self.headers(trace_id, user), payload)
             .await
             .map_err(|e| PublishFailure::Unavailable(e.to_string()))
@@ -98,7 +111,11 @@ impl Publisher {
             .payload(payload)
             .headers(self.headers(trace_id, user))
             .timeout(Some(timeout));
-        match self.client.send_request(subject.to_owned(), request).await {
+        match self
+            .client()
+            .send_request(subject.to_owned(), request)
+            .await
+        {
             Ok(message) => Ok(message.payload),
             Err(e) => Err(match e.kind() {
                 async_nats::RequestErrorKind::TimedOut => PublishFailure::Timeout(timeout),

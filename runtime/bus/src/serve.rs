@@ -37,7 +37,9 @@ pub struct Endpoint {
     pub result: String,
     /// Event topic.
     pub event: String,
-    /// Queue group: instances of one kernel class share name-based input topics.
+    /// Queue group: instances of one kernel class share name-based input topics; a GUID topic
+    /// is in a group of its own so that the two connections of a credential rotation share
+    /// deliveries instead of both answering.
     pub queue_group: Option<String>,
     /// Who answers.
     pub responder: Responder,
@@ -45,15 +47,21 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// The endpoint of a kernel: name-based input through a queue group named after the
-    /// kernel class, GUID input directly (it addresses one instance).
+    /// kernel class, GUID input (it addresses one instance) through a group named by the GUID.
     pub fn for_kernel(kernel: &Kernel) -> Self {
         Self {
             input: kernel.topics.input.clone(),
             result: kernel.topics.result.clone(),
             event: kernel.topics.event.clone(),
-            queue_group: (kernel.topics.format == TopicFormat::Name
-                && !kernel.topics.input.contains(&kernel.guid))
-            .then(|| kernel.name.clone()),
+            queue_group: Some(
+                if kernel.topics.format == TopicFormat::Name
+                    && !kernel.topics.input.contains(&kernel.guid)
+                {
+                    kernel.name.clone()
+                } else {
+                    kernel.guid.clone()
+                },
+            ),
             responder: Responder {
                 kernel: kernel.name.clone(),
                 kernel_urn: kernel.urn.clone(),
@@ -99,6 +107,18 @@ pub async fn serve<H: Handler>(
     options: ServeOptions,
     shutdown: CancellationToken,
 ) -> Result<ServeReport, async_nats::SubscribeError> {
+    serve_signalling(client, endpoint, handler, options, shutdown, None).await
+}
+
+/// [`serve`], telling `subscribed` once the server has registered the subscription.
+pub(crate) async fn serve_signalling<H: Handler>(
+    client: Client,
+    endpoint: Endpoint,
+    handler: Arc<H>,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+    subscribed: Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<ServeReport, async_nats::SubscribeError> {
     let mut subscriber = match &endpoint.queue_group {
         Some(group) => {
             client
@@ -109,6 +129,9 @@ pub async fn serve<H: Handler>(
     };
     // The subscription is registered with the server once this returns.
     let _ = client.flush().await;
+    if let Some(tx) = subscribed {
+        let _ = tx.send(());
+    }
     tracing::info!(kernel = %endpoint.responder.kernel, topic = %endpoint.input, queue = ?endpoint.queue_group, "nats.subscribed");
     let endpoint = Arc::new(endpoint);
     let slots = Arc::new(Semaphore::new(options.max_in_flight.max(1)));

@@ -30,6 +30,12 @@ pub struct Args {
     /// X-User-ID to send.
     #[arg(long, default_value = "anonymous")]
     user: String,
+    /// NATS user to connect as (a static user of the server; kernels use SPIFFE instead).
+    #[arg(long, env = "CK_NATS_USER", requires = "nats_password")]
+    nats_user: Option<String>,
+    /// Its password.
+    #[arg(long, env = "CK_NATS_PASSWORD", requires = "nats_user")]
+    nats_password: Option<String>,
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
@@ -43,7 +49,14 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let body = serde_json::to_vec(&serde_json::json!({ "action": args.action, "data": data }))?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let client = async_nats::connect(&args.nats)
+        let options = match (&args.nats_user, &args.nats_password) {
+            (Some(user), Some(password)) => {
+                async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+            }
+            _ => async_nats::ConnectOptions::new(),
+        };
+        let client = options
+            .connect(args.nats.as_str())
             .await
             .with_context(|| format!("connecting to {}", args.nats))?;
         let mut headers = async_nats::HeaderMap::new();

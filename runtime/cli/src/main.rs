@@ -2,9 +2,11 @@
 //! nothing but argument parsing, output formatting and exit codes.
 
 mod acl;
+mod authz;
 mod bench;
 mod build;
 mod call;
+mod identity;
 mod run;
 mod validate;
 
@@ -44,6 +46,11 @@ enum Command {
     /// Measure request/reply through the kernel host beside a plain async-nats responder, on a
     /// nats-server it starts itself. Build with --release for representative figures.
     Bench(bench::Args),
+    /// SPIFFE identities: the dev identity provider (a Workload API on a unix socket) and an
+    /// SVID probe.
+    Identity(identity::Args),
+    /// The NATS auth callout: set it up (`init`) and run it (`serve`).
+    Authz(authz::Args),
 }
 
 fn init_logging(serving: bool) {
@@ -69,7 +76,10 @@ fn init_logging(serving: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(matches!(cli.command, Command::Run(_)));
+    init_logging(matches!(
+        cli.command,
+        Command::Run(_) | Command::Authz(_) | Command::Identity(_)
+    ));
     let result = match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Acl(args) => acl::run(&args),
@@ -77,6 +87,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Call(args) => call::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Identity(args) => identity::run(&args),
+        Command::Authz(args) => authz::run(&args),
     };
     match result {
         Ok(code) => code,

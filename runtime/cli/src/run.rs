@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ck_acl::{Policy, compile};
-use ck_bus::{Endpoint, Publisher, ServeOptions};
+use ck_bus::{ConnectSpec, CredentialSource, Credentials, Endpoint, Publisher, ServeOptions};
 use ck_host::{ArtifactCache, HostConfig, HostEngine, KernelComponent, KernelService};
 use ck_manifest::{Diagnostic, Kernel, KernelSet};
 use ck_subject::Permissions;
+use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::validate::{load_all, report_failures};
@@ -44,6 +45,106 @@ pub struct Args {
     /// Do not publish an event on the kernel's event topic for every answer.
     #[arg(long)]
     pub no_events: bool,
+    /// SPIFFE Workload API socket (SPIRE's agent, or `ck identity serve`): each kernel connects
+    /// as its SPIFFE ID with a fresh JWT-SVID.
+    #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET", value_name = "PATH")]
+    pub spiffe_socket: Option<String>,
+    /// Let kernels named LOCAL.* connect without SPIFFE (as their name, no password).
+    #[arg(long)]
+    pub allow_local: bool,
+    /// Connect without any identity, for a nats-server without authentication (tests,
+    /// benchmarks). Never use it against a production server.
+    #[arg(long, conflicts_with = "spiffe_socket")]
+    pub insecure_no_identity: bool,
+}
+
+/// Presents a kernel's SPIFFE ID and current JWT-SVID.
+struct SpiffeCredentials {
+    client: ck_identity::IdentityClient,
+    spiffe_id: String,
+    audience: String,
+}
+
+impl CredentialSource for SpiffeCredentials {
+    fn credentials(&self) -> BoxFuture<'static, Result<Credentials, String>> {
+        let (client, id, audience) = (
+            self.client.clone(),
+            self.spiffe_id.clone(),
+            self.audience.clone(),
+        );
+        Box::pin(async move {
+            let svid = client
+                .svid(&id, &audience)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Credentials {
+                user: id,
+                password: Some(svid.token),
+                renew_at: Some(svid.refresh_at),
+            })
+        })
+    }
+}
+
+/// A LOCAL.* kernel's name, without proof.
+struct LocalCredentials(String);
+
+impl CredentialSource for LocalCredentials {
+    fn credentials(&self) -> BoxFuture<'static, Result<Credentials, String>> {
+        let user = self.0.clone();
+        Box::pin(async move {
+            Ok(Credentials {
+                user,
+                password: None,
+                renew_at: None,
+            })
+        })
+    }
+}
+
+/// How each kernel connects, decided before anything is served.
+pub async fn connect_spec(args: &Args, kernel: &Kernel) -> Result<ConnectSpec> {
+    let credentials: Option<Arc<dyn CredentialSource>> = if kernel.name.starts_with("LOCAL.")
+        && args.allow_local
+    {
+        Some(Arc::new(LocalCredentials(kernel.name.clone())))
+    } else if let Some(socket) = &args.spiffe_socket {
+        let Some(spiffe_id) = kernel.spiffe_id() else {
+            bail!(
+                "{}: {} has no `domain`, so it has no SPIFFE ID to connect as",
+                kernel.manifest_path.display(),
+                kernel.name
+            );
+        };
+        let domain = kernel.domain.clone().unwrap_or_default();
+        let client = ck_identity::IdentityClient::connect(socket).await?;
+        Some(Arc::new(SpiffeCredentials {
+            client,
+            spiffe_id,
+            audience: ck_identity::nats_audience(&domain),
+        }))
+    } else if args.insecure_no_identity {
+        tracing::warn!(kernel = %kernel.name, "connecting without identity (--insecure-no-identity)");
+        None
+    } else if kernel.name.starts_with("LOCAL.") {
+        bail!(
+            "{}: LOCAL kernels connect without SPIFFE only with --allow-local",
+            kernel.name
+        );
+    } else {
+        bail!(
+            "{}: kernels connect as their SPIFFE ID; give the Workload API socket with \
+             --spiffe-socket or SPIFFE_ENDPOINT_SOCKET (or --insecure-no-identity for a \
+             nats-server without authentication)",
+            kernel.name
+        );
+    };
+    Ok(ConnectSpec {
+        url: args.nats.clone(),
+        name: format!("ck:{}:{}", kernel.name, kernel.guid),
+        inbox_prefix: ck_manifest::topics::inbox_prefix(&kernel.guid),
+        credentials,
+    })
 }
 
 /// One kernel, loaded and checked, before any connection is made.
@@ -141,22 +242,23 @@ pub fn prepare(args: &Args) -> Result<(HostEngine, Vec<Ready>)> {
     Ok((engine, ready))
 }
 
-/// Connects as one kernel: its own connection, its private inbox prefix. Retries with backoff
-/// while NATS is unreachable (the kernel does not report ready before it is connected).
-pub async fn connect(
-    url: &str,
-    kernel: &Kernel,
+/// Connects with backoff while NATS is unreachable or refuses (a kernel does not report ready
+/// before it is connected).
+pub async fn retry_connect<F, Fut>(
     shutdown: &CancellationToken,
-) -> Result<async_nats::Client> {
+    url: &str,
+    attempt: F,
+) -> Result<async_nats::Client>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<async_nats::Client, async_nats::ConnectError>>,
+{
     let mut delay = Duration::from_millis(100);
     loop {
-        let options = async_nats::ConnectOptions::new()
-            .name(format!("ck:{}:{}", kernel.name, kernel.guid))
-            .custom_inbox_prefix(ck_manifest::topics::inbox_prefix(&kernel.guid));
-        match options.connect(url).await {
+        match attempt().await {
             Ok(client) => return Ok(client),
             Err(e) => {
-                tracing::warn!(kernel = %kernel.name, url, error = %e, retry_in_ms = delay.as_millis() as u64, "nats.unreachable");
+                tracing::warn!(url, error = %e, retry_in_ms = delay.as_millis() as u64, "nats.unreachable");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => bail!("stopped before NATS was reachable"),
@@ -181,7 +283,8 @@ pub async fn serve_all(
     };
     let mut tasks = tokio::task::JoinSet::new();
     for r in ready {
-        let client = connect(&args.nats, &r.kernel, &shutdown).await?;
+        let spec = connect_spec(args, &r.kernel).await?;
+        let client = retry_connect(&shutdown, &args.nats, || ck_bus::connect(&spec)).await?;
         let publisher = Publisher::new(client.clone(), r.kernel.name.clone());
         let endpoint = Endpoint::for_kernel(&r.kernel);
         let options = ServeOptions {
@@ -194,13 +297,22 @@ pub async fn serve_all(
             r.kernel,
             r.component,
             r.permissions,
-            publisher,
+            publisher.clone(),
             r.warnings,
         )?);
         let token = shutdown.clone();
         tracing::info!(kernel = %name, input = %endpoint.input, "ready");
         tasks.spawn(async move {
-            let report = ck_bus::serve(client, endpoint, service, options, token).await;
+            let report = ck_bus::serve_rotating(
+                spec,
+                client,
+                endpoint,
+                service,
+                options,
+                token,
+                move |fresh| publisher.replace_client(fresh.clone()),
+            )
+            .await;
             (name, report)
         });
     }

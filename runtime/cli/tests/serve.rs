@@ -75,6 +75,7 @@ impl Host {
                 &server.url(),
                 "--cache-dir",
                 cache.to_str().unwrap(),
+                "--insecure-no-identity",
             ])
             .env("CK_LOG", "info")
             .stdout(Stdio::null())
@@ -509,6 +510,7 @@ async fn a_python_kernel_is_served_like_the_c_ones() {
             &server.url(),
             "--cache-dir",
             cache.path().to_str().unwrap(),
+            "--insecure-no-identity",
         ])
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

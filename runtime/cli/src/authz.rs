@@ -1,0 +1,143 @@
+//! `ck authz`: the NATS auth callout service and its setup.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use ck_authz::setup::{CALLOUT_USER, CalloutSecrets, StaticUser};
+use ck_authz::{Authorizer, AuthorizerConfig, Registry};
+use ck_identity::{TrustBundles, TrustDomain};
+use tokio_util::sync::CancellationToken;
+
+/// Arguments of `ck authz`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Create the callout's secrets (issuer account nkey, callout password) and a nats-server
+    /// configuration that sends every connection to the callout.
+    Init(InitArgs),
+    /// Answer the server's authorization requests: verify each kernel's JWT-SVID and grant it
+    /// the permissions compiled from the registered manifests. Run several for availability.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct InitArgs {
+    /// Directory for the secrets and nats-server.conf (created 0600).
+    dir: PathBuf,
+    /// Address nats-server listens on.
+    #[arg(long, default_value = "127.0.0.1:4222")]
+    listen: String,
+    /// A user that bypasses the callout, NAME:PASSWORD (operator tools; repeatable).
+    #[arg(long = "static-user", value_name = "NAME:PASSWORD")]
+    static_users: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Directory written by `ck authz init`.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// NATS server URL.
+    #[arg(long, default_value = "nats://127.0.0.1:4222", env = "CK_NATS_URL")]
+    nats: String,
+    /// Where kernel manifests are registered (repeatable): directories searched for
+    /// conceptkernel.yaml, rescanned when one changes.
+    #[arg(long = "registry", required = true, value_name = "DIR")]
+    registry: Vec<PathBuf>,
+    /// Trust domain whose SVIDs are accepted (repeatable).
+    #[arg(long = "trust-domain", required = true, value_name = "DOMAIN")]
+    trust_domains: Vec<String>,
+    /// Workload API socket the trust bundles come from.
+    #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET", value_name = "PATH")]
+    spiffe_socket: String,
+    /// Account kernels are placed in.
+    #[arg(long, default_value = "APP")]
+    account: String,
+    /// Let kernels named LOCAL.* connect without SPIFFE.
+    #[arg(long)]
+    allow_local: bool,
+}
+
+pub fn run(args: &Args) -> Result<std::process::ExitCode> {
+    match &args.command {
+        Command::Init(a) => init(a),
+        Command::Serve(a) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(serve(a))
+        }
+    }
+}
+
+fn init(args: &InitArgs) -> Result<std::process::ExitCode> {
+    let users = args
+        .static_users
+        .iter()
+        .map(|u| match u.split_once(':') {
+            Some((name, password)) if !name.is_empty() && !password.is_empty() => Ok(StaticUser {
+                name: name.to_owned(),
+                password: password.to_owned(),
+            }),
+            _ => bail!("--static-user '{u}': expected NAME:PASSWORD"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let config =
+        ck_authz::setup::init(&args.dir, &args.listen, &users).map_err(anyhow::Error::msg)?;
+    let secrets = CalloutSecrets::load(&args.dir)?;
+    println!("wrote {}", config.display());
+    println!(
+        "issuer {}",
+        secrets.issuer().map_err(anyhow::Error::msg)?.public_key()
+    );
+    println!("start the server:  nats-server -c {}", config.display());
+    println!(
+        "start the callout: ck authz serve --dir {} --registry <kernels> --trust-domain <domain> --spiffe-socket <socket>",
+        args.dir.display()
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn serve(args: &ServeArgs) -> Result<std::process::ExitCode> {
+    let secrets = CalloutSecrets::load(&args.dir)?;
+    let issuer = secrets.issuer().map_err(anyhow::Error::msg)?;
+    let trust_domains = args
+        .trust_domains
+        .iter()
+        .map(|d| TrustDomain::new(d).with_context(|| format!("--trust-domain {d}")))
+        .collect::<Result<Vec<_>>>()?;
+    let bundles = ck_identity::bundle_source(&args.spiffe_socket).await?;
+    let registry = Registry::open(args.registry.clone());
+    let authorizer = Arc::new(Authorizer::new(
+        AuthorizerConfig {
+            issuer,
+            account: args.account.clone(),
+            trust_domains,
+            allow_local: args.allow_local,
+            policy: ck_acl::Policy::default(),
+        },
+        registry,
+        TrustBundles::Live(bundles),
+    ));
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        crate::run::shutdown_signal().await;
+        trigger.cancel();
+    });
+    let client = crate::run::retry_connect(&shutdown, &args.nats, || {
+        async_nats::ConnectOptions::with_user_and_password(
+            CALLOUT_USER.to_owned(),
+            secrets.password.clone(),
+        )
+        .name("ck-authz")
+        .connect(args.nats.as_str())
+    })
+    .await?;
+    ck_authz::serve(client, authorizer, shutdown).await?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
