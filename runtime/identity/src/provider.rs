@@ -214,15 +214,23 @@ impl DevProvider {
         let listener = bind_socket(socket)?;
         tracing::info!(target: "ck::identity", socket = %socket.display(), trust_domains = ?self.config.trust_domains.iter().map(|t| t.to_string()).collect::<Vec<_>>(), ttl_s = self.config.ttl.as_secs(), "identity.serving");
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-        let result = tonic::transport::Server::builder()
-            .serve_with_incoming_shutdown(
-                WorkloadApiServer::new(self),
-                incoming,
-                shutdown.cancelled_owned(),
-            )
-            .await;
+        let server = tonic::transport::Server::builder().serve_with_incoming_shutdown(
+            WorkloadApiServer::new(self),
+            incoming,
+            shutdown.clone().cancelled_owned(),
+        );
+        // Bundle streams stay open for as long as their clients live, so a graceful stop would
+        // wait for every client: give them a second, then stop regardless.
+        let result = tokio::select! {
+            r = server => r.map_err(|e| IdentityError::Serve(e.to_string())),
+            _ = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            } => Ok(()),
+        };
         let _ = fs::remove_file(socket);
-        result.map_err(|e| IdentityError::Serve(e.to_string()))
+        tracing::info!(target: "ck::identity", "identity.stopped");
+        result
     }
 }
 
