@@ -114,7 +114,11 @@ impl RawClient {
     fn until_pong(&mut self) -> Result<Vec<String>, String> {
         let mut errors = Vec::new();
         loop {
-            let line = self.line()?;
+            // A server that refuses says why (-ERR) and then closes: keep the why.
+            let line = self.line().map_err(|closed| {
+                errors.push(closed);
+                errors.join("; ")
+            })?;
             if line == "PONG" {
                 return Ok(errors);
             } else if line == "PING" {

@@ -162,7 +162,10 @@ impl Authorizer {
     /// Decides `request` and records the outcome (log line; audit lines for denies and audited
     /// grants).
     pub fn decide(&self, request: &CalloutRequest) -> Decision {
-        let set = self.registry.current();
+        let mut set = self.registry.current();
+        if claimed_kernel(&set, &request.user).is_none() {
+            set = self.registry.rescan();
+        }
         let claimed = claimed_kernel(&set, &request.user);
         let decision = self.evaluate(request, &set, claimed);
         match &decision {

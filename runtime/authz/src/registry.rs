@@ -97,12 +97,23 @@ impl Registry {
         &self.roots
     }
 
-    /// The current kernel set, reloaded first if a manifest was added, removed or changed.
+    /// The current kernel set, reloaded first if a manifest was added, removed or changed
+    /// (checked at most every 200 ms).
     pub fn current(&self) -> Arc<KernelSet> {
+        self.scan(false)
+    }
+
+    /// The current kernel set, checked against the directories now (for a kernel not found:
+    /// a manifest registered a moment ago must not be refused).
+    pub fn rescan(&self) -> Arc<KernelSet> {
+        self.scan(true)
+    }
+
+    fn scan(&self, now: bool) -> Arc<KernelSet> {
         let Ok(mut snapshot) = self.snapshot.lock() else {
             return Arc::new(KernelSet::new(Vec::new()).0);
         };
-        if snapshot.checked.elapsed() >= RESCAN_INTERVAL {
+        if now || snapshot.checked.elapsed() >= RESCAN_INTERVAL {
             let files = manifests(&self.roots);
             let now = fingerprint(&files);
             if now != snapshot.fingerprint {
