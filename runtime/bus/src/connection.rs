@@ -46,6 +46,9 @@ pub struct ConnectSpec {
     pub inbox_prefix: String,
     /// Credentials, or none for a server without authentication.
     pub credentials: Option<Arc<dyn CredentialSource>>,
+    /// Told of every `Permissions Violation` the server reports on this connection (the server
+    /// drops such a publish or subscribe silently as far as the call is concerned).
+    pub on_violation: Option<Arc<dyn Fn(String) + Send + Sync>>,
 }
 
 impl std::fmt::Debug for ConnectSpec {
@@ -82,7 +85,28 @@ pub async fn connect(spec: &ConnectSpec) -> Result<Client, async_nats::ConnectEr
         }
         None => ConnectOptions::new(),
     };
+    let name = spec.name.clone();
+    let on_violation = spec.on_violation.clone();
     options
+        .event_callback(move |event| {
+            let (name, on_violation) = (name.clone(), on_violation.clone());
+            async move {
+                match event {
+                    async_nats::Event::ServerError(async_nats::ServerError::Other(e))
+                        if e.contains("Permissions Violation") =>
+                    {
+                        tracing::warn!(connection = %name, error = %e, "nats.permission-violation");
+                        if let Some(report) = on_violation {
+                            report(e);
+                        }
+                    }
+                    async_nats::Event::Connected | async_nats::Event::Disconnected => {
+                        tracing::info!(connection = %name, event = %event, "nats.connection")
+                    }
+                    other => tracing::warn!(connection = %name, event = %other, "nats.event"),
+                }
+            }
+        })
         .name(spec.name.clone())
         .custom_inbox_prefix(spec.inbox_prefix.clone())
         .connect(spec.url.as_str())

@@ -139,11 +139,37 @@ pub async fn connect_spec(args: &Args, kernel: &Kernel) -> Result<ConnectSpec> {
             kernel.name
         );
     };
+    // What the server refuses on this connection goes to the kernel's audit ledger too.
+    let dir = kernel.manifest_path.parent().map(PathBuf::from);
+    let (name, identity) = (
+        kernel.name.clone(),
+        kernel.spiffe_id().unwrap_or_else(|| kernel.name.clone()),
+    );
+    let on_violation: Arc<dyn Fn(String) + Send + Sync> = Arc::new(move |error: String| {
+        let Some(dir) = dir.clone() else { return };
+        let subject = error.split('"').nth(1).unwrap_or_default().to_owned();
+        let action = if error.contains("Subscription") {
+            "subscribe"
+        } else {
+            "publish"
+        };
+        let record = ck_audit::AuditRecord::now(
+            &identity,
+            action,
+            ck_audit::Verdict::Deny,
+            error,
+            "nats-server (seen by ck host)",
+        )
+        .subject(subject);
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || ck_audit::append(&dir, &name, &record));
+    });
     Ok(ConnectSpec {
         url: args.nats.clone(),
         name: format!("ck:{}:{}", kernel.name, kernel.guid),
         inbox_prefix: ck_manifest::topics::inbox_prefix(&kernel.guid),
         credentials,
+        on_violation: Some(on_violation),
     })
 }
 

@@ -29,6 +29,10 @@ pub(crate) struct Shared {
     pub publisher: Publisher,
     pub max_publish: usize,
     pub data_dir: Option<PathBuf>,
+    /// The kernel's directory (its audit ledger lives under it).
+    pub kernel_dir: Option<PathBuf>,
+    /// Who the kernel is, as audit lines name it: its SPIFFE ID, or its name.
+    pub identity: String,
 }
 
 /// The request being handled.
@@ -134,7 +138,7 @@ impl State {
         }
     }
 
-    fn check(&self, subject: &str, size: usize) -> Result<(), PublishError> {
+    fn check(&self, action: &str, subject: &str, size: usize) -> Result<(), PublishError> {
         if let Err(e) = validate_literal(subject) {
             return Err(PublishError::InvalidSubject(format!("'{subject}': {e}")));
         }
@@ -149,20 +153,37 @@ impl State {
                 self.shared.kernel,
                 self.shared.permissions.publish.allow.join(", ")
             );
-            tracing::warn!(
-                target: "ck::audit",
-                kernel = %self.shared.kernel,
-                trace_id = %self.call.trace_id,
-                subject = %subject,
-                result = "deny",
-                "guest publish denied"
-            );
+            self.audit_deny(action, subject, &reason);
             return Err(PublishError::Denied(Denial {
                 subject: subject.to_owned(),
                 reason,
             }));
         }
         Ok(())
+    }
+}
+
+impl State {
+    /// Records a refused publish in the kernel's audit ledger. The write (with its fsync) runs
+    /// off the async workers; the guest already has its typed denial.
+    fn audit_deny(&self, action: &str, subject: &str, reason: &str) {
+        let record = ck_audit::AuditRecord::now(
+            &self.shared.identity,
+            action,
+            ck_audit::Verdict::Deny,
+            format!("{reason} (trace {})", self.call.trace_id),
+            "ck host",
+        )
+        .subject(subject);
+        match self.shared.kernel_dir.clone() {
+            Some(dir) => {
+                let kernel = self.shared.kernel.clone();
+                tokio::task::spawn_blocking(move || ck_audit::append(&dir, &kernel, &record));
+            }
+            None => {
+                tracing::warn!(target: "ck::audit", kernel = %self.shared.kernel, subject, result = "deny", reason, "guest publish denied")
+            }
+        }
     }
 }
 
@@ -198,7 +219,7 @@ impl crate::conceptkernel::kernel::types::Host for State {}
 
 impl host::Host for State {
     async fn publish(&mut self, subject: String, payload: Vec<u8>) -> Result<(), PublishError> {
-        self.check(&subject, payload.len())?;
+        self.check("publish", &subject, payload.len())?;
         let call = &self.call;
         self.shared
             .publisher
@@ -213,7 +234,7 @@ impl host::Host for State {
         payload: Vec<u8>,
         timeout_ms: u32,
     ) -> Result<Vec<u8>, PublishError> {
-        self.check(&subject, payload.len())?;
+        self.check("request", &subject, payload.len())?;
         // Never wait past the call's own deadline.
         let mut timeout = Duration::from_millis(u64::from(timeout_ms));
         if let Some(deadline) = self.call.deadline {

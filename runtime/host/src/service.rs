@@ -90,6 +90,13 @@ impl KernelService {
             publisher,
             max_publish: usize::try_from(limits.max_result_bytes).unwrap_or(usize::MAX),
             data_dir,
+            kernel_dir: manifest
+                .manifest_path
+                .parent()
+                .map(std::path::Path::to_path_buf),
+            identity: manifest
+                .spiffe_id()
+                .unwrap_or_else(|| manifest.name.clone()),
         });
         Ok(Self {
             memory_cap: usize::try_from(limits.memory_mb << 20).unwrap_or(usize::MAX),
