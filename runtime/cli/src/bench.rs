@@ -42,6 +42,16 @@ pub struct Args {
         default_value = "baseline,fresh,reused,domain"
     )]
     targets: Vec<String>,
+    /// Measure the auth callout instead: connect latency through `ck authz` beside a static
+    /// user's, over --connects sequential connects, and a storm of --storm kernels.
+    #[arg(long)]
+    callout: bool,
+    /// Sequential connects per path (with --callout).
+    #[arg(long, default_value_t = 500)]
+    connects: usize,
+    /// Kernels connecting at once (with --callout).
+    #[arg(long, default_value_t = 200)]
+    storm: usize,
     /// Write the results as JSON to this file too.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -210,6 +220,14 @@ async fn serve_kernel(
 
 pub fn run(args: &Args) -> Result<std::process::ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
+    if args.callout {
+        runtime.block_on(crate::bench_callout::run(
+            args.connects,
+            args.storm,
+            args.json.as_deref(),
+        ))?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     runtime.block_on(bench(args))
 }
 

@@ -4,6 +4,7 @@
 mod acl;
 mod authz;
 mod bench;
+mod bench_callout;
 mod build;
 mod call;
 mod identity;
