@@ -7,7 +7,7 @@ bool exports_conceptkernel_kernel_handler_handle(ck_str *action, ck_str *data, c
   bool ok;
   if (ck_eq(action, "echo")) {
     ok = ck_ok_move(ret, data);
-  } else if (ck_eq(action, "whoami")) {
+  } else if (ck_eq(action, "whoami") || ck_eq(action, "whoami.verified")) {
     ck_buf b = {0};
     ck_buf_puts(&b, "{\"trace_id\":");
     ck_buf_json_str(&b, &ctx->trace_id);
@@ -22,7 +22,7 @@ bool exports_conceptkernel_kernel_handler_handle(ck_str *action, ck_str *data, c
     ck_buf_puts(&b, "}");
     ok = ck_ok_buf(ret, &b);
   } else {
-    ok = ck_fail(err, 404, "Demo.Echo knows `echo` and `whoami`");
+    ok = ck_fail(err, 404, "Demo.Echo knows `echo`, `whoami` and `whoami.verified`");
   }
   kernel_string_free(data);
   kernel_string_free(action);

@@ -86,6 +86,20 @@ impl CredentialSource for SpiffeCredentials {
     }
 }
 
+/// Verifies callers' bearer JWT-SVIDs against the trust bundles streamed from the Workload API.
+struct SvidVerifier {
+    bundles: ck_identity::TrustBundles,
+    trust_domains: Vec<ck_identity::TrustDomain>,
+}
+
+impl ck_host::CallerVerifier for SvidVerifier {
+    fn verify(&self, token: &str, audience: &str) -> Result<String, String> {
+        ck_identity::verify_bearer(token, audience, &self.trust_domains, &self.bundles)
+            .map(|v| v.spiffe_id.to_string())
+            .map_err(|r| r.to_string())
+    }
+}
+
 /// A LOCAL.* kernel's name, without proof.
 struct LocalCredentials(String);
 
@@ -307,6 +321,26 @@ pub async fn serve_all(
         publish_events: !args.no_events,
         ..ServeOptions::default()
     };
+    // Callers of `auth`/`owner` actions prove who they are with JWT-SVIDs from the served
+    // kernels' trust domains.
+    let verifier: Option<Arc<dyn ck_host::CallerVerifier>> = match &args.spiffe_socket {
+        Some(socket) => {
+            let mut trust_domains = Vec::new();
+            for domain in ready.iter().filter_map(|r| r.kernel.domain.as_deref()) {
+                let td = ck_identity::TrustDomain::new(domain)
+                    .with_context(|| format!("trust domain '{domain}'"))?;
+                if !trust_domains.contains(&td) {
+                    trust_domains.push(td);
+                }
+            }
+            let bundles = ck_identity::bundle_source(socket).await?;
+            Some(Arc::new(SvidVerifier {
+                bundles: ck_identity::TrustBundles::Live(bundles),
+                trust_domains,
+            }))
+        }
+        None => None,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for r in ready {
         let spec = connect_spec(args, &r.kernel).await?;
@@ -318,14 +352,18 @@ pub async fn serve_all(
             ..options
         };
         let name = r.kernel.name.clone();
-        let service = Arc::new(KernelService::new(
+        let mut service = KernelService::new(
             engine,
             r.kernel,
             r.component,
             r.permissions,
             publisher.clone(),
             r.warnings,
-        )?);
+        )?;
+        if let Some(v) = &verifier {
+            service = service.with_verifier(v.clone());
+        }
+        let service = Arc::new(service);
         let token = shutdown.clone();
         tracing::info!(kernel = %name, input = %endpoint.input, "ready");
         tasks.spawn(async move {

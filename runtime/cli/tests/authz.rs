@@ -167,6 +167,34 @@ impl Stack {
         std::fs::write(dir.join("conceptkernel.yaml"), manifest).unwrap();
     }
 
+    /// Serves the echo kernel from the registry with `ck run` as its SPIFFE ID (a copy: its
+    /// DATA loop is written beside it).
+    fn serve_echo(&self) -> Proc {
+        let kernels = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernels");
+        let echo = self.kernel_dir("Demo.Echo");
+        std::fs::create_dir_all(echo.join("tool")).unwrap();
+        for file in ["conceptkernel.yaml", "tool/echo.c"] {
+            std::fs::copy(kernels.join("echo").join(file), echo.join(file)).unwrap();
+        }
+        let build = Command::new(CK).arg("build").arg(&echo).output().unwrap();
+        assert!(build.status.success(), "{build:?}");
+        let host = Proc::spawn(
+            &[
+                "run",
+                echo.to_str().unwrap(),
+                "--nats",
+                &self.server.url(),
+                "--spiffe-socket",
+                &self.socket(),
+                "--cache-dir",
+                self.root().join("cache").to_str().unwrap(),
+            ],
+            self.root().join("host.log"),
+        );
+        host.wait_for("\"ready\"");
+        host
+    }
+
     fn kernel_dir(&self, class: &str) -> PathBuf {
         self.root().join("registry").join(class)
     }
@@ -463,29 +491,7 @@ fn svid_rotation_under_load_loses_nothing() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(120);
     let stack = Stack::start(1, 30);
-    // Serve the echo kernel from the registry (a copy: its DATA loop is written beside it).
-    let kernels = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernels");
-    let echo = stack.kernel_dir("Demo.Echo");
-    std::fs::create_dir_all(echo.join("tool")).unwrap();
-    for file in ["conceptkernel.yaml", "tool/echo.c"] {
-        std::fs::copy(kernels.join("echo").join(file), echo.join(file)).unwrap();
-    }
-    let build = Command::new(CK).arg("build").arg(&echo).output().unwrap();
-    assert!(build.status.success(), "{build:?}");
-    let host = Proc::spawn(
-        &[
-            "run",
-            echo.to_str().unwrap(),
-            "--nats",
-            &stack.server.url(),
-            "--spiffe-socket",
-            &stack.socket(),
-            "--cache-dir",
-            stack.root().join("cache").to_str().unwrap(),
-        ],
-        stack.root().join("host.log"),
-    );
-    host.wait_for("\"ready\"");
+    let host = stack.serve_echo();
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (sent, failed) = runtime.block_on(async {
@@ -530,4 +536,83 @@ fn svid_rotation_under_load_loses_nothing() {
         host.log()
     );
     assert!(sent > seconds * 50, "the load kept flowing: {sent}");
+}
+
+/// `auth` actions: the caller proves its SPIFFE ID with a JWT-SVID addressed to the kernel; the
+/// kernel sees the proven ID; refusals are 401 and audited.
+#[test]
+fn callers_of_auth_actions_prove_who_they_are() {
+    let stack = Stack::start(1, 300);
+    stack.register("Test.A", A_GUID, "");
+    let _host = stack.serve_echo();
+    let echo_id = spiffe("Demo.Echo", "0e1c4a5b-2d3f-4a6b-9c8d-7e6f5a4b3c2d");
+    let a = spiffe("Test.A", A_GUID);
+    let for_echo = stack.svid(&a, Some(&echo_id));
+    let for_nats = stack.svid(&a, None);
+    let foreign = stack.svid(
+        &format!("spiffe://other.org/ck/Test.A/{A_GUID}"),
+        Some(&echo_id),
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let answers = runtime.block_on(async {
+        let client = async_nats::ConnectOptions::with_user_and_password(
+            OBSERVER.0.into(),
+            OBSERVER.1.into(),
+        )
+        .connect(stack.server.url())
+        .await
+        .unwrap();
+        let mut answers = Vec::new();
+        for bearer in [None, Some(&for_echo), Some(&for_nats), Some(&foreign)] {
+            let mut headers = async_nats::HeaderMap::new();
+            if let Some(token) = bearer {
+                headers.insert("Authorization", format!("Bearer {token}").as_str());
+            }
+            let request = async_nats::Request::new()
+                .payload(r#"{"action":"whoami.verified","data":{}}"#.into())
+                .headers(headers)
+                .timeout(Some(Duration::from_secs(5)));
+            let reply = client
+                .send_request("input.Demo.Echo", request)
+                .await
+                .unwrap();
+            answers.push(serde_json::from_slice::<serde_json::Value>(&reply.payload).unwrap());
+        }
+        answers
+    });
+    assert_eq!(answers[0]["code"], 401, "no token: {}", answers[0]);
+    assert_eq!(answers[1]["status"], "ok", "{}", answers[1]);
+    assert_eq!(
+        answers[1]["data"]["caller"],
+        a.as_str(),
+        "the kernel sees the proven caller"
+    );
+    assert_eq!(
+        answers[2]["code"], 401,
+        "a NATS token is not a call token: {}",
+        answers[2]
+    );
+    assert!(
+        answers[2]["message"].as_str().unwrap().contains("audience"),
+        "{}",
+        answers[2]
+    );
+    assert_eq!(answers[3]["code"], 401, "foreign domain: {}", answers[3]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let audit = ck_audit::read(&stack.kernel_dir("Demo.Echo")).unwrap();
+        let denies = audit
+            .iter()
+            .filter(|l| l["result"] == "deny" && l["action"] == "whoami.verified")
+            .count();
+        if denies >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "3 audited refusals expected: {audit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -19,7 +19,7 @@ mod service;
 pub use cache::ArtifactCache;
 pub use component::{KernelComponent, LoadError};
 pub use engine::{HostConfig, HostEngine};
-pub use service::{KernelService, ServiceStats};
+pub use service::{CallerVerifier, KernelService, ServiceStats};
 
 /// Host bindings generated from `kernels/wit/kernel.wit`.
 mod bindings {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ck_bus::{Failure, Publisher, Request};
-use ck_manifest::{Access, Diagnostic, Kernel as Manifest, Limits};
+use ck_manifest::{Access, Diagnostic, GrantIdentity, Kernel as Manifest, Limits};
 use ck_subject::Permissions;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -54,6 +54,14 @@ pub struct KernelService {
     ok: AtomicU64,
     errors: AtomicU64,
     instances: AtomicU64,
+    verifier: Option<Arc<dyn CallerVerifier>>,
+}
+
+/// Proves who a caller is from the bearer token of a request (a JWT-SVID addressed to this
+/// kernel). Implemented over the SPIFFE trust bundles by the composing binary.
+pub trait CallerVerifier: Send + Sync + 'static {
+    /// The SPIFFE ID `token` proves for `audience`, or why it proves nothing.
+    fn verify(&self, token: &str, audience: &str) -> Result<String, String>;
 }
 
 impl KernelService {
@@ -111,6 +119,7 @@ impl KernelService {
             ok: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             instances: AtomicU64::new(0),
+            verifier: None,
         })
     }
 
@@ -171,17 +180,9 @@ impl KernelService {
                 format!("{} has no action `{}`", self.manifest.name, request.action),
             ));
         };
+        let mut request = request;
         if action.access != Access::Anon {
-            // Callers are not authenticated yet (JWT-SVID verification comes with SPIFFE
-            // support), so only `anon` actions can be allowed: deny by default.
-            return Err(Failure::new(
-                401,
-                "unauthenticated",
-                format!(
-                    "action `{}` requires `{}` access and the caller is not authenticated",
-                    action.name, action.access
-                ),
-            ));
+            request.user = self.authorize(&request, action.access)?;
         }
         let output = self.invoke(&request).await?;
         if output.len() as u64 > self.limits.max_result_bytes {
@@ -202,6 +203,114 @@ impl KernelService {
                 format!("the kernel returned invalid JSON: {e}"),
             )
         })
+    }
+
+    /// Checks the caller of an `auth`/`owner` action: a JWT-SVID for this kernel's SPIFFE ID in
+    /// `Authorization: Bearer …`, and a grant (or, for `auth`, the same trust domain). Returns
+    /// the proven SPIFFE ID; every refusal is a 401/403 and an audit line.
+    fn authorize(&self, request: &Request, access: Access) -> Result<String, Failure> {
+        let m = &self.manifest;
+        let audience = m.spiffe_id().unwrap_or_default();
+        let deny = |code: u16, error: &str, caller: &str, reason: String| {
+            let record = ck_audit::AuditRecord::now(
+                caller,
+                request.action.clone(),
+                ck_audit::Verdict::Deny,
+                reason.clone(),
+                "ck host",
+            )
+            .subject(m.topics.input.clone());
+            self.audit(record);
+            Failure::new(code, error, reason)
+        };
+        let token = request
+            .authorization
+            .as_deref()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some(token) = token else {
+            return Err(deny(
+                401,
+                "unauthenticated",
+                &request.user,
+                format!(
+                    "action `{}` requires `{access}` access: send a JWT-SVID for audience '{audience}' as `Authorization: Bearer <svid>`",
+                    request.action
+                ),
+            ));
+        };
+        let Some(verifier) = &self.verifier else {
+            return Err(deny(
+                401,
+                "unauthenticated",
+                &request.user,
+                "this host verifies no callers (it was started without a SPIFFE Workload API)"
+                    .into(),
+            ));
+        };
+        let caller = verifier
+            .verify(token, &audience)
+            .map_err(|why| deny(401, "unauthenticated", &request.user, why))?;
+        let now = chrono::Utc::now();
+        let granted = m.grants.iter().find(|g| {
+            !g.expires.is_expired(now)
+                && g.actions.contains(&request.action)
+                && match &g.identity {
+                    GrantIdentity::Spiffe(id) => *id == caller,
+                    GrantIdentity::Auth => access == Access::Auth,
+                    GrantIdentity::Anon | GrantIdentity::Owner => false,
+                }
+        });
+        let same_domain = m
+            .domain
+            .as_deref()
+            .is_some_and(|d| caller.starts_with(&format!("spiffe://{d}/")));
+        match granted {
+            Some(grant) => {
+                if grant.audit {
+                    self.audit(
+                        ck_audit::AuditRecord::now(
+                            &caller,
+                            request.action.clone(),
+                            ck_audit::Verdict::Allow,
+                            format!("granted (line {})", grant.line),
+                            "ck host",
+                        )
+                        .subject(m.topics.input.clone()),
+                    );
+                }
+                Ok(caller)
+            }
+            None if access == Access::Auth && same_domain => Ok(caller),
+            None => Err(deny(
+                403,
+                "forbidden",
+                &caller,
+                format!(
+                    "{caller} has no grant for `{}` on {} (access `{access}`)",
+                    request.action, m.name
+                ),
+            )),
+        }
+    }
+
+    fn audit(&self, record: ck_audit::AuditRecord) {
+        match self.shared.kernel_dir.clone() {
+            Some(dir) => {
+                let kernel = self.manifest.name.clone();
+                tokio::task::spawn_blocking(move || ck_audit::append(&dir, &kernel, &record));
+            }
+            None => {
+                tracing::warn!(target: "ck::audit", kernel = %self.manifest.name, caller = %record.caller_svid, result = ?record.result, reason = %record.reason, "audit")
+            }
+        }
+    }
+
+    /// Verifies the callers of `auth`/`owner` actions with `verifier` (without one, such
+    /// actions are refused 401).
+    pub fn with_verifier(mut self, verifier: Arc<dyn CallerVerifier>) -> Self {
+        self.verifier = Some(verifier);
+        self
     }
 
     fn new_instance_store(&self) -> Store<State> {

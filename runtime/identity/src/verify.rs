@@ -86,10 +86,34 @@ where
             claimed_id.trust_domain_name().to_owned(),
         ));
     }
+    let audience = nats_audience(claimed_id.trust_domain_name());
+    let verified = verify_bearer(token, &audience, trust_domains, bundles)?;
+    if verified.spiffe_id != claimed_id {
+        return Err(Rejection::SubjectMismatch {
+            proven: verified.spiffe_id.to_string(),
+            claimed: claimed.to_owned(),
+        });
+    }
+    Ok(verified)
+}
+
+/// Verifies `token` as a JWT-SVID addressed to `audience` (for a call to a kernel: that kernel's
+/// SPIFFE ID, so the token cannot be replayed to NATS or to another kernel), issued in one of
+/// `trust_domains`; returns who it proves.
+pub fn verify_bearer<B>(
+    token: &str,
+    audience: &str,
+    trust_domains: &[TrustDomain],
+    bundles: &B,
+) -> Result<VerifiedSvid, Rejection>
+where
+    B: BundleSource<Item = JwtBundle>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     if token.is_empty() {
         return Err(Rejection::Missing);
     }
-    let audience = nats_audience(claimed_id.trust_domain_name());
+    let audience = audience.to_owned();
     let svid = JwtSvid::parse_and_validate(token, bundles, std::slice::from_ref(&audience))
         .map_err(|e| classify(e, &audience))?;
     // The bundle lookup is keyed by the token's own trust domain; a token from a domain we do
@@ -99,14 +123,8 @@ where
             svid.spiffe_id().trust_domain_name().to_owned(),
         ));
     }
-    if svid.spiffe_id() != &claimed_id {
-        return Err(Rejection::SubjectMismatch {
-            proven: svid.spiffe_id().to_string(),
-            claimed: claimed.to_owned(),
-        });
-    }
     Ok(VerifiedSvid {
-        spiffe_id: claimed_id,
+        spiffe_id: svid.spiffe_id().clone(),
         expires_at: SystemTime::UNIX_EPOCH
             + Duration::from_secs(u64::try_from(svid.claims().exp()).unwrap_or(0)),
     })
