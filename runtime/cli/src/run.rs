@@ -117,12 +117,16 @@ impl CredentialSource for LocalCredentials {
 }
 
 /// How each kernel connects, decided before anything is served.
-pub async fn connect_spec(args: &Args, kernel: &Kernel) -> Result<ConnectSpec> {
+pub async fn connect_spec(
+    args: &Args,
+    identity: Option<&ck_identity::IdentityClient>,
+    kernel: &Kernel,
+) -> Result<ConnectSpec> {
     let credentials: Option<Arc<dyn CredentialSource>> = if kernel.name.starts_with("LOCAL.")
         && args.allow_local
     {
         Some(Arc::new(LocalCredentials(kernel.name.clone())))
-    } else if let Some(socket) = &args.spiffe_socket {
+    } else if let Some(client) = identity {
         let Some(spiffe_id) = kernel.spiffe_id() else {
             bail!(
                 "{}: {} has no `domain`, so it has no SPIFFE ID to connect as",
@@ -131,9 +135,8 @@ pub async fn connect_spec(args: &Args, kernel: &Kernel) -> Result<ConnectSpec> {
             );
         };
         let domain = kernel.domain.clone().unwrap_or_default();
-        let client = ck_identity::IdentityClient::connect(socket).await?;
         Some(Arc::new(SpiffeCredentials {
-            client,
+            client: client.clone(),
             spiffe_id,
             audience: ck_identity::nats_audience(&domain),
         }))
@@ -341,9 +344,14 @@ pub async fn serve_all(
         }
         None => None,
     };
+    // One Workload API client for all kernels (its SVID cache is per identity).
+    let identity = match &args.spiffe_socket {
+        Some(socket) => Some(ck_identity::IdentityClient::connect(socket).await?),
+        None => None,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for r in ready {
-        let spec = connect_spec(args, &r.kernel).await?;
+        let spec = connect_spec(args, identity.as_ref(), &r.kernel).await?;
         let client = retry_connect(&shutdown, &args.nats, || ck_bus::connect(&spec)).await?;
         let publisher = Publisher::new(client.clone(), r.kernel.name.clone());
         let endpoint = Endpoint::for_kernel(&r.kernel);
