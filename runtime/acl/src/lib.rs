@@ -50,7 +50,7 @@ impl Default for Policy {
 }
 
 /// Publish or subscribe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Publish permission.
@@ -133,27 +133,30 @@ struct Builder {
     notes: Vec<String>,
     expires_at: Option<DateTime<Utc>>,
     audited: Vec<AuditedGrant>,
+    index: std::collections::HashMap<(Direction, String), usize>,
 }
 
 impl Builder {
     fn open(&mut self, direction: Direction, subject: String, because: impl Into<String>) {
         let because = because.into();
-        match self
-            .rules
-            .iter_mut()
-            .find(|r| r.direction == direction && r.subject == subject)
-        {
-            Some(rule) => {
+        // Indexed: a kernel in a large registry opens one subject per kernel with anon actions.
+        match self.index.get(&(direction, subject.clone())) {
+            Some(&i) => {
+                let rule = &mut self.rules[i];
                 if !rule.because.contains(&because) {
                     rule.because.push(because);
                 }
             }
-            None => self.rules.push(Rule {
-                direction,
-                subject,
-                because: vec![because],
-                covered_by: None,
-            }),
+            None => {
+                self.index
+                    .insert((direction, subject.clone()), self.rules.len());
+                self.rules.push(Rule {
+                    direction,
+                    subject,
+                    because: vec![because],
+                    covered_by: None,
+                })
+            }
         }
     }
 
@@ -384,10 +387,12 @@ fn finish(kernel: &Kernel, mut b: Builder, policy: &Policy) -> Result<CompiledAc
     for rule in &b.rules {
         check_wildcard(rule)?;
     }
-    // Drop entries a broader entry of the same direction already covers.
+    // Drop entries a broader entry of the same direction already covers. Only a pattern with a
+    // wildcard covers anything but itself, so only those are tried.
     let snapshot: Vec<(Direction, String)> = b
         .rules
         .iter()
+        .filter(|r| r.subject.split('.').any(|t| t == "*" || t == ">"))
         .map(|r| (r.direction, r.subject.clone()))
         .collect();
     for rule in &mut b.rules {

@@ -33,8 +33,10 @@ pub async fn serve(
         let (client, authorizer) = (client.clone(), authorizer.clone());
         tokio::spawn(async move {
             let Some(reply) = message.reply else { return };
+            let started = std::time::Instant::now();
             match authorizer.respond(&message.payload) {
                 Ok((response, decision)) => {
+                    tracing::debug!(target: "ck::authz", decide_us = started.elapsed().as_micros() as u64, "authz.decided");
                     if let Err(e) = client.publish(reply, response.into()).await {
                         tracing::error!(target: "ck::authz", error = %e, "authz.reply-failed");
                     }
