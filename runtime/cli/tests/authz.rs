@@ -67,10 +67,15 @@ struct Stack {
     server: NatsServer,
     _identity: Proc,
     authz: Vec<Proc>,
+    authz_flags: Vec<String>,
 }
 
 impl Stack {
     fn start(authz_count: usize, ttl_s: u64) -> Stack {
+        Stack::start_with(authz_count, ttl_s, &[])
+    }
+
+    fn start_with(authz_count: usize, ttl_s: u64, authz_flags: &[&str]) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::create_dir_all(root.join("registry")).unwrap();
@@ -113,6 +118,7 @@ impl Stack {
             server,
             _identity: identity,
             authz: Vec::new(),
+            authz_flags: authz_flags.iter().map(|f| f.to_string()).collect(),
         };
         for _ in 0..authz_count {
             stack.add_authz();
@@ -129,24 +135,29 @@ impl Stack {
     }
 
     fn add_authz(&mut self) {
-        let n = self.authz.len();
-        let proc = Proc::spawn(
-            &[
-                "authz",
-                "serve",
-                "--dir",
-                self.root().join("authz").to_str().unwrap(),
-                "--nats",
-                &self.server.url(),
-                "--registry",
-                self.root().join("registry").to_str().unwrap(),
-                "--trust-domain",
-                DOMAIN,
-                "--spiffe-socket",
-                &self.socket(),
-            ],
-            self.root().join(format!("authz-{n}.log")),
+        let (dir, url, registry, socket) = (
+            self.root().join("authz").display().to_string(),
+            self.server.url(),
+            self.root().join("registry").display().to_string(),
+            self.socket(),
         );
+        let n = self.authz.len();
+        let mut args = vec![
+            "authz",
+            "serve",
+            "--dir",
+            &dir,
+            "--nats",
+            &url,
+            "--registry",
+            &registry,
+            "--trust-domain",
+            DOMAIN,
+            "--spiffe-socket",
+            &socket,
+        ];
+        args.extend(self.authz_flags.iter().map(String::as_str));
+        let proc = Proc::spawn(&args, self.root().join(format!("authz-{n}.log")));
         proc.wait_for("authz.serving");
         self.authz.push(proc);
     }
@@ -615,4 +626,48 @@ fn callers_of_auth_actions_prove_who_they_are() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `LOCAL.*` kernels connect without SPIFFE only where the callout is told so, and then still
+/// get only their own compiled permissions.
+#[test]
+fn local_kernels_connect_without_spiffe_only_when_allowed() {
+    let local = "LOCAL.Scratch";
+    let guid = "dddddddd-4444-4ddd-8ddd-dddddddddddd";
+    let manifest = format!(
+        "apiVersion: conceptkernel/v3\nkernel_class: {local}\nkernel_id: {guid}\n\
+         spec:\n  actions:\n    common:\n      - {{name: status, access: anon}}\n"
+    );
+    let strict = Stack::start(1, 300);
+    std::fs::create_dir_all(strict.kernel_dir(local)).unwrap();
+    std::fs::write(
+        strict.kernel_dir(local).join("conceptkernel.yaml"),
+        &manifest,
+    )
+    .unwrap();
+    strict.assert_refused(local, "", "does not allow those (--allow-local)");
+
+    let relaxed = Stack::start_with(1, 300, &["--allow-local"]);
+    std::fs::create_dir_all(relaxed.kernel_dir(local)).unwrap();
+    std::fs::write(
+        relaxed.kernel_dir(local).join("conceptkernel.yaml"),
+        &manifest,
+    )
+    .unwrap();
+    let mut client = relaxed
+        .connect(local, "")
+        .unwrap_or_else(|e| panic!("{e}\n{}", relaxed.authz_logs()));
+    assert_eq!(
+        client.publish("result.LOCAL.Scratch").unwrap(),
+        Verdict::Allowed
+    );
+    assert_eq!(client.subscribe(">").unwrap(), Verdict::Denied);
+    assert_eq!(
+        client
+            .publish(&format!("ck.{A_GUID}.data.written"))
+            .unwrap(),
+        Verdict::Denied
+    );
+    // A LOCAL name nobody registered is still refused.
+    relaxed.assert_refused("LOCAL.Nobody", "", "no LOCAL kernel named LOCAL.Nobody");
 }
