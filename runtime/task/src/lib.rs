@@ -1,0 +1,322 @@
+//! The task lifecycle of ckp-spec §3.2 as a pure state machine, and the task messages of §3.1.
+//!
+//! Owns: which transitions are legal (`pending → in_progress → completed | failed`,
+//! `failed → pending` only on an explicit `task.retry`), the refusal naming task, state and
+//! action (a 409), and reading `task_id` / `delta` / `output` from flat or `{action, data}`
+//! bodies. Does not store anything: where state lives (JetStream, revision-checked) and what a
+//! seal writes belong to the DATA loop.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+/// Where a task is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Created, not started.
+    Pending,
+    /// Started (v3.7 task-engine calls this `executing`).
+    InProgress,
+    /// Sealed: terminal.
+    Completed,
+    /// Failed: only an explicit retry leaves it.
+    Failed,
+}
+
+impl TaskState {
+    /// Reads a state name, accepting the `executing` alias.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "pending" => Self::Pending,
+            "in_progress" | "executing" => Self::InProgress,
+            "completed" => Self::Completed,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+
+    /// The state's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::InProgress => "in_progress",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// No transition leaves it.
+    pub fn is_terminal(self) -> bool {
+        self == Self::Completed
+    }
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A lifecycle action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskAction {
+    /// `task.start`.
+    Start,
+    /// `task.update`.
+    Update,
+    /// `task.complete` (seals `data.json`).
+    Complete,
+    /// `task.fail`.
+    Fail,
+    /// `task.retry` (explicit only, never automatic).
+    Retry,
+}
+
+impl TaskAction {
+    /// The action for a message's `action` field, if it is a lifecycle action.
+    pub fn parse(action: &str) -> Option<Self> {
+        Some(match action {
+            "task.start" => Self::Start,
+            "task.update" => Self::Update,
+            "task.complete" => Self::Complete,
+            "task.fail" => Self::Fail,
+            "task.retry" => Self::Retry,
+            _ => return None,
+        })
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Start => "task.start",
+            Self::Update => "task.update",
+            Self::Complete => "task.complete",
+            Self::Fail => "task.fail",
+            Self::Retry => "task.retry",
+        }
+    }
+
+    /// Every action.
+    pub const ALL: [TaskAction; 5] = [
+        Self::Start,
+        Self::Update,
+        Self::Complete,
+        Self::Fail,
+        Self::Retry,
+    ];
+}
+
+impl std::fmt::Display for TaskAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused transition: answered 409, changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("task {task_id} is {state}: `{action}` is not allowed{hint}")]
+pub struct IllegalTransition {
+    /// The task.
+    pub task_id: String,
+    /// Its current state (`None`: the task does not exist yet).
+    pub state: StateName,
+    /// The refused action.
+    pub action: TaskAction,
+    /// Why, in a few words.
+    pub hint: String,
+}
+
+/// A state for messages, including "does not exist".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateName(pub Option<TaskState>);
+
+impl std::fmt::Display for StateName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(s) => write!(f, "{s}"),
+            None => f.write_str("unknown (never started)"),
+        }
+    }
+}
+
+impl IllegalTransition {
+    /// The HTTP-style code results carry.
+    pub const CODE: u16 = 409;
+}
+
+/// The state after `action` on a task in `state` (`None`: no such task yet), or why not.
+///
+/// `task.start` creates the task (`pending` is passed through: a start both creates and starts
+/// it); a second `task.start` is refused, as is anything after `completed`.
+pub fn transition(
+    task_id: &str,
+    state: Option<TaskState>,
+    action: TaskAction,
+) -> Result<TaskState, IllegalTransition> {
+    use TaskAction::*;
+    use TaskState::*;
+    let refuse = |hint: &str| IllegalTransition {
+        task_id: task_id.to_owned(),
+        state: StateName(state),
+        action,
+        hint: if hint.is_empty() {
+            String::new()
+        } else {
+            format!(" ({hint})")
+        },
+    };
+    match (state, action) {
+        (None | Some(Pending), Start) => Ok(InProgress),
+        (Some(InProgress), Start) => Err(refuse("it was already started")),
+        (Some(InProgress), Update) => Ok(InProgress),
+        (Some(InProgress), Complete) => Ok(Completed),
+        (Some(InProgress), Fail) => Ok(Failed),
+        (Some(Failed), Retry) => Ok(Pending),
+        (Some(Completed), _) => Err(refuse("completed tasks are sealed; no further transitions")),
+        (None | Some(Pending), Update | Complete | Fail) => Err(refuse("start it first")),
+        (Some(Failed), _) => Err(refuse("only an explicit task.retry leaves failed")),
+        (_, Retry) => Err(refuse("only a failed task can be retried")),
+    }
+}
+
+/// A lifecycle message, read from a flat body or from `data`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskMessage {
+    /// The action.
+    pub action: TaskAction,
+    /// The task.
+    pub task_id: String,
+    /// `task.update`'s delta.
+    pub delta: Option<Value>,
+    /// `task.complete`'s output (what `data.json` will hold).
+    pub output: Option<Value>,
+    /// `task.fail`'s error.
+    pub error: Option<Value>,
+}
+
+/// Why a lifecycle message is unusable (answered 400).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum MessageError {
+    /// No `task_id`, or not a non-empty string.
+    #[error("`{0}` needs a non-empty string `task_id` (top level or in `data`)")]
+    MissingTaskId(TaskAction),
+    /// `task_id` would escape the instance directory or is unreasonable.
+    #[error("task_id '{0}' must be 1-128 characters of [A-Za-z0-9._-] and not start with '.'")]
+    BadTaskId(String),
+    /// `task.complete` without an output object.
+    #[error("`task.complete` needs an `output` object (it becomes the sealed data.json)")]
+    MissingOutput,
+}
+
+fn field<'a>(data: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    data.get(name)
+}
+
+/// Reads a lifecycle message from the request's `data` object (the host already flattened flat
+/// bodies into it, ckp-spec §3.1).
+pub fn read_message(action: TaskAction, data: &Value) -> Result<TaskMessage, MessageError> {
+    let empty = Map::new();
+    let data = data.as_object().unwrap_or(&empty);
+    let task_id = field(data, "task_id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or(MessageError::MissingTaskId(action))?;
+    let valid = task_id.len() <= 128
+        && !task_id.starts_with('.')
+        && task_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !valid {
+        return Err(MessageError::BadTaskId(task_id.to_owned()));
+    }
+    let output = field(data, "output").cloned();
+    if action == TaskAction::Complete && !output.as_ref().is_some_and(Value::is_object) {
+        return Err(MessageError::MissingOutput);
+    }
+    Ok(TaskMessage {
+        action,
+        task_id: task_id.to_owned(),
+        delta: field(data, "delta").cloned(),
+        output,
+        error: field(data, "error").cloned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TaskAction::*;
+    use TaskState::*;
+
+    #[test]
+    fn the_happy_paths() {
+        let s = transition("t", None, Start).unwrap();
+        let s = transition("t", Some(s), Update).unwrap();
+        assert_eq!(transition("t", Some(s), Complete), Ok(Completed));
+        let f = transition("t", Some(InProgress), Fail).unwrap();
+        assert_eq!(transition("t", Some(f), Retry), Ok(Pending));
+        assert_eq!(transition("t", Some(Pending), Start), Ok(InProgress));
+    }
+
+    #[test]
+    fn the_refusals_name_task_state_and_action() {
+        let e = transition("t-9", Some(Completed), Complete).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "task t-9 is completed: `task.complete` is not allowed (completed tasks are sealed; no further transitions)"
+        );
+        let e = transition("t-1", None, Update).unwrap_err();
+        assert!(e.to_string().contains("unknown (never started)"), "{e}");
+        assert!(transition("t", Some(InProgress), Start).is_err());
+        assert!(transition("t", Some(InProgress), Retry).is_err());
+        assert!(transition("t", Some(Failed), Complete).is_err());
+    }
+
+    proptest::proptest! {
+        /// Whatever happens, nothing leaves `completed`, and completion needs a start first.
+        #[test]
+        fn completed_is_terminal(actions in proptest::collection::vec(0usize..5, 0..40)) {
+            let mut state: Option<TaskState> = None;
+            let mut started = false;
+            for a in actions {
+                let action = TaskAction::ALL[a];
+                let before = state;
+                match transition("t", state, action) {
+                    Ok(next) => {
+                        proptest::prop_assert!(before != Some(Completed));
+                        if action == Start { started = true; }
+                        if next == Completed { proptest::prop_assert!(started); }
+                        state = Some(next);
+                    }
+                    Err(e) => proptest::prop_assert_eq!(e.state, StateName(before)),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn messages_read_from_data_and_refuse_bad_ids() {
+        let m = read_message(
+            Complete,
+            &serde_json::json!({"task_id": "t-1", "output": {"x": 1}}),
+        )
+        .unwrap();
+        assert_eq!(m.task_id, "t-1");
+        assert_eq!(m.output, Some(serde_json::json!({"x": 1})));
+        assert_eq!(
+            read_message(Complete, &serde_json::json!({"task_id": "t-1"})),
+            Err(MessageError::MissingOutput)
+        );
+        for bad in ["../etc", ".hidden", "a/b", ""] {
+            assert!(
+                read_message(Start, &serde_json::json!({"task_id": bad})).is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            read_message(Start, &serde_json::json!({})),
+            Err(MessageError::MissingTaskId(Start))
+        );
+    }
+}
