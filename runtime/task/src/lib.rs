@@ -6,6 +6,10 @@
 //! bodies. Does not store anything: where state lives (JetStream, revision-checked) and what a
 //! seal writes belong to the DATA loop.
 
+mod store;
+
+pub use store::{StoreError, TaskRecord, TaskStore, Transitioned, bucket_for};
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -202,7 +206,9 @@ pub enum MessageError {
     #[error("`{0}` needs a non-empty string `task_id` (top level or in `data`)")]
     MissingTaskId(TaskAction),
     /// `task_id` would escape the instance directory or is unreasonable.
-    #[error("task_id '{0}' must be 1-128 characters of [A-Za-z0-9._-] and not start with '.'")]
+    #[error(
+        "task_id '{0}' must be 1-128 characters of [A-Za-z0-9._-], not start or end with '.', no '..'"
+    )]
     BadTaskId(String),
     /// `task.complete` without an output object.
     #[error("`task.complete` needs an `output` object (it becomes the sealed data.json)")]
@@ -222,8 +228,11 @@ pub fn read_message(action: TaskAction, data: &Value) -> Result<TaskMessage, Mes
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .ok_or(MessageError::MissingTaskId(action))?;
+    // Task ids become KV keys and directory names.
     let valid = task_id.len() <= 128
         && !task_id.starts_with('.')
+        && !task_id.ends_with('.')
+        && !task_id.contains("..")
         && task_id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
@@ -308,7 +317,7 @@ mod tests {
             read_message(Complete, &serde_json::json!({"task_id": "t-1"})),
             Err(MessageError::MissingOutput)
         );
-        for bad in ["../etc", ".hidden", "a/b", ""] {
+        for bad in ["../etc", ".hidden", "a/b", "", "end.", "a..b"] {
             assert!(
                 read_message(Start, &serde_json::json!({"task_id": bad})).is_err(),
                 "{bad}"

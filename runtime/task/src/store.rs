@@ -1,0 +1,175 @@
+//! Task state in a JetStream key-value bucket, changed only by revision-checked writes: of two
+//! hosts racing to move the same task, exactly one write lands; the other re-reads, finds the
+//! new state, and gets the refusal that state implies (a 409 for a second `task.complete`).
+//! A transition counts only once the broker has acknowledged it.
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::{IllegalTransition, TaskAction, TaskState, transition};
+
+/// What the bucket holds per task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// The task.
+    pub task_id: String,
+    /// Its state.
+    pub state: TaskState,
+    /// The action that produced this state.
+    pub last_action: TaskAction,
+    /// Who did it (host or caller identity).
+    pub by: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// How many times the task was retried.
+    pub retries: u32,
+}
+
+/// A transition the broker acknowledged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transitioned {
+    /// State before (`None`: the task did not exist).
+    pub before: Option<TaskState>,
+    /// The stored record after.
+    pub record: TaskRecord,
+    /// The bucket revision that holds it (the broker's acknowledgement).
+    pub revision: u64,
+}
+
+/// Why a transition did not happen.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// Not allowed from the current state (409).
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+    /// The broker did not acknowledge; nothing may be sealed.
+    #[error("task state store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record is unreadable.
+    #[error("task {task_id}: stored state is corrupt: {why}")]
+    Corrupt {
+        /// The task.
+        task_id: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// The lifecycle state of one kernel's tasks.
+#[derive(Clone)]
+pub struct TaskStore {
+    kv: kv::Store,
+}
+
+impl std::fmt::Debug for TaskStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskStore").finish_non_exhaustive()
+    }
+}
+
+/// The bucket name for a kernel GUID.
+pub fn bucket_for(guid: &str) -> String {
+    format!("ck_tasks_{}", guid.replace('-', "_"))
+}
+
+impl TaskStore {
+    /// Opens (creating if needed) the bucket of kernel `guid`: file storage, one value per key
+    /// kept with its history of transitions.
+    pub async fn open(js: &jetstream::Context, guid: &str) -> Result<Self, StoreError> {
+        let bucket = bucket_for(guid);
+        let kv = match js.get_key_value(&bucket).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: bucket.clone(),
+                    description: format!("ck task lifecycle of kernel {guid}"),
+                    history: 64,
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: 1,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("bucket {bucket}: {e}")))?,
+        };
+        Ok(Self { kv })
+    }
+
+    /// The current record of `task_id` and its revision.
+    pub async fn get(&self, task_id: &str) -> Result<Option<(TaskRecord, u64)>, StoreError> {
+        let entry = self
+            .kv
+            .entry(task_id)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let record: TaskRecord =
+                    serde_json::from_slice(&e.value).map_err(|why| StoreError::Corrupt {
+                        task_id: task_id.to_owned(),
+                        why: why.to_string(),
+                    })?;
+                Ok(Some((record, e.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Applies `action` to `task_id` as `by`. Returns once the broker acknowledged the new
+    /// state; refuses (changing nothing) what the state machine refuses.
+    pub async fn apply(
+        &self,
+        task_id: &str,
+        action: TaskAction,
+        by: &str,
+    ) -> Result<Transitioned, StoreError> {
+        loop {
+            let current = self.get(task_id).await?;
+            let before = current.as_ref().map(|(r, _)| r.state);
+            let state = transition(task_id, before, action)?;
+            let retries = current.as_ref().map_or(0, |(r, _)| r.retries)
+                + u32::from(action == TaskAction::Retry);
+            let record = TaskRecord {
+                task_id: task_id.to_owned(),
+                state,
+                last_action: action,
+                by: by.to_owned(),
+                at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                retries,
+            };
+            let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+            let written = match &current {
+                None => self
+                    .kv
+                    .create(task_id, value)
+                    .await
+                    .map_err(|e| match e.kind() {
+                        kv::CreateErrorKind::AlreadyExists => None,
+                        _ => Some(StoreError::Unavailable(e.to_string())),
+                    }),
+                Some((_, revision)) => {
+                    self.kv
+                        .update(task_id, value, *revision)
+                        .await
+                        .map_err(|e| match e.kind() {
+                            kv::UpdateErrorKind::WrongLastRevision => None,
+                            _ => Some(StoreError::Unavailable(e.to_string())),
+                        })
+                }
+            };
+            match written {
+                Ok(revision) => {
+                    return Ok(Transitioned {
+                        before,
+                        record,
+                        revision,
+                    });
+                }
+                // Someone else moved the task first: decide again on what they wrote.
+                Err(None) => continue,
+                Err(Some(e)) => return Err(e),
+            }
+        }
+    }
+}
