@@ -104,6 +104,20 @@ pub fn append(kernel_dir: &Path, kernel: &str, record: &AuditRecord) -> std::io:
     })
 }
 
+/// [`append`] on a blocking thread of the current tokio runtime, for callers on an async
+/// worker (an fsync must not stall other work). Failures are logged by `append`; without a
+/// runtime the append happens inline.
+pub fn append_detached(kernel_dir: PathBuf, kernel: String, record: AuditRecord) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn_blocking(move || append(&kernel_dir, &kernel, &record));
+        }
+        Err(_) => {
+            let _ = append(&kernel_dir, &kernel, &record);
+        }
+    }
+}
+
 /// Reads every record of a kernel's audit ledger (for tests and `ck verify`).
 pub fn read(kernel_dir: &Path) -> std::io::Result<Vec<serde_json::Value>> {
     let text = match std::fs::read_to_string(ledger_path(kernel_dir)) {

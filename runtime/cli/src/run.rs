@@ -178,8 +178,7 @@ pub async fn connect_spec(
             "nats-server (seen by ck host)",
         )
         .subject(subject);
-        let name = name.clone();
-        tokio::task::spawn_blocking(move || ck_audit::append(&dir, &name, &record));
+        ck_audit::append_detached(dir, name.clone(), record);
     });
     Ok(ConnectSpec {
         url: args.nats.clone(),

@@ -19,6 +19,15 @@ fn spiffe(class: &str, guid: &str) -> String {
     format!("spiffe://{DOMAIN}/ck/{class}/{guid}")
 }
 
+/// Polls `done` every 20 ms until it holds; fails with `why()` after `within`.
+fn eventually(within: Duration, mut done: impl FnMut() -> bool, why: impl Fn() -> String) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", why());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A child process killed on drop, with its stderr in a file.
 struct Proc {
     child: Child,
@@ -42,15 +51,11 @@ impl Proc {
     }
 
     fn wait_for(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.log().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {needle}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        eventually(
+            Duration::from_secs(30),
+            || self.log().contains(needle),
+            || format!("timed out waiting for {needle}:\n{}", self.log()),
+        );
     }
 }
 
@@ -243,15 +248,11 @@ impl Stack {
             Ok(_) => panic!("{user} was admitted; expected refusal for '{reason}'"),
             Err(e) => assert!(e.contains("Authorization Violation"), "{e}"),
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !self.authz_logs().contains(reason) {
-            assert!(
-                Instant::now() < deadline,
-                "ck authz did not log '{reason}':\n{}",
-                self.authz_logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        eventually(
+            Duration::from_secs(5),
+            || self.authz_logs().contains(reason),
+            || format!("ck authz did not log '{reason}':\n{}", self.authz_logs()),
+        );
     }
 }
 
@@ -610,22 +611,18 @@ fn callers_of_auth_actions_prove_who_they_are() {
         answers[2]
     );
     assert_eq!(answers[3]["code"], 401, "foreign domain: {}", answers[3]);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let audit = ck_audit::read(&stack.kernel_dir("Demo.Echo")).unwrap();
-        let denies = audit
-            .iter()
-            .filter(|l| l["result"] == "deny" && l["action"] == "whoami.verified")
-            .count();
-        if denies >= 3 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "3 audited refusals expected: {audit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let audit = || ck_audit::read(&stack.kernel_dir("Demo.Echo")).unwrap();
+    eventually(
+        Duration::from_secs(5),
+        || {
+            audit()
+                .iter()
+                .filter(|l| l["result"] == "deny" && l["action"] == "whoami.verified")
+                .count()
+                >= 3
+        },
+        || format!("3 audited refusals expected: {:?}", audit()),
+    );
 }
 
 /// `LOCAL.*` kernels connect without SPIFFE only where the callout is told so, and then still

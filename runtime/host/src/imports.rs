@@ -164,8 +164,8 @@ impl State {
 }
 
 impl State {
-    /// Records a refused publish in the kernel's audit ledger. The write (with its fsync) runs
-    /// off the async workers; the guest already has its typed denial.
+    /// Records a refused publish in the kernel's audit ledger; the guest already has its typed
+    /// denial.
     fn audit_deny(&self, action: &str, subject: &str, reason: &str) {
         let record = ck_audit::AuditRecord::now(
             &self.shared.identity,
@@ -175,13 +175,18 @@ impl State {
             "ck host",
         )
         .subject(subject);
-        match self.shared.kernel_dir.clone() {
-            Some(dir) => {
-                let kernel = self.shared.kernel.clone();
-                tokio::task::spawn_blocking(move || ck_audit::append(&dir, &kernel, &record));
-            }
+        self.shared.audit(record);
+    }
+}
+
+impl Shared {
+    /// Appends `record` to the kernel's audit ledger (off the async workers), or logs it when
+    /// the kernel has no directory.
+    pub(crate) fn audit(&self, record: ck_audit::AuditRecord) {
+        match &self.kernel_dir {
+            Some(dir) => ck_audit::append_detached(dir.clone(), self.kernel.clone(), record),
             None => {
-                tracing::warn!(target: "ck::audit", kernel = %self.shared.kernel, subject, result = "deny", reason, "guest publish denied")
+                tracing::warn!(target: "ck::audit", kernel = %self.kernel, caller = %record.caller_svid, action = %record.action, subject = ?record.subject, result = ?record.result, reason = %record.reason, "audit")
             }
         }
     }

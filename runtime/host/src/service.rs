@@ -220,7 +220,7 @@ impl KernelService {
                 "ck host",
             )
             .subject(m.topics.input.clone());
-            self.audit(record);
+            self.shared.audit(record);
             Failure::new(code, error, reason)
         };
         let token = request
@@ -268,7 +268,7 @@ impl KernelService {
         match granted {
             Some(grant) => {
                 if grant.audit {
-                    self.audit(
+                    self.shared.audit(
                         ck_audit::AuditRecord::now(
                             &caller,
                             request.action.clone(),
@@ -291,18 +291,6 @@ impl KernelService {
                     request.action, m.name
                 ),
             )),
-        }
-    }
-
-    fn audit(&self, record: ck_audit::AuditRecord) {
-        match self.shared.kernel_dir.clone() {
-            Some(dir) => {
-                let kernel = self.manifest.name.clone();
-                tokio::task::spawn_blocking(move || ck_audit::append(&dir, &kernel, &record));
-            }
-            None => {
-                tracing::warn!(target: "ck::audit", kernel = %self.manifest.name, caller = %record.caller_svid, result = ?record.result, reason = %record.reason, "audit")
-            }
         }
     }
 
