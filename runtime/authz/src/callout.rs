@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use crate::AuthzError;
 use crate::natsjwt::{decode_verified, encode, unix_now};
-use crate::registry::{Registry, kernel_dir};
+use crate::registry::Registry;
 
 /// The subject nats-server sends authorization requests on.
 pub const CALLOUT_SUBJECT: &str = "$SYS.REQ.USER.AUTH";
@@ -187,8 +187,7 @@ impl Authorizer {
                         reason.clone(),
                         RECORDED_BY,
                     );
-                    let _ =
-                        ck_audit::append(&kernel_dir(&kernel.manifest_path), &kernel.name, &record);
+                    let _ = ck_audit::append(kernel.dir(), &kernel.name, &record);
                 }
             }
         }
@@ -281,8 +280,7 @@ impl Authorizer {
                     RECORDED_BY,
                 )
                 .subject(format!("ck.{}.>", grant.grantor_guid));
-                let _ =
-                    ck_audit::append(&kernel_dir(&grantor.manifest_path), &grantor.name, &record);
+                let _ = ck_audit::append(grantor.dir(), &grantor.name, &record);
             }
         }
         Decision::Allow {

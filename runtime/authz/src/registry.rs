@@ -1,7 +1,7 @@
 //! The registry of kernel manifests the callout decides from: one or more directories, rescanned
 //! when a manifest changes (so a new grant takes effect at the next connect, without a restart).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -125,9 +125,4 @@ impl Registry {
         }
         snapshot.set.clone()
     }
-}
-
-/// The directory of a kernel (where its `data/` lives).
-pub fn kernel_dir(manifest: &Path) -> PathBuf {
-    manifest.parent().map(Path::to_path_buf).unwrap_or_default()
 }

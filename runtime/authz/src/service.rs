@@ -7,7 +7,7 @@ use async_nats::Client;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::callout::{Authorizer, CALLOUT_SUBJECT, Decision};
+use crate::callout::{Authorizer, CALLOUT_SUBJECT};
 
 /// The queue group every `ck authz` joins.
 pub const QUEUE_GROUP: &str = "ck-authz";
@@ -35,13 +35,11 @@ pub async fn serve(
             let Some(reply) = message.reply else { return };
             let started = std::time::Instant::now();
             match authorizer.respond(&message.payload) {
-                Ok((response, decision)) => {
+                // The decision was logged and audited by the authorizer.
+                Ok((response, _)) => {
                     tracing::debug!(target: "ck::authz", decide_us = started.elapsed().as_micros() as u64, "authz.decided");
                     if let Err(e) = client.publish(reply, response.into()).await {
                         tracing::error!(target: "ck::authz", error = %e, "authz.reply-failed");
-                    }
-                    if let Decision::Deny { .. } = decision {
-                        // Logged and audited by the authorizer.
                     }
                 }
                 // Not a request we can answer (not signed by a server): no reply, the server

@@ -178,11 +178,7 @@ async fn serve_kernel(
     shutdown: &CancellationToken,
 ) -> Result<Arc<KernelService>> {
     kernel.limits.reuse_instances = reuse;
-    let dir = kernel
-        .manifest_path
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default();
+    let dir = kernel.dir().to_path_buf();
     if kernel
         .tool
         .component

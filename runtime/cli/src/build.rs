@@ -29,11 +29,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             failed = true;
             continue;
         };
-        let dir = kernel
-            .manifest_path
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_default();
+        let dir = kernel.dir().to_path_buf();
         match ck_build::build_kernel(&kernel, &dir) {
             Ok(report) => println!(
                 "built {} ({} bytes, {}) in {:.0?}",

@@ -157,13 +157,12 @@ pub async fn connect_spec(
         );
     };
     // What the server refuses on this connection goes to the kernel's audit ledger too.
-    let dir = kernel.manifest_path.parent().map(PathBuf::from);
+    let dir = kernel.dir().to_path_buf();
     let (name, identity) = (
         kernel.name.clone(),
         kernel.spiffe_id().unwrap_or_else(|| kernel.name.clone()),
     );
     let on_violation: Arc<dyn Fn(String) + Send + Sync> = Arc::new(move |error: String| {
-        let Some(dir) = dir.clone() else { return };
         let subject = error.split('"').nth(1).unwrap_or_default().to_owned();
         let action = if error.contains("Subscription") {
             "subscribe"
@@ -178,7 +177,7 @@ pub async fn connect_spec(
             "nats-server (seen by ck host)",
         )
         .subject(subject);
-        ck_audit::append_detached(dir, name.clone(), record);
+        ck_audit::append_detached(dir.clone(), name.clone(), record);
     });
     Ok(ConnectSpec {
         url: args.nats.clone(),
@@ -245,11 +244,7 @@ pub fn prepare(args: &Args) -> Result<(HostEngine, Vec<Ready>)> {
     for (kernel, warnings) in served {
         let acl = compile(&kernel, &set, now, &Policy::default())
             .with_context(|| format!("compiling permissions for {}", kernel.name))?;
-        let dir = kernel
-            .manifest_path
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_default();
+        let dir = kernel.dir().to_path_buf();
         let Some(relative) = &kernel.tool.component else {
             bail!(
                 "{}: `spec.tool.component` is not set: nothing to serve",

@@ -91,17 +91,14 @@ impl KernelService {
                 manifest.manifest_path.display()
             )));
         }
-        let data_dir = manifest.manifest_path.parent().map(|d| d.join("data"));
+        let data_dir = Some(manifest.dir().join("data"));
         let shared = Arc::new(Shared {
             kernel: manifest.name.clone(),
             permissions,
             publisher,
             max_publish: usize::try_from(limits.max_result_bytes).unwrap_or(usize::MAX),
             data_dir,
-            kernel_dir: manifest
-                .manifest_path
-                .parent()
-                .map(std::path::Path::to_path_buf),
+            kernel_dir: Some(manifest.dir().to_path_buf()),
             identity: manifest
                 .spiffe_id()
                 .unwrap_or_else(|| manifest.name.clone()),

@@ -49,6 +49,13 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// The kernel's directory: where its manifest is, and its `tool/` and `data/` are.
+    pub fn dir(&self) -> &std::path::Path {
+        self.manifest_path
+            .parent()
+            .unwrap_or(std::path::Path::new(""))
+    }
+
     /// `spiffe://{domain}/ck/{class}/{guid}`, when the kernel has a trust domain.
     pub fn spiffe_id(&self) -> Option<String> {
         self.domain
