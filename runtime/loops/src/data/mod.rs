@@ -1,0 +1,7 @@
+//! Sealed instances of the DATA loop.
+
+mod instance;
+
+pub use instance::{
+    Finding, SealError, SealRequest, Sealed, Transition, instance_dir, seal, verify_instance,
+};
