@@ -1,6 +1,7 @@
 //! The audit ledger of a kernel: `data/ledger/audit.jsonl` (ckp-spec §6), one JSON line per
 //! denied connect, denied publish/subscribe, and access through a grant marked `audit: true`:
-//! `{timestamp, caller_svid, action, subject | path, result: allow|deny, reason, recorded_by}`.
+//! `{timestamp, caller_svid, action, subject | path, result: allow|deny, reason, recorded_by}`,
+//! hash-chained: each line carries `seq`, `prev_hash` and its own `hash` ([`verify_chain`]).
 //!
 //! Owns the file format and the append. Does not decide anything: callers (`ck authz`, the host)
 //! say what happened. Every line is also emitted as a `ck::audit` tracing event, so a deny is
@@ -79,9 +80,41 @@ pub fn ledger_path(kernel_dir: &Path) -> PathBuf {
     kernel_dir.join("data").join("ledger").join("audit.jsonl")
 }
 
+/// The `prev_hash` of the first line of a ledger.
+pub const GENESIS: &str = "blake3:genesis";
+
+/// The hash of one ledger line: blake3 over the line's JSON object without its `hash` field,
+/// keys sorted (serde_json's map order), compact.
+fn line_hash(line: &serde_json::Map<String, serde_json::Value>) -> String {
+    let mut unhashed = line.clone();
+    unhashed.remove("hash");
+    let bytes = serde_json::to_vec(&unhashed).unwrap_or_default();
+    format!("blake3:{}", blake3::hash(&bytes).to_hex())
+}
+
+/// The last line's `seq` and `hash` (`None` for an empty ledger).
+fn last_link(file: &mut std::fs::File) -> std::io::Result<Option<(u64, String)>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    // Lines are short; the last one is within the final 64 KiB.
+    let from = len.saturating_sub(64 << 10);
+    file.seek(SeekFrom::Start(from))?;
+    let mut tail = String::new();
+    file.read_to_string(&mut tail)?;
+    let Some(last) = tail.lines().rev().find(|l| !l.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let value: serde_json::Value = serde_json::from_str(last).map_err(std::io::Error::other)?;
+    Ok(Some((
+        value["seq"].as_u64().unwrap_or(0),
+        value["hash"].as_str().unwrap_or_default().to_owned(),
+    )))
+}
+
 /// Appends `record` to the audit ledger of the kernel in `kernel_dir` (created if missing) and
-/// logs it. One `write` of a whole line on an `O_APPEND` file, so concurrent writers (several
-/// `ck authz` processes, the host) never interleave within a line.
+/// logs it. Each line carries `seq`, the previous line's hash (`prev_hash`) and its own `hash`,
+/// so editing or removing a line breaks the chain. Writers (several `ck authz`, the host) take
+/// an exclusive lock on the file for the read-last-line-then-append, so the chain stays linear.
 pub fn append(kernel_dir: &Path, kernel: &str, record: &AuditRecord) -> std::io::Result<()> {
     let result = match record.result {
         Verdict::Allow => "allow",
@@ -93,15 +126,79 @@ pub fn append(kernel_dir: &Path, kernel: &str, record: &AuditRecord) -> std::io:
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
-        file.write_all(&line)?;
-        file.sync_data()
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)?;
+        file.lock()?;
+        let (seq, prev) = match last_link(&mut file)? {
+            Some((seq, hash)) => (seq + 1, hash),
+            None => (1, GENESIS.to_owned()),
+        };
+        let serde_json::Value::Object(mut line) =
+            serde_json::to_value(record).map_err(std::io::Error::other)?
+        else {
+            return Err(std::io::Error::other("audit record is not an object"));
+        };
+        line.insert("seq".into(), seq.into());
+        line.insert("prev_hash".into(), prev.into());
+        let hash = line_hash(&line);
+        line.insert("hash".into(), hash.into());
+        let mut bytes = serde_json::to_vec(&line).map_err(std::io::Error::other)?;
+        bytes.push(b'\n');
+        file.write_all(&bytes)?;
+        file.sync_data()?;
+        file.unlock()
     };
     write().inspect_err(|e| {
         tracing::error!(target: "ck::audit", kernel, path = %path.display(), error = %e, "audit.write-failed");
     })
+}
+
+/// A break in a ledger's hash chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainBreak {
+    /// 1-based line number in `audit.jsonl`.
+    pub line: usize,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// Walks a kernel's audit ledger: every line's hash recomputed, every `prev_hash` equal to the
+/// hash of the line before, `seq` consecutive. Returns the first break (`None`: intact).
+pub fn verify_chain(kernel_dir: &Path) -> std::io::Result<Option<ChainBreak>> {
+    let text = match std::fs::read_to_string(ledger_path(kernel_dir)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut prev = GENESIS.to_owned();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let broken = |problem: String| Ok(Some(ChainBreak { line, problem }));
+        let Ok(serde_json::Value::Object(value)) = serde_json::from_str(raw) else {
+            return broken("not a JSON object".into());
+        };
+        if value["seq"].as_u64() != Some(line as u64) {
+            return broken(format!("seq is {}, expected {line}", value["seq"]));
+        }
+        if value["prev_hash"].as_str() != Some(prev.as_str()) {
+            return broken(format!(
+                "prev_hash {} is not the previous line's hash {prev}",
+                value["prev_hash"]
+            ));
+        }
+        let hash = line_hash(&value);
+        if value["hash"].as_str() != Some(hash.as_str()) {
+            return broken(format!(
+                "hash {} does not match the line's content ({hash})",
+                value["hash"]
+            ));
+        }
+        prev = hash;
+    }
+    Ok(None)
 }
 
 /// [`append`] on a blocking thread of the current tokio runtime, for callers on an async
@@ -158,5 +255,58 @@ mod tests {
         assert_eq!(lines[0]["subject"], "ck.b.data.>");
         assert_eq!(lines[1]["result"], "allow");
         assert!(lines[1].get("subject").is_none());
+        assert_eq!(lines[1]["prev_hash"], lines[0]["hash"]);
+        assert_eq!(verify_chain(dir.path()).unwrap(), None);
+    }
+
+    #[test]
+    fn an_edited_or_removed_line_breaks_the_chain_at_that_line() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            let r = AuditRecord::now(format!("caller-{i}"), "publish", Verdict::Deny, "no", "t");
+            append(dir.path(), "K", &r).unwrap();
+        }
+        let path = ledger_path(dir.path());
+        let original = std::fs::read_to_string(&path).unwrap();
+        // One byte changed in line 3.
+        let lines: Vec<&str> = original.lines().collect();
+        let edited = lines[2].replace("caller-2", "caller-9");
+        let text = [&lines[..2], &[edited.as_str()], &lines[3..]]
+            .concat()
+            .join("\n")
+            + "\n";
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(verify_chain(dir.path()).unwrap().map(|b| b.line), Some(3));
+        // Line 2 removed: line 2 is now the old line 3, whose seq is 3.
+        let text = [&lines[..1], &lines[2..]].concat().join("\n") + "\n";
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(verify_chain(dir.path()).unwrap().map(|b| b.line), Some(2));
+    }
+
+    #[test]
+    fn concurrent_writers_keep_one_linear_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let dir = dir.path().to_owned();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        let r = AuditRecord::now(
+                            format!("w{t}-{i}"),
+                            "connect",
+                            Verdict::Allow,
+                            "ok",
+                            "t",
+                        );
+                        append(&dir, "K", &r).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(read(dir.path()).unwrap().len(), 100);
+        assert_eq!(verify_chain(dir.path()).unwrap(), None);
     }
 }

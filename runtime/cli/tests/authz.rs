@@ -430,6 +430,11 @@ fn bad_proofs_are_refused_by_the_server_with_a_logged_reason() {
         denies >= 4,
         "A's ledger has its refused connects: {audit:?}"
     );
+    assert_eq!(
+        ck_audit::verify_chain(&stack.kernel_dir("Test.A")).unwrap(),
+        None,
+        "the ledger's hash chain is intact"
+    );
 
     // And a good SVID still gets in.
     stack
