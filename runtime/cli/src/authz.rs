@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use ck_authz::setup::{CALLOUT_USER, CalloutSecrets, StaticUser};
 use ck_authz::{Authorizer, AuthorizerConfig, Registry};
 use ck_identity::{TrustBundles, TrustDomain};
@@ -51,8 +51,8 @@ struct ServeArgs {
     #[arg(long = "registry", required = true, value_name = "DIR")]
     registry: Vec<PathBuf>,
     /// Trust domain whose SVIDs are accepted (repeatable).
-    #[arg(long = "trust-domain", required = true, value_name = "DOMAIN")]
-    trust_domains: Vec<String>,
+    #[arg(long = "trust-domain", required = true, value_name = "DOMAIN", value_parser = crate::identity::parse_trust_domain)]
+    trust_domains: Vec<TrustDomain>,
     /// Workload API socket the trust bundles come from.
     #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET", value_name = "PATH")]
     spiffe_socket: String,
@@ -105,18 +105,13 @@ fn init(args: &InitArgs) -> Result<std::process::ExitCode> {
 async fn serve(args: &ServeArgs) -> Result<std::process::ExitCode> {
     let secrets = CalloutSecrets::load(&args.dir)?;
     let issuer = secrets.issuer().map_err(anyhow::Error::msg)?;
-    let trust_domains = args
-        .trust_domains
-        .iter()
-        .map(|d| TrustDomain::new(d).with_context(|| format!("--trust-domain {d}")))
-        .collect::<Result<Vec<_>>>()?;
     let bundles = ck_identity::bundle_source(&args.spiffe_socket).await?;
     let registry = Registry::open(args.registry.clone());
     let authorizer = Arc::new(Authorizer::new(
         AuthorizerConfig {
             issuer,
             account: args.account.clone(),
-            trust_domains,
+            trust_domains: args.trust_domains.clone(),
             allow_local: args.allow_local,
             policy: ck_acl::Policy::default(),
         },

@@ -79,7 +79,8 @@ struct Report {
     ratio_echo_fresh_vs_baseline_c64: Option<f64>,
 }
 
-fn percentile(sorted: &[Duration], q: f64) -> f64 {
+/// The `q` quantile of sorted durations, in microseconds (0 when empty).
+pub(crate) fn percentile(sorted: &[Duration], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

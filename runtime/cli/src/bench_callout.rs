@@ -10,19 +10,16 @@ use ck_authz::{Authorizer, AuthorizerConfig, Registry};
 use ck_identity::{DevProvider, IdentityClient, ProviderConfig, TrustBundles, TrustDomain};
 use tokio_util::sync::CancellationToken;
 
-const DOMAIN: &str = "bench.local";
+use crate::bench::percentile;
 
-fn percentile(sorted: &[Duration], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 * q) as usize).min(sorted.len() - 1);
-    sorted[i].as_secs_f64() * 1e3
-}
+const DOMAIN: &str = "bench.local";
 
 fn report(label: &str, mut times: Vec<Duration>, errors: usize) -> serde_json::Value {
     times.sort();
-    let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
+    let (p50, p99) = (
+        percentile(&times, 0.5) / 1e3,
+        percentile(&times, 0.99) / 1e3,
+    );
     println!(
         "{label:<44} n={:<4} p50 {p50:>7.2} ms   p99 {p99:>7.2} ms   ({errors} errors)",
         times.len()

@@ -33,8 +33,8 @@ struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     dir: PathBuf,
     /// Trust domain to issue SVIDs in (repeatable).
-    #[arg(long = "trust-domain", required = true, value_name = "DOMAIN")]
-    trust_domains: Vec<String>,
+    #[arg(long = "trust-domain", required = true, value_name = "DOMAIN", value_parser = parse_trust_domain)]
+    trust_domains: Vec<TrustDomain>,
     /// SVID lifetime in seconds (SPIRE's default is 300).
     #[arg(long, default_value_t = 300)]
     ttl: u64,
@@ -52,6 +52,11 @@ struct FetchArgs {
     socket: String,
 }
 
+/// Parses a `--trust-domain` value (`example.org` or `spiffe://example.org`).
+pub(crate) fn parse_trust_domain(name: &str) -> Result<TrustDomain, String> {
+    TrustDomain::new(name).map_err(|e| format!("not a trust domain: {e}"))
+}
+
 pub fn run(args: &Args) -> Result<std::process::ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -63,14 +68,9 @@ pub fn run(args: &Args) -> Result<std::process::ExitCode> {
 }
 
 async fn serve(args: &ServeArgs) -> Result<std::process::ExitCode> {
-    let trust_domains = args
-        .trust_domains
-        .iter()
-        .map(|d| TrustDomain::new(d).with_context(|| format!("--trust-domain {d}")))
-        .collect::<Result<Vec<_>>>()?;
     let provider = Arc::new(DevProvider::open(ProviderConfig {
         key_dir: args.dir.clone(),
-        trust_domains,
+        trust_domains: args.trust_domains.clone(),
         ttl: Duration::from_secs(args.ttl.max(1)),
     })?);
     let shutdown = CancellationToken::new();
