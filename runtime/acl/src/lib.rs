@@ -18,6 +18,9 @@
 //!   subscribe X's result); `read-storage|index|ledger|llm|web` → subscribe `ck.{X}.data.>`;
 //!   `read-identity|skill|tool-ref` → subscribe `ck.{X}.ck.>` and `ck.{X}.tool.>`; any SPIFFE
 //!   grant → subscribe X's event topic.
+//! - host: publish on the JetStream API of the kernel's own lifecycle bucket and DATA event
+//!   stream (`topics::host_jetstream_subjects`); the host keeps its guest off them
+//!   (`topics::host_reserved`).
 //!
 //! It does not read files or talk to NATS; it never invents a subject outside `ck-manifest`'s
 //! topic functions, and it refuses (rather than emits) anything that would widen through a
@@ -219,6 +222,13 @@ pub fn compile(
     b.open(Subscribe, kernel.topics.input.clone(), "own input topic");
     b.open(Subscribe, topics::kernel_namespace(g), "own namespace");
     b.open(Subscribe, topics::inbox_namespace(g), "private reply inbox");
+    for subject in topics::host_jetstream_subjects(g) {
+        b.open(
+            Publish,
+            subject,
+            "host: the kernel's task lifecycle bucket and DATA event stream (JetStream)",
+        );
+    }
 
     let me = kernel.spiffe_id();
     let my_domain = kernel.domain.as_deref();
@@ -384,7 +394,10 @@ pub fn compile(
 }
 
 fn finish(kernel: &Kernel, mut b: Builder, policy: &Policy) -> Result<CompiledAcl, AclError> {
-    for rule in &b.rules {
+    // The host's own JetStream subjects are fixed by `topics`, scoped to this kernel's bucket
+    // and stream names, and never come from a manifest.
+    let host = topics::host_jetstream_subjects(&kernel.guid);
+    for rule in b.rules.iter().filter(|r| !host.contains(&r.subject)) {
         check_wildcard(rule)?;
     }
     // Drop entries a broader entry of the same direction already covers. Only a pattern with a

@@ -186,8 +186,17 @@ fn guid_format_topics_are_covered_by_the_namespace() {
         "kernel_class: Acme.Reader\nkernel_id: {A}\nspec:\n  nats:\n    format: guid\n"
     ));
     let acl = compile(&k, &set(vec![k.clone()]), now(), &Policy::default()).unwrap();
-    assert_eq!(acl.permissions.publish.allow, vec![format!("ck.{A}.>")]);
+    let mut expected = ck_manifest::topics::host_jetstream_subjects(A);
+    expected.push(format!("ck.{A}.>"));
+    expected.sort();
+    let mut allowed = acl.permissions.publish.allow.clone();
+    allowed.sort();
+    assert_eq!(allowed, expected);
     assert!(acl.permissions.can_subscribe(&format!("ck.{A}.input")));
+    // JetStream is opened for the kernel's own bucket only.
+    let other = format!("ck_tasks_{}", B.replace('-', "_"));
+    assert!(!acl.permissions.can_publish(&format!("$KV.{other}.t-1")));
+    assert!(!acl.permissions.can_publish("$JS.API.STREAM.CREATE.ANY"));
     assert!(acl.rules.iter().any(|r| r.covered_by.is_some()));
     let json = serde_json::to_value(&acl).unwrap();
     assert_eq!(json["inbox_prefix"], format!("_INBOX_{A}"));

@@ -33,6 +33,9 @@ pub(crate) struct Shared {
     pub kernel_dir: Option<PathBuf>,
     /// Who the kernel is, as audit lines name it: its SPIFFE ID, or its name.
     pub identity: String,
+    /// Subjects the guest may never publish on although its connection may (loop events and
+    /// JetStream: written by the host alone).
+    pub reserved: Vec<String>,
 }
 
 /// The request being handled.
@@ -146,6 +149,21 @@ impl State {
             return Err(PublishError::TooLarge(
                 u32::try_from(self.shared.max_publish).unwrap_or(u32::MAX),
             ));
+        }
+        if let Some(pattern) = self
+            .shared
+            .reserved
+            .iter()
+            .find(|p| ck_subject::matches(p, subject))
+        {
+            let reason = format!(
+                "'{subject}' is reserved for the host (matches '{pattern}': loop events and JetStream state are written by the host, never by a kernel's code)"
+            );
+            self.audit_deny(action, subject, &reason);
+            return Err(PublishError::Denied(Denial {
+                subject: subject.to_owned(),
+                reason,
+            }));
         }
         if !self.shared.permissions.can_publish(subject) {
             let reason = format!(

@@ -104,6 +104,52 @@ pub fn inbox_namespace(guid: &str) -> String {
     format!("{}.>", inbox_prefix(guid))
 }
 
+/// The JetStream key-value bucket holding a kernel's task lifecycle state: `ck_tasks_{guid}`
+/// (bucket names admit no `-`).
+pub fn task_bucket(guid: &str) -> String {
+    format!("ck_tasks_{}", guid.replace('-', "_"))
+}
+
+/// The JetStream stream keeping a kernel's DATA loop events (`ck.{guid}.data.>`), so that their
+/// `Nats-Msg-Id`s deduplicate replays.
+pub fn data_event_stream(guid: &str) -> String {
+    format!("ck_data_{}", guid.replace('-', "_"))
+}
+
+/// The JetStream API subjects the host publishes on for one kernel's own lifecycle bucket and
+/// DATA event stream (over that kernel's connection). Nothing else of JetStream is opened.
+pub fn host_jetstream_subjects(guid: &str) -> Vec<String> {
+    let bucket = task_bucket(guid);
+    let kv = format!("KV_{bucket}");
+    let events = data_event_stream(guid);
+    vec![
+        "$JS.API.INFO".to_owned(),
+        format!("$JS.API.STREAM.INFO.{kv}"),
+        format!("$JS.API.STREAM.CREATE.{kv}"),
+        format!("$JS.API.DIRECT.GET.{kv}"),
+        format!("$JS.API.DIRECT.GET.{kv}.>"),
+        format!("$JS.API.CONSUMER.CREATE.{kv}"),
+        format!("$JS.API.CONSUMER.CREATE.{kv}.>"),
+        format!("$JS.API.CONSUMER.DELETE.{kv}.>"),
+        format!("$KV.{bucket}.>"),
+        format!("$JS.API.STREAM.INFO.{events}"),
+        format!("$JS.API.STREAM.CREATE.{events}"),
+    ]
+}
+
+/// Subjects a kernel's guest may never publish on, even where its connection may: the loop
+/// events (the host alone reports what happened to the CK, TOOL and DATA loops) and JetStream
+/// (the host alone writes lifecycle state).
+pub fn host_reserved(guid: &str) -> Vec<String> {
+    vec![
+        loop_namespace(guid, Loop::Ck),
+        loop_namespace(guid, Loop::Tool),
+        loop_namespace(guid, Loop::Data),
+        "$JS.>".to_owned(),
+        "$KV.>".to_owned(),
+    ]
+}
+
 /// Auth-tier administrative topic `admin.{Kernel}` (v3.7 auth.md).
 pub fn admin_topic(kernel_name: &str) -> String {
     format!("admin.{kernel_name}")
