@@ -1,5 +1,6 @@
 //! Publishing on behalf of a kernel, with the protocol headers.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ pub enum PublishFailure {
 #[derive(Clone, Debug)]
 pub struct Publisher {
     client: Arc<RwLock<Client>>,
+    generation: Arc<AtomicU64>,
     kernel: String,
 }
 
@@ -44,6 +46,7 @@ impl Publisher {
     pub fn new(client: Client, kernel: impl Into<String>) -> Self {
         Self {
             client: Arc::new(RwLock::new(client)),
+            generation: Arc::new(AtomicU64::new(0)),
             kernel: kernel.into(),
         }
     }
@@ -62,6 +65,18 @@ impl Publisher {
             Ok(mut c) => *c = client,
             Err(poisoned) => *poisoned.into_inner() = client,
         }
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes each time the connection is replaced: whoever keeps state bound to a connection
+    /// (a JetStream context) rebuilds it when this moves.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The kernel this publisher sends as.
+    pub fn kernel(&self) -> &str {
+        &self.kernel
     }
 
     /// The protocol headers for a message sent as this kernel within `trace_id`.

@@ -354,6 +354,7 @@ pub async fn serve_all(
             ..options
         };
         let name = r.kernel.name.clone();
+        let lifecycle = lifecycle_for(&r.kernel, &publisher, &args.nats).await?;
         let mut service = KernelService::new(
             engine,
             r.kernel,
@@ -364,6 +365,9 @@ pub async fn serve_all(
         )?;
         if let Some(v) = &verifier {
             service = service.with_verifier(v.clone());
+        }
+        if let Some(l) = lifecycle {
+            service = service.with_lifecycle(l);
         }
         let service = Arc::new(service);
         let token = shutdown.clone();
@@ -388,6 +392,36 @@ pub async fn serve_all(
         tracing::info!(kernel = %name, answered = report.answered, "stopped");
     }
     Ok(())
+}
+
+/// The task lifecycle of a kernel that declares `task.*` actions, after sealing whatever this
+/// host acknowledged but had not sealed when it last stopped. None for other kernels.
+async fn lifecycle_for(
+    kernel: &ck_manifest::Kernel,
+    publisher: &Publisher,
+    server: &str,
+) -> Result<Option<Arc<ck_task::Lifecycle>>> {
+    if !kernel
+        .actions
+        .iter()
+        .any(|a| ck_task::TaskAction::parse(&a.name).is_some())
+    {
+        return Ok(None);
+    }
+    let lifecycle = ck_task::Lifecycle::new(kernel, publisher.clone())
+        .with_context(|| format!("{}: preparing data/", kernel.dir().display()))?;
+    let recovered = lifecycle.recover().await.map_err(|f| {
+        anyhow::anyhow!(
+            "{} declares task actions, whose state lives in JetStream, but {server} refused: {} (run nats-server with JetStream enabled, `-js`)",
+            kernel.name,
+            f.message
+        )
+    })?;
+    for sealed in &recovered {
+        tracing::warn!(kernel = %kernel.name, instance_id = %sealed.instance_id, "task.recovered");
+    }
+    tracing::info!(kernel = %kernel.name, host_id = %lifecycle.host_id(), recovered = recovered.len(), "task.lifecycle");
+    Ok(Some(Arc::new(lifecycle)))
 }
 
 /// Resolves when SIGTERM or Ctrl-C arrives.

@@ -55,6 +55,7 @@ pub struct KernelService {
     errors: AtomicU64,
     instances: AtomicU64,
     verifier: Option<Arc<dyn CallerVerifier>>,
+    lifecycle: Option<Arc<ck_task::Lifecycle>>,
 }
 
 /// Proves who a caller is from the bearer token of a request (a JWT-SVID addressed to this
@@ -102,6 +103,7 @@ impl KernelService {
             identity: manifest
                 .spiffe_id()
                 .unwrap_or_else(|| manifest.name.clone()),
+            reserved: ck_manifest::topics::host_reserved(&manifest.guid),
         });
         Ok(Self {
             memory_cap: usize::try_from(limits.memory_mb << 20).unwrap_or(usize::MAX),
@@ -117,6 +119,7 @@ impl KernelService {
             errors: AtomicU64::new(0),
             instances: AtomicU64::new(0),
             verifier: None,
+            lifecycle: None,
         })
     }
 
@@ -180,6 +183,22 @@ impl KernelService {
         let mut request = request;
         if action.access != Access::Anon {
             request.user = self.authorize(&request, action.access)?;
+        }
+        // Lifecycle actions the kernel declares are the host's: the guest returns data, the
+        // host alone moves task state and writes the DATA loop.
+        if let Some(task_action) = ck_task::TaskAction::parse(&request.action) {
+            let Some(lifecycle) = &self.lifecycle else {
+                return Err(Failure::new(
+                    503,
+                    "no_task_lifecycle",
+                    format!(
+                        "{} declares `{}` but this host serves no task lifecycle for it (it needs JetStream on the NATS server)",
+                        self.manifest.name, request.action
+                    ),
+                ));
+            };
+            let answer = lifecycle.handle(task_action, &request).await?;
+            return Ok(raw(&answer));
         }
         let output = self.invoke(&request).await?;
         if output.len() as u64 > self.limits.max_result_bytes {
@@ -289,6 +308,13 @@ impl KernelService {
                 ),
             )),
         }
+    }
+
+    /// Serves the kernel's declared `task.*` actions with `lifecycle` (without one they are
+    /// answered 503).
+    pub fn with_lifecycle(mut self, lifecycle: Arc<ck_task::Lifecycle>) -> Self {
+        self.lifecycle = Some(lifecycle);
+        self
     }
 
     /// Verifies the callers of `auth`/`owner` actions with `verifier` (without one, such

@@ -3,12 +3,17 @@
 //! Owns: which transitions are legal (`pending → in_progress → completed | failed`,
 //! `failed → pending` only on an explicit `task.retry`), the refusal naming task, state and
 //! action (a 409), and reading `task_id` / `delta` / `output` from flat or `{action, data}`
-//! bodies. Does not store anything: where state lives (JetStream, revision-checked) and what a
-//! seal writes belong to the DATA loop.
+//! bodies ([`transition`], [`read_message`]); task state in JetStream, changed only by
+//! revision-checked writes ([`TaskStore`]); and the lifecycle served on a kernel's input topic,
+//! which seals acknowledged completions into the DATA loop ([`Lifecycle`]). What a seal writes
+//! on disk belongs to `ck-loops`.
 
+mod lifecycle;
 mod store;
 
-pub use store::{StoreError, TaskRecord, TaskStore, Transitioned, bucket_for};
+pub use lifecycle::{Lifecycle, SealedTask, instance_id};
+
+pub use store::{StoreError, TaskRecord, TaskStore, TransitionEntry, Transitioned, bucket_for};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -8,7 +8,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{IllegalTransition, TaskAction, TaskState, transition};
+use serde_json::Value;
+
+use crate::{IllegalTransition, TaskAction, TaskMessage, TaskState, transition};
 
 /// What the bucket holds per task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +27,34 @@ pub struct TaskRecord {
     pub at: String,
     /// How many times the task was retried.
     pub retries: u32,
+    /// Every transition so far, oldest first (it becomes the instance's `ledger.json`).
+    #[serde(default)]
+    pub transitions: Vec<TransitionEntry>,
+    /// `task.complete`'s output: what the sealed `data.json` holds. Kept in the acknowledged
+    /// record so that a host dying between acknowledgement and seal can seal it on restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    /// The host that completed the task and owes its seal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealer: Option<String>,
+}
+
+/// One acknowledged transition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransitionEntry {
+    /// State before (`pending` for a task that did not exist).
+    pub from: TaskState,
+    /// State after.
+    pub to: TaskState,
+    /// The action.
+    pub action: TaskAction,
+    /// Who asked.
+    pub by: String,
+    /// When (RFC 3339, microseconds).
+    pub at: String,
+    /// `task.update`'s delta or `task.fail`'s error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Value>,
 }
 
 /// A transition the broker acknowledged.
@@ -71,7 +101,7 @@ impl std::fmt::Debug for TaskStore {
 
 /// The bucket name for a kernel GUID.
 pub fn bucket_for(guid: &str) -> String {
-    format!("ck_tasks_{}", guid.replace('-', "_"))
+    ck_manifest::topics::task_bucket(guid)
 }
 
 impl TaskStore {
@@ -96,6 +126,19 @@ impl TaskStore {
         Ok(Self { kv })
     }
 
+    /// Every task id in the bucket.
+    pub async fn task_ids(&self) -> Result<Vec<String>, StoreError> {
+        use futures::TryStreamExt;
+        let keys = self
+            .kv
+            .keys()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        keys.try_collect()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
     /// The current record of `task_id` and its revision.
     pub async fn get(&self, task_id: &str) -> Result<Option<(TaskRecord, u64)>, StoreError> {
         let entry = self
@@ -116,27 +159,50 @@ impl TaskStore {
         }
     }
 
-    /// Applies `action` to `task_id` as `by`. Returns once the broker acknowledged the new
-    /// state; refuses (changing nothing) what the state machine refuses.
+    /// Applies `message` as `by`, on behalf of host `host` (recorded as the sealer of a
+    /// completion). Returns once the broker acknowledged the new state; refuses (changing
+    /// nothing) what the state machine refuses.
     pub async fn apply(
         &self,
-        task_id: &str,
-        action: TaskAction,
+        message: &TaskMessage,
         by: &str,
+        host: &str,
     ) -> Result<Transitioned, StoreError> {
+        let (task_id, action) = (message.task_id.as_str(), message.action);
         loop {
             let current = self.get(task_id).await?;
             let before = current.as_ref().map(|(r, _)| r.state);
             let state = transition(task_id, before, action)?;
-            let retries = current.as_ref().map_or(0, |(r, _)| r.retries)
-                + u32::from(action == TaskAction::Retry);
+            let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            let mut transitions = current
+                .as_ref()
+                .map(|(r, _)| r.transitions.clone())
+                .unwrap_or_default();
+            transitions.push(TransitionEntry {
+                from: before.unwrap_or(TaskState::Pending),
+                to: state,
+                action,
+                by: by.to_owned(),
+                at: at.clone(),
+                detail: match action {
+                    TaskAction::Update => message.delta.clone(),
+                    TaskAction::Fail => message.error.clone(),
+                    _ => None,
+                },
+            });
             let record = TaskRecord {
                 task_id: task_id.to_owned(),
                 state,
                 last_action: action,
                 by: by.to_owned(),
-                at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                retries,
+                at,
+                retries: current.as_ref().map_or(0, |(r, _)| r.retries)
+                    + u32::from(action == TaskAction::Retry),
+                transitions,
+                output: (action == TaskAction::Complete)
+                    .then(|| message.output.clone())
+                    .flatten(),
+                sealer: (action == TaskAction::Complete).then(|| host.to_owned()),
             };
             let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
             let written = match &current {

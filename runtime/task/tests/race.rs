@@ -1,7 +1,17 @@
 //! Two hosts racing over the same tasks on a real nats-server with JetStream: every task is
 //! completed exactly once.
 
-use ck_task::{StoreError, TaskAction, TaskState, TaskStore};
+use ck_task::{StoreError, TaskAction, TaskMessage, TaskState, TaskStore};
+
+fn msg(task_id: &str, action: TaskAction) -> TaskMessage {
+    TaskMessage {
+        action,
+        task_id: task_id.to_owned(),
+        delta: None,
+        output: (action == TaskAction::Complete).then(|| serde_json::json!({"done": task_id})),
+        error: None,
+    }
+}
 
 const GUID: &str = "5c4d3e2f-1a0b-4c9d-8e7f-6a5b4c3d2e10";
 
@@ -23,14 +33,17 @@ async fn two_hosts_racing_complete_each_task_exactly_once() {
     let (a, b) = (host(&server.url()).await, host(&server.url()).await);
     let tasks: Vec<String> = (0..200).map(|i| format!("t-{i}")).collect();
     for t in &tasks {
-        a.apply(t, TaskAction::Start, "host-a").await.unwrap();
+        a.apply(&msg(t, TaskAction::Start), "caller", "host-a")
+            .await
+            .unwrap();
     }
     let races = tasks.iter().map(|t| {
         let (a, b, t) = (a.clone(), b.clone(), t.clone());
         async move {
+            let complete = msg(&t, TaskAction::Complete);
             let (ra, rb) = tokio::join!(
-                a.apply(&t, TaskAction::Complete, "host-a"),
-                b.apply(&t, TaskAction::Complete, "host-b")
+                a.apply(&complete, "caller", "host-a"),
+                b.apply(&complete, "caller", "host-b")
             );
             (t, ra, rb)
         }
@@ -50,6 +63,13 @@ async fn two_hosts_racing_complete_each_task_exactly_once() {
         };
         assert_eq!(winner.record.state, TaskState::Completed);
         assert_eq!(winner.before, Some(TaskState::InProgress));
+        // The acknowledged record carries what the winner must seal, and who must.
+        assert_eq!(winner.record.output, Some(serde_json::json!({"done": t})));
+        assert!(matches!(
+            winner.record.sealer.as_deref(),
+            Some("host-a" | "host-b")
+        ));
+        assert_eq!(winner.record.transitions.len(), 2);
         match loser {
             StoreError::Illegal(e) => {
                 assert_eq!(e.state.0, Some(TaskState::Completed), "{e}");
@@ -74,15 +94,19 @@ async fn two_hosts_racing_complete_each_task_exactly_once() {
         TaskAction::Retry,
     ] {
         assert!(matches!(
-            b.apply("t-0", action, "host-b").await,
+            b.apply(&msg("t-0", action), "caller", "host-b").await,
             Err(StoreError::Illegal(_))
         ));
     }
     assert_eq!(a.get("t-0").await.unwrap().unwrap(), (before, revision));
     // Update or complete before start: refused.
     assert!(matches!(
-        a.apply("never-started", TaskAction::Complete, "host-a")
-            .await,
+        a.apply(
+            &msg("never-started", TaskAction::Complete),
+            "caller",
+            "host-a"
+        )
+        .await,
         Err(StoreError::Illegal(_))
     ));
     assert!(a.get("never-started").await.unwrap().is_none());

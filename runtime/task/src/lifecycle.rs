@@ -1,0 +1,387 @@
+//! The task lifecycle served on a kernel's input topic.
+//!
+//! Owns the order that makes write-once hold: a lifecycle message moves the task in JetStream
+//! (revision-checked, [`TaskStore`]); only once the broker acknowledged a completion is the
+//! instance sealed into the DATA loop (`data.json` create-new, proof, ledger — `ck-loops`),
+//! recorded in the audit ledger, and announced on `ck.{guid}.data.*` with deterministic
+//! `Nats-Msg-Id`s (so JetStream drops the duplicates of a replay). A host that dies between
+//! acknowledgement and seal seals on restart ([`Lifecycle::recover`]) from the acknowledged
+//! record, byte for byte as it would have. Does not run guests and knows nothing of the CLI.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use bytes::Bytes;
+use ck_bus::envelope::{KERNEL_ID, MSG_ID, TRACE_ID, USER_ID};
+use ck_bus::{Failure, Publisher, Request};
+use ck_loops::data::{SealRequest, Transition};
+use ck_manifest::Kernel;
+use ck_manifest::topics::{self, LoopEvent};
+use serde_json::{Value, json};
+
+use crate::{MessageError, StoreError, TaskAction, TaskRecord, TaskState, TaskStore, read_message};
+
+/// How long the DATA event stream keeps message ids for deduplication: a replay after an
+/// outage shorter than this cannot announce an instance twice.
+const DEDUP_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// The lifecycle of one kernel's tasks, served by one host.
+pub struct Lifecycle {
+    kernel: String,
+    kernel_urn: String,
+    guid: String,
+    dir: PathBuf,
+    svid: String,
+    host_id: String,
+    publisher: Publisher,
+    bound: tokio::sync::Mutex<Option<Bound>>,
+}
+
+/// JetStream handles bound to one connection of the publisher.
+#[derive(Clone)]
+struct Bound {
+    generation: u64,
+    store: TaskStore,
+    js: jetstream::Context,
+}
+
+/// What sealing an acknowledged completion produced.
+#[derive(Debug, Clone)]
+pub struct SealedTask {
+    /// The instance id (`i-{task_id}-{epoch}`).
+    pub instance_id: String,
+    /// `sha256:…` of `data.json`.
+    pub data_hash: String,
+    /// `sha256:…` of `manifest.json`.
+    pub manifest_hash: String,
+    /// Whether this call wrote `data.json` (false: a previous attempt had).
+    pub wrote_data: bool,
+}
+
+impl std::fmt::Debug for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lifecycle")
+            .field("kernel", &self.kernel)
+            .field("host_id", &self.host_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The instance a completion seals: deterministic from the acknowledged record, so that a
+/// recovery seals the same instance.
+pub fn instance_id(record: &TaskRecord) -> String {
+    let at = record
+        .transitions
+        .iter()
+        .rev()
+        .find(|t| t.to == TaskState::Completed)
+        .map_or(record.at.as_str(), |t| t.at.as_str());
+    let epoch = chrono::DateTime::parse_from_rfc3339(at)
+        .map(|t| t.timestamp())
+        .unwrap_or_default();
+    format!("i-{}-{epoch}", record.task_id)
+}
+
+/// The host's identity for one kernel directory, created once: the sealer of a completion is
+/// recorded by it, so a restarted host recognises the seals it still owes.
+fn host_id(dir: &Path) -> std::io::Result<String> {
+    let path = dir.join("data").join(".host-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_owned());
+        }
+    }
+    std::fs::create_dir_all(dir.join("data"))?;
+    let id = format!("host-{}", uuid::Uuid::new_v4());
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+    {
+        Ok(mut f) => {
+            use std::io::Write;
+            f.write_all(id.as_bytes())?;
+            f.sync_all()?;
+            Ok(id)
+        }
+        // Another host process on the same directory created it first.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(std::fs::read_to_string(&path)?.trim().to_owned())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn failure(e: StoreError) -> Failure {
+    match e {
+        StoreError::Illegal(e) => Failure::new(409, "illegal_transition", e.to_string()),
+        StoreError::Unavailable(why) => Failure::new(
+            503,
+            "task_store_unavailable",
+            format!("{why}; nothing was changed or sealed"),
+        ),
+        corrupt @ StoreError::Corrupt { .. } => {
+            Failure::new(500, "task_state_corrupt", corrupt.to_string())
+        }
+    }
+}
+
+impl Lifecycle {
+    /// The lifecycle of `kernel`'s tasks, with state in JetStream over `publisher`'s connection
+    /// and sealed instances under the kernel's `data/`.
+    pub fn new(kernel: &Kernel, publisher: Publisher) -> std::io::Result<Self> {
+        let dir = kernel.dir().to_path_buf();
+        Ok(Self {
+            host_id: host_id(&dir)?,
+            kernel: kernel.name.clone(),
+            kernel_urn: kernel.urn.clone(),
+            guid: kernel.guid.clone(),
+            svid: kernel
+                .spiffe_id()
+                .unwrap_or_else(|| "unavailable".to_owned()),
+            dir,
+            publisher,
+            bound: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// This host's identity for the kernel (the `sealer` of its completions).
+    pub fn host_id(&self) -> &str {
+        &self.host_id
+    }
+
+    /// The JetStream handles for the current connection: the bucket and the event stream are
+    /// created on first use (file storage).
+    async fn bound(&self) -> Result<Bound, Failure> {
+        let generation = self.publisher.generation();
+        let mut bound = self.bound.lock().await;
+        if let Some(b) = bound.as_ref().filter(|b| b.generation == generation) {
+            return Ok(b.clone());
+        }
+        let js = jetstream::new(self.publisher.client());
+        let store = TaskStore::open(&js, &self.guid).await.map_err(failure)?;
+        let stream = topics::data_event_stream(&self.guid);
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: stream.clone(),
+            description: Some(format!("DATA loop events of kernel {}", self.kernel)),
+            subjects: vec![topics::loop_namespace(&self.guid, topics::Loop::Data)],
+            storage: jetstream::stream::StorageType::File,
+            duplicate_window: DEDUP_WINDOW,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            Failure::new(
+                503,
+                "event_stream_unavailable",
+                format!("JetStream stream {stream}: {e}"),
+            )
+        })?;
+        let b = Bound {
+            generation,
+            store,
+            js,
+        };
+        *bound = Some(b.clone());
+        Ok(b)
+    }
+
+    /// Answers one lifecycle message. Refusals change nothing: 400 for an unusable message, 409
+    /// for a transition the task's state forbids (naming task, state and action), 503 when the
+    /// broker did not acknowledge.
+    pub async fn handle(&self, action: TaskAction, request: &Request) -> Result<Value, Failure> {
+        let data: Value = serde_json::from_str(&request.data)
+            .map_err(|e| Failure::new(400, "bad_task_message", e.to_string()))?;
+        let message = read_message(action, &data)
+            .map_err(|e: MessageError| Failure::new(400, "bad_task_message", e.to_string()))?;
+        let bound = self.bound().await?;
+        let done = bound
+            .store
+            .apply(&message, &request.user, &self.host_id)
+            .await
+            .map_err(failure)?;
+        let record = &done.record;
+        tracing::info!(task_id = %record.task_id, from = %done.before.map_or("none", TaskState::as_str), to = %record.state, revision = done.revision, "task.transition");
+        let mut answer = json!({
+            "task_id": record.task_id,
+            "state": record.state,
+            "previous": done.before.unwrap_or(TaskState::Pending),
+            "revision": done.revision,
+            "retries": record.retries,
+        });
+        if record.state == TaskState::Completed {
+            let sealed = self.seal(&bound, record, &request.trace_id).await?;
+            answer["instance_id"] = json!(sealed.instance_id);
+            answer["data_hash"] = json!(sealed.data_hash);
+            answer["manifest_hash"] = json!(sealed.manifest_hash);
+        }
+        Ok(answer)
+    }
+
+    /// Seals what this host acknowledged but did not seal (it died in between): every completed
+    /// task whose sealer is this host and whose instance lacks its proof. Returns the instances
+    /// sealed now.
+    pub async fn recover(&self) -> Result<Vec<SealedTask>, Failure> {
+        let bound = self.bound().await?;
+        let dir = self.dir.clone();
+        let removed = tokio::task::spawn_blocking(move || ck_loops::data::remove_leftovers(&dir))
+            .await
+            .unwrap_or_default();
+        for path in removed {
+            tracing::warn!(path = %path.display(), "task.recover: removed an unfinished write");
+        }
+        let mut sealed = Vec::new();
+        for task_id in bound.store.task_ids().await.map_err(failure)? {
+            let Some((record, _)) = bound.store.get(&task_id).await.map_err(failure)? else {
+                continue;
+            };
+            if record.state != TaskState::Completed
+                || record.sealer.as_deref() != Some(self.host_id.as_str())
+            {
+                continue;
+            }
+            let dir = ck_loops::data::instance_dir(&self.dir, &instance_id(&record));
+            if dir.join("proof.json").is_file() {
+                continue;
+            }
+            tracing::warn!(task_id = %task_id, "task.recover: completion acknowledged but not sealed; sealing now");
+            sealed.push(self.seal(&bound, &record, "recovery").await?);
+        }
+        Ok(sealed)
+    }
+
+    /// Seals an acknowledged completion, appends the audit line, publishes the DATA events.
+    async fn seal(
+        &self,
+        bound: &Bound,
+        record: &TaskRecord,
+        trace_id: &str,
+    ) -> Result<SealedTask, Failure> {
+        let instance = instance_id(record);
+        let output = record.output.clone().unwrap_or_else(|| json!({}));
+        let transitions: Vec<Transition> = record
+            .transitions
+            .iter()
+            .map(|t| Transition {
+                from: t.from.to_string(),
+                to: t.to.to_string(),
+                action: t.action.to_string(),
+                by: t.by.clone(),
+                at: t.at.clone(),
+            })
+            .collect();
+        let (dir, kernel, urn, svid) = (
+            self.dir.clone(),
+            self.kernel.clone(),
+            self.kernel_urn.clone(),
+            self.svid.clone(),
+        );
+        let (task_id, actor, id) = (record.task_id.clone(), record.by.clone(), instance.clone());
+        let sealed = tokio::task::spawn_blocking(move || {
+            let sealed = ck_loops::data::seal(&SealRequest {
+                kernel_dir: &dir,
+                kernel: &kernel,
+                kernel_urn: &urn,
+                svid: &svid,
+                instance_id: &id,
+                task_id: Some(&task_id),
+                actor: &actor,
+                data: &output,
+                transitions: &transitions,
+            })?;
+            if sealed.wrote_data {
+                let mut line = ck_audit::AuditRecord::now(
+                    &actor,
+                    "task.complete",
+                    ck_audit::Verdict::Allow,
+                    format!("sealed instance {id} of task {task_id} ({})", sealed.data_hash),
+                    "ck host",
+                );
+                line.path = Some(format!("data/instances/{id}/data.json"));
+                ck_audit::append(&dir, &kernel, &line).map_err(|error| {
+                    ck_loops::data::SealError::Io {
+                        path: ck_audit::ledger_path(&dir),
+                        error,
+                    }
+                })?;
+            }
+            Ok::<_, ck_loops::data::SealError>(sealed)
+        })
+        .await
+        .map_err(|e| Failure::new(500, "seal_failed", e.to_string()))?
+        .map_err(|e| {
+            Failure::new(
+                500,
+                "seal_failed",
+                format!(
+                    "task {} was completed (acknowledged) but sealing failed: {e}; this host seals it when it restarts",
+                    record.task_id
+                ),
+            )
+        })?;
+        let done = SealedTask {
+            instance_id: instance,
+            data_hash: sealed.data_hash,
+            manifest_hash: sealed.manifest_hash,
+            wrote_data: sealed.wrote_data,
+        };
+        self.announce(bound, record, &done, trace_id).await;
+        Ok(done)
+    }
+
+    /// Publishes `data.written`, `data.proof-generated` and `data.ledger-entry` for a seal, each
+    /// with the message id `{guid}:{event}:{instance}`, waiting for the stream's acknowledgement.
+    async fn announce(&self, bound: &Bound, record: &TaskRecord, sealed: &SealedTask, trace: &str) {
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        for event in [
+            LoopEvent::DataWritten,
+            LoopEvent::DataProofGenerated,
+            LoopEvent::DataLedgerEntry,
+        ] {
+            let id = format!("{}:{}:{}", self.guid, event, sealed.instance_id);
+            let subject = topics::loop_event_subject(&self.guid, event);
+            let body = json!({
+                "specversion": "1.0",
+                "id": id,
+                "source": self.kernel_urn,
+                "type": format!("ck.{event}"),
+                "subject": sealed.instance_id,
+                "time": at,
+                "datacontenttype": "application/json",
+                "data": {
+                    "event": event.to_string(),
+                    "kernel": self.kernel,
+                    "kernel_urn": self.kernel_urn,
+                    "guid": self.guid,
+                    "trace_id": trace,
+                    "timestamp": at,
+                    "instance_id": sealed.instance_id,
+                    "task_id": record.task_id,
+                    "data_hash": sealed.data_hash,
+                    "manifest_hash": sealed.manifest_hash,
+                    "proof": format!("data/instances/{}/proof.json", sealed.instance_id),
+                },
+            });
+            let mut headers = HeaderMap::new();
+            headers.insert(MSG_ID, id.as_str());
+            headers.insert(TRACE_ID, trace);
+            headers.insert(KERNEL_ID, self.kernel.as_str());
+            headers.insert(USER_ID, record.by.as_str());
+            let payload = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+            let acked = match bound
+                .js
+                .publish_with_headers(subject.clone(), headers, payload)
+                .await
+            {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = acked {
+                tracing::error!(subject = %subject, instance_id = %sealed.instance_id, error = %e, "event.unconfirmed");
+            }
+        }
+    }
+}
