@@ -10,6 +10,7 @@ mod call;
 mod identity;
 mod run;
 mod validate;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -57,6 +58,10 @@ enum Command {
     Identity(identity::Args),
     /// The NATS auth callout: set it up (`init`) and run it (`serve`).
     Authz(authz::Args),
+    /// Verify a kernel's DATA tree offline: every sealed instance's hashes, proof and PROV-O
+    /// fields, and the audit ledger's hash chain. Prints the first broken link with its file
+    /// (and line); exits 0 only when everything verifies.
+    Verify(verify::Args),
 }
 
 fn init_logging(serving: bool) {
@@ -95,6 +100,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Identity(args) => identity::run(&args),
         Command::Authz(args) => authz::run(&args),
+        Command::Verify(args) => verify::run(&args),
     };
     match result {
         Ok(code) => code,

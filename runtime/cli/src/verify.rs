@@ -1,0 +1,49 @@
+//! `ck verify`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+
+/// Arguments of `ck verify`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A kernel directory, or its `data/` directory.
+    #[arg(value_name = "KERNEL_OR_DATA_DIR")]
+    path: PathBuf,
+    /// Print every broken link, not only the first.
+    #[arg(long)]
+    all: bool,
+}
+
+/// Verifies the DATA tree; exit 0 only when everything verifies, 1 when something is broken.
+pub fn run(args: &Args) -> Result<ExitCode> {
+    if !args.path.is_dir() {
+        bail!("{}: not a directory", args.path.display());
+    }
+    let kernel_dir = ck_loops::data::kernel_dir_of(&args.path);
+    let report = ck_loops::data::verify_tree(&kernel_dir);
+    for note in &report.notes {
+        println!("note: {note}");
+    }
+    if report.ok() {
+        println!(
+            "ok: {} sealed instance(s) and {} audit ledger line(s) verified under {}",
+            report.instances,
+            report.ledger_lines,
+            kernel_dir.join("data").display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let shown = if args.all { report.findings.len() } else { 1 };
+    for finding in report.findings.iter().take(shown) {
+        println!("FAIL {finding}");
+    }
+    if !args.all && report.findings.len() > 1 {
+        println!(
+            "({} more broken link(s); --all lists them)",
+            report.findings.len() - 1
+        );
+    }
+    Ok(ExitCode::from(1))
+}

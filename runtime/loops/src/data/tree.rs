@@ -1,0 +1,130 @@
+//! Verifying a kernel's whole DATA tree offline: every sealed instance and the audit ledger's
+//! hash chain.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::instance::{Finding, verify_instance};
+
+/// What verifying a DATA tree found.
+#[derive(Debug, Clone, Default)]
+pub struct TreeReport {
+    /// Sealed instances checked.
+    pub instances: usize,
+    /// Audit ledger lines walked.
+    pub ledger_lines: usize,
+    /// Broken links, in the order found (instances by id, then the ledger).
+    pub findings: Vec<Finding>,
+    /// Things worth knowing that break nothing (a write a crash left unfinished, an instance
+    /// directory with nothing sealed in it yet).
+    pub notes: Vec<String>,
+}
+
+impl TreeReport {
+    /// Everything verifies.
+    pub fn ok(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+/// The kernel directory for a path naming either it or its `data/` directory.
+pub fn kernel_dir_of(path: &Path) -> PathBuf {
+    let is_data = path.file_name().is_some_and(|n| n == "data")
+        && !path.join("data").is_dir()
+        && (path.join("instances").is_dir() || path.join("ledger").is_dir());
+    match (is_data, path.parent()) {
+        (true, Some(parent)) => parent.to_owned(),
+        _ => path.to_owned(),
+    }
+}
+
+/// Verifies every instance under `data/instances/` and the chain of `data/ledger/audit.jsonl`
+/// of the kernel in `kernel_dir`.
+pub fn verify_tree(kernel_dir: &Path) -> TreeReport {
+    let mut report = TreeReport::default();
+    let instances = kernel_dir.join("data").join("instances");
+    let mut dirs: Vec<PathBuf> = match fs::read_dir(&instances) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            report.findings.push(Finding {
+                file: instances.clone(),
+                problem: format!("cannot list: {e}"),
+            });
+            Vec::new()
+        }
+    };
+    dirs.sort();
+    for dir in dirs {
+        let leftovers: Vec<String> = fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-"))
+            .collect();
+        for name in &leftovers {
+            report.notes.push(format!(
+                "{}: unfinished write left by a crash (never linked into place; removed when the host recovers)",
+                dir.join(name).display()
+            ));
+        }
+        if !dir.join("data.json").exists() {
+            report.notes.push(format!(
+                "{}: nothing sealed yet (an interrupted seal, completed when the host recovers)",
+                dir.display()
+            ));
+            continue;
+        }
+        report.instances += 1;
+        report.findings.extend(verify_instance(&dir));
+    }
+    let ledger = kernel_dir.join("data").join("ledger").join("audit.jsonl");
+    match fs::read_to_string(&ledger) {
+        Ok(text) => report.ledger_lines = text.lines().count(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => report.findings.push(Finding {
+            file: ledger.clone(),
+            problem: format!("cannot read: {e}"),
+        }),
+    }
+    match ck_audit::verify_chain(kernel_dir) {
+        Ok(None) => {}
+        Ok(Some(b)) => report.findings.push(Finding {
+            file: ledger,
+            problem: format!("line {}: {}", b.line, b.problem),
+        }),
+        Err(e) => report.findings.push(Finding {
+            file: ledger,
+            problem: format!("cannot read: {e}"),
+        }),
+    }
+    report
+}
+
+/// Removes the temporary files of seals a crash interrupted (`*.tmp-{pid}` whose process is
+/// gone): they were never linked into place, so no sealed file is touched. Returns what it
+/// removed.
+pub fn remove_leftovers(kernel_dir: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let instances = kernel_dir.join("data").join("instances");
+    for dir in fs::read_dir(&instances).into_iter().flatten().flatten() {
+        for entry in fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.rsplit_once(".tmp-").map(|(_, pid)| pid.to_owned()) else {
+                continue;
+            };
+            let alive = pid.parse::<u32>().is_ok_and(|p| {
+                p == std::process::id() || Path::new(&format!("/proc/{p}")).exists()
+            });
+            if !alive && fs::remove_file(entry.path()).is_ok() {
+                removed.push(entry.path());
+            }
+        }
+    }
+    removed
+}
