@@ -57,6 +57,8 @@ const RELOAD_FAILED: &str = "Failed to reload server configuration";
 pub struct NatsServer {
     child: Child,
     port: u16,
+    /// The configuration body in force (reloads change it; restarts reuse it).
+    body: std::sync::Mutex<String>,
     dir: tempfile::TempDir,
 }
 
@@ -65,23 +67,24 @@ impl NatsServer {
     pub fn start(body: &str) -> Result<NatsServer, NatsdError> {
         let dir = tempfile::tempdir()?;
         write_config(dir.path(), -1, body)?;
-        let child = Command::new(binary()?)
-            .arg("-c")
-            .arg(dir.path().join("nats.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("stderr.log"))?)
-            .spawn()?;
+        let child = spawn(dir.path())?;
         // Owned from here on, so the process is killed on every path, failures included.
         let mut server = NatsServer {
             child,
             port: 0,
+            body: std::sync::Mutex::new(body.to_owned()),
             dir,
         };
+        server.port = server.wait_ready(0)?;
+        Ok(server)
+    }
+
+    /// Waits until the log written after `offset` says the server is ready; returns its port.
+    fn wait_ready(&mut self, offset: u64) -> Result<u16, NatsdError> {
         let timeout = Duration::from_secs(15);
         let deadline = Instant::now() + timeout;
         loop {
-            let log = server.log();
+            let log = read_from(&self.dir.path().join("nats.log"), offset);
             // READY is logged after the signal handlers are installed: a reload (SIGHUP) sent
             // earlier would kill the process.
             let port = log
@@ -90,13 +93,40 @@ impl NatsServer {
                 .and_then(|p| p.trim().parse().ok())
                 .filter(|_| log.contains(READY));
             if let Some(port) = port {
-                server.port = port;
-                return Ok(server);
+                return Ok(port);
             }
-            if Instant::now() > deadline || server.child.try_wait()?.is_some() {
-                return Err(NatsdError::NotReady { timeout, log });
+            if Instant::now() > deadline || self.child.try_wait()?.is_some() {
+                return Err(NatsdError::NotReady {
+                    timeout,
+                    log: self.log(),
+                });
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills the server (an outage, as clients see it); [`NatsServer::restart`] brings it back.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port with the same configuration (and so the same
+    /// JetStream store), after [`NatsServer::stop`] or a crash.
+    pub fn restart(&mut self) -> Result<(), NatsdError> {
+        self.stop();
+        let offset = std::fs::metadata(self.dir.path().join("nats.log")).map_or(0, |m| m.len());
+        let body = self.body.lock().map(|b| b.clone()).unwrap_or_default();
+        write_config(self.dir.path(), i32::from(self.port), &body)?;
+        // The old process's socket may linger for a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.child = spawn(self.dir.path())?;
+            match self.wait_ready(offset) {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
         }
     }
 
@@ -122,6 +152,9 @@ impl NatsServer {
         let log_path = self.dir.path().join("nats.log");
         let offset = std::fs::metadata(&log_path).map_or(0, |m| m.len());
         write_config(self.dir.path(), i32::from(self.port), body)?;
+        if let Ok(mut current) = self.body.lock() {
+            *current = body.to_owned();
+        }
         let status = Command::new("kill")
             .args(["-HUP", &self.child.id().to_string()])
             .status()?;
@@ -155,6 +188,16 @@ impl NatsServer {
             format!("{log}\n--- stderr ---\n{stderr}")
         }
     }
+}
+
+fn spawn(dir: &Path) -> Result<Child, NatsdError> {
+    Ok(Command::new(binary()?)
+        .arg("-c")
+        .arg(dir.join("nats.conf"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr.log"))?)
+        .spawn()?)
 }
 
 fn read_from(path: &Path, offset: u64) -> String {
