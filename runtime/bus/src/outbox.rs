@@ -1,0 +1,295 @@
+//! Loop events that must not be lost: published through JetStream and confirmed by its
+//! acknowledgement; while the broker cannot confirm, queued in order in
+//! `data/ledger/pending_events.jsonl` (fsynced, so the queue survives a restart) and replayed
+//! in order once it can. Every event carries a deterministic `Nats-Msg-Id`, so a replay of an
+//! event that did arrive is dropped by the stream's deduplication.
+//!
+//! Above [`DEGRADED_AT`] queued events the kernel is degraded; the first replay after that
+//! announces `ck.{guid}.data.nats-degraded`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Publisher;
+use crate::envelope::{KERNEL_ID, MSG_ID, TRACE_ID, USER_ID};
+
+/// Queued events above which the kernel reports itself degraded (ckp-spec §3.3).
+pub const DEGRADED_AT: usize = 1000;
+
+/// How long one publish may wait for the stream's acknowledgement before it is queued.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One loop event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoopEventMessage {
+    /// `ck.{guid}.{loop}.{event}`.
+    pub subject: String,
+    /// The deterministic `Nats-Msg-Id`.
+    pub msg_id: String,
+    /// `Trace-Id`.
+    pub trace_id: String,
+    /// `X-User-ID`.
+    pub user: String,
+    /// The CloudEvent body.
+    pub body: Value,
+}
+
+/// Where a kernel's unconfirmed events wait.
+pub fn pending_path(kernel_dir: &Path) -> PathBuf {
+    kernel_dir
+        .join("data")
+        .join("ledger")
+        .join("pending_events.jsonl")
+}
+
+struct State {
+    queued: usize,
+    degraded: bool,
+}
+
+/// The confirmed event path of one kernel.
+pub struct Outbox {
+    path: PathBuf,
+    guid: String,
+    kernel_urn: String,
+    publisher: Publisher,
+    state: tokio::sync::Mutex<State>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_queue(path: &Path) -> std::io::Result<Vec<LoopEventMessage>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    // A line cut short by a crash during its append is the only unreadable one there can be:
+    // its event was never confirmed and will be produced again by recovery, so it is skipped.
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+/// Replaces the queue file with `events` (temp file, fsync, rename).
+fn rewrite_queue(path: &Path, events: &[LoopEventMessage]) -> std::io::Result<()> {
+    if events.is_empty() {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    for event in events {
+        serde_json::to_writer(&mut file, event)?;
+        file.write_all(b"\n")?;
+    }
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn append_queue(path: &Path, events: &[LoopEventMessage]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut bytes = Vec::new();
+    for event in events {
+        serde_json::to_writer(&mut bytes, event)?;
+        bytes.push(b'\n');
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.write_all(&bytes)?;
+    file.sync_data()
+}
+
+impl Outbox {
+    /// The outbox of the kernel `guid` in `kernel_dir`, publishing over `publisher`'s
+    /// connection; picks up what a previous run left queued.
+    pub fn open(
+        kernel_dir: &Path,
+        guid: &str,
+        kernel_urn: &str,
+        publisher: Publisher,
+    ) -> std::io::Result<Self> {
+        let path = pending_path(kernel_dir);
+        let queued = read_queue(&path)?.len();
+        Ok(Self {
+            path,
+            guid: guid.to_owned(),
+            kernel_urn: kernel_urn.to_owned(),
+            publisher,
+            state: tokio::sync::Mutex::new(State {
+                queued,
+                degraded: queued > DEGRADED_AT,
+            }),
+        })
+    }
+
+    /// Events waiting for the broker.
+    pub async fn queued(&self) -> usize {
+        self.state.lock().await.queued
+    }
+
+    /// Whether more than [`DEGRADED_AT`] events are waiting.
+    pub async fn degraded(&self) -> bool {
+        self.state.lock().await.degraded
+    }
+
+    async fn publish(
+        &self,
+        js: &jetstream::Context,
+        event: &LoopEventMessage,
+    ) -> Result<(), String> {
+        let mut headers = HeaderMap::new();
+        headers.insert(MSG_ID, event.msg_id.as_str());
+        headers.insert(TRACE_ID, event.trace_id.as_str());
+        headers.insert(KERNEL_ID, self.publisher.kernel());
+        headers.insert(USER_ID, event.user.as_str());
+        let payload = Bytes::from(serde_json::to_vec(&event.body).unwrap_or_default());
+        let ack = js
+            .publish_with_headers(event.subject.clone(), headers, payload)
+            .await
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(ACK_TIMEOUT, ack).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no acknowledgement within {ACK_TIMEOUT:?}")),
+        }
+    }
+
+    fn context(&self) -> jetstream::Context {
+        let mut js = jetstream::new(self.publisher.client());
+        js.set_timeout(ACK_TIMEOUT);
+        js
+    }
+
+    /// Sends `events` in order behind anything already queued; what the broker does not
+    /// confirm is queued on disk. Returns how many were confirmed now.
+    pub async fn send(&self, events: Vec<LoopEventMessage>) -> std::io::Result<usize> {
+        let mut state = self.state.lock().await;
+        if state.queued > 0 {
+            // Order: nothing new goes out before what waits.
+            self.replay_locked(&mut state).await?;
+            if state.queued > 0 {
+                self.enqueue_locked(&mut state, &events)?;
+                return Ok(0);
+            }
+        }
+        let js = self.context();
+        for (i, event) in events.iter().enumerate() {
+            if let Err(e) = self.publish(&js, event).await {
+                tracing::warn!(subject = %event.subject, msg_id = %event.msg_id, error = %e, "event.queued");
+                self.enqueue_locked(&mut state, &events[i..])?;
+                return Ok(i);
+            }
+        }
+        Ok(events.len())
+    }
+
+    fn enqueue_locked(
+        &self,
+        state: &mut State,
+        events: &[LoopEventMessage],
+    ) -> std::io::Result<()> {
+        append_queue(&self.path, events)?;
+        state.queued += events.len();
+        if state.queued > DEGRADED_AT && !state.degraded {
+            state.degraded = true;
+            tracing::error!(queued = state.queued, path = %self.path.display(), "kernel.degraded: NATS cannot confirm events; queueing on disk");
+        }
+        Ok(())
+    }
+
+    /// Replays the queue in order, stopping at the first event the broker does not confirm.
+    /// Returns how many were confirmed.
+    pub async fn replay(&self) -> std::io::Result<usize> {
+        let mut state = self.state.lock().await;
+        self.replay_locked(&mut state).await
+    }
+
+    async fn replay_locked(&self, state: &mut State) -> std::io::Result<usize> {
+        if state.queued == 0 {
+            return Ok(0);
+        }
+        let queue = read_queue(&self.path)?;
+        let js = self.context();
+        let mut sent = 0;
+        for event in &queue {
+            if self.publish(&js, event).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        if sent == 0 {
+            return Ok(0);
+        }
+        rewrite_queue(&self.path, &queue[sent..])?;
+        state.queued = queue.len() - sent;
+        tracing::info!(
+            replayed = sent,
+            still_queued = state.queued,
+            "event.replayed"
+        );
+        if state.queued == 0 && state.degraded {
+            state.degraded = false;
+            let subject = format!("ck.{}.data.nats-degraded", self.guid);
+            let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            let id = format!("{}:data.nats-degraded:{at}", self.guid);
+            let body = serde_json::json!({
+                "specversion": "1.0", "id": id, "source": self.kernel_urn,
+                "type": "ck.data.nats-degraded", "time": at,
+                "datacontenttype": "application/json",
+                "data": {"event": "data.nats-degraded", "guid": self.guid, "replayed": sent, "timestamp": at},
+            });
+            let event = LoopEventMessage {
+                subject,
+                msg_id: id,
+                trace_id: "nats-degraded".into(),
+                user: "ck host".into(),
+                body,
+            };
+            if self.publish(&js, &event).await.is_err() {
+                self.enqueue_locked(state, std::slice::from_ref(&event))?;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Replays the queue every `every` until `shutdown` (the reconnect path: the client
+    /// reconnects by itself, the next tick finds the broker confirming again).
+    pub async fn replay_until(
+        &self,
+        every: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if self.state.lock().await.queued > 0
+                && let Err(e) = self.replay().await
+            {
+                tracing::error!(path = %self.path.display(), error = %e, "event.replay-failed");
+            }
+        }
+    }
+}
