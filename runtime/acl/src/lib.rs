@@ -18,8 +18,8 @@
 //!   subscribe X's result); `read-storage|index|ledger|llm|web` → subscribe `ck.{X}.data.>`;
 //!   `read-identity|skill|tool-ref` → subscribe `ck.{X}.ck.>` and `ck.{X}.tool.>`; any SPIFFE
 //!   grant → subscribe X's event topic.
-//! - host: publish on the JetStream API of the kernel's own lifecycle bucket and DATA event
-//!   stream (`topics::host_jetstream_subjects`); the host keeps its guest off them
+//! - host, for a kernel declaring task lifecycle actions: publish on the JetStream API of its
+//!   own lifecycle bucket and DATA event stream (`topics::host_jetstream_subjects`); the host keeps its guest off them
 //!   (`topics::host_reserved`).
 //!
 //! It does not read files or talk to NATS; it never invents a subject outside `ck-manifest`'s
@@ -222,7 +222,12 @@ pub fn compile(
     b.open(Subscribe, kernel.topics.input.clone(), "own input topic");
     b.open(Subscribe, topics::kernel_namespace(g), "own namespace");
     b.open(Subscribe, topics::inbox_namespace(g), "private reply inbox");
-    for subject in topics::host_jetstream_subjects(g) {
+    let host_jetstream = if kernel.declares_task_lifecycle() {
+        topics::host_jetstream_subjects(g)
+    } else {
+        Vec::new()
+    };
+    for subject in host_jetstream {
         b.open(
             Publish,
             subject,

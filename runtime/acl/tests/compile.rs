@@ -186,18 +186,36 @@ fn guid_format_topics_are_covered_by_the_namespace() {
         "kernel_class: Acme.Reader\nkernel_id: {A}\nspec:\n  nats:\n    format: guid\n"
     ));
     let acl = compile(&k, &set(vec![k.clone()]), now(), &Policy::default()).unwrap();
-    let mut expected = ck_manifest::topics::host_jetstream_subjects(A);
-    expected.push(format!("ck.{A}.>"));
-    expected.sort();
-    let mut allowed = acl.permissions.publish.allow.clone();
-    allowed.sort();
-    assert_eq!(allowed, expected);
+    assert_eq!(acl.permissions.publish.allow, vec![format!("ck.{A}.>")]);
     assert!(acl.permissions.can_subscribe(&format!("ck.{A}.input")));
-    // JetStream is opened for the kernel's own bucket only.
-    let other = format!("ck_tasks_{}", B.replace('-', "_"));
-    assert!(!acl.permissions.can_publish(&format!("$KV.{other}.t-1")));
-    assert!(!acl.permissions.can_publish("$JS.API.STREAM.CREATE.ANY"));
     assert!(acl.rules.iter().any(|r| r.covered_by.is_some()));
     let json = serde_json::to_value(&acl).unwrap();
     assert_eq!(json["inbox_prefix"], format!("_INBOX_{A}"));
+}
+
+#[test]
+fn jetstream_is_opened_only_for_a_task_kernels_own_bucket() {
+    let k = kernel(&format!(
+        "kernel_class: Acme.Tasks\nkernel_id: {A}\nspec:\n  actions:\n    unique:\n      - {{name: task.start, access: anon}}\n"
+    ));
+    let acl = compile(&k, &set(vec![k.clone()]), now(), &Policy::default()).unwrap();
+    for subject in ck_manifest::topics::host_jetstream_subjects(A) {
+        assert!(
+            acl.permissions.publish.allow.contains(&subject),
+            "{subject}"
+        );
+    }
+    let own = format!("ck_tasks_{}", A.replace('-', "_"));
+    let other = format!("ck_tasks_{}", B.replace('-', "_"));
+    assert!(acl.permissions.can_publish(&format!("$KV.{own}.t-1")));
+    assert!(!acl.permissions.can_publish(&format!("$KV.{other}.t-1")));
+    assert!(!acl.permissions.can_publish("$JS.API.STREAM.CREATE.ANY"));
+    assert!(
+        !acl.permissions
+            .can_publish(&format!("$JS.API.STREAM.DELETE.KV_{own}"))
+    );
+    assert!(
+        !acl.permissions
+            .can_publish(&format!("$JS.API.STREAM.PURGE.KV_{own}"))
+    );
 }

@@ -367,6 +367,13 @@ pub async fn serve_all(
             service = service.with_verifier(v.clone());
         }
         if let Some(l) = lifecycle {
+            // Events the broker could not confirm wait on disk; replay them once it can.
+            let (outbox, token) = (l.outbox(), shutdown.clone());
+            tokio::spawn(async move {
+                outbox
+                    .replay_until(std::time::Duration::from_secs(1), token)
+                    .await
+            });
             service = service.with_lifecycle(l);
         }
         let service = Arc::new(service);
@@ -401,11 +408,7 @@ async fn lifecycle_for(
     publisher: &Publisher,
     server: &str,
 ) -> Result<Option<Arc<ck_task::Lifecycle>>> {
-    if !kernel
-        .actions
-        .iter()
-        .any(|a| ck_task::TaskAction::parse(&a.name).is_some())
-    {
+    if !kernel.declares_task_lifecycle() {
         return Ok(None);
     }
     let lifecycle = ck_task::Lifecycle::new(kernel, publisher.clone())

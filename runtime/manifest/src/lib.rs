@@ -29,6 +29,16 @@ pub use set::KernelSet;
 
 /// The manifest's file name inside a kernel directory.
 pub const MANIFEST_FILE: &str = "conceptkernel.yaml";
+
+/// The task lifecycle actions (ckp-spec §3.1–3.2): a kernel declaring any of them has its tasks
+/// served by the host.
+pub const TASK_LIFECYCLE_ACTIONS: [&str; 5] = [
+    "task.start",
+    "task.update",
+    "task.complete",
+    "task.fail",
+    "task.retry",
+];
 /// The canonical GUID file beside the manifest.
 pub const GUID_FILE: &str = ".ck-guid";
 /// Largest manifest read, in bytes. Real manifests are a few KiB; anything near this is an

@@ -73,6 +73,14 @@ impl Kernel {
         self.actions.iter().find(|a| a.name == name)
     }
 
+    /// Whether the kernel declares any of the task lifecycle actions (ckp-spec §3.1), which the
+    /// host serves itself with state in JetStream.
+    pub fn declares_task_lifecycle(&self) -> bool {
+        self.actions
+            .iter()
+            .any(|a| crate::TASK_LIFECYCLE_ACTIONS.contains(&a.name.as_str()))
+    }
+
     /// True for `LOCAL.*` kernels, which may run without SPIFFE where configured.
     pub fn is_local(&self) -> bool {
         self.name.starts_with("LOCAL.")

@@ -264,6 +264,12 @@ mod tests {
     use TaskState::*;
 
     #[test]
+    fn the_manifest_knows_the_same_lifecycle_actions() {
+        let names: Vec<&str> = TaskAction::ALL.iter().map(|a| a.as_str()).collect();
+        assert_eq!(names, ck_manifest::TASK_LIFECYCLE_ACTIONS);
+    }
+
+    #[test]
     fn the_happy_paths() {
         let s = transition("t", None, Start).unwrap();
         let s = transition("t", Some(s), Update).unwrap();

@@ -9,13 +9,11 @@
 //! record, byte for byte as it would have. Does not run guests and knows nothing of the CLI.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream;
-use bytes::Bytes;
-use ck_bus::envelope::{KERNEL_ID, MSG_ID, TRACE_ID, USER_ID};
-use ck_bus::{Failure, Publisher, Request};
+use ck_bus::{Failure, LoopEventMessage, Outbox, Publisher, Request};
 use ck_loops::data::{SealRequest, Transition};
 use ck_manifest::Kernel;
 use ck_manifest::topics::{self, LoopEvent};
@@ -36,6 +34,7 @@ pub struct Lifecycle {
     svid: String,
     host_id: String,
     publisher: Publisher,
+    outbox: Arc<Outbox>,
     bound: tokio::sync::Mutex<Option<Bound>>,
 }
 
@@ -44,7 +43,6 @@ pub struct Lifecycle {
 struct Bound {
     generation: u64,
     store: TaskStore,
-    js: jetstream::Context,
 }
 
 /// What sealing an acknowledged completion produced.
@@ -142,10 +140,21 @@ impl Lifecycle {
             svid: kernel
                 .spiffe_id()
                 .unwrap_or_else(|| "unavailable".to_owned()),
+            outbox: Arc::new(Outbox::open(
+                &dir,
+                &kernel.guid,
+                &kernel.urn,
+                publisher.clone(),
+            )?),
             dir,
             publisher,
             bound: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// The kernel's confirmed event path (its queue is replayed by [`Outbox::replay_until`]).
+    pub fn outbox(&self) -> Arc<Outbox> {
+        self.outbox.clone()
     }
 
     /// This host's identity for the kernel (the `sealer` of its completions).
@@ -180,11 +189,7 @@ impl Lifecycle {
                 format!("JetStream stream {stream}: {e}"),
             )
         })?;
-        let b = Bound {
-            generation,
-            store,
-            js,
-        };
+        let b = Bound { generation, store };
         *bound = Some(b.clone());
         Ok(b)
     }
@@ -213,7 +218,7 @@ impl Lifecycle {
             "retries": record.retries,
         });
         if record.state == TaskState::Completed {
-            let sealed = self.seal(&bound, record, &request.trace_id).await?;
+            let sealed = self.seal(record, &request.trace_id, false).await?;
             answer["instance_id"] = json!(sealed.instance_id);
             answer["data_hash"] = json!(sealed.data_hash);
             answer["manifest_hash"] = json!(sealed.manifest_hash);
@@ -233,6 +238,16 @@ impl Lifecycle {
         for path in removed {
             tracing::warn!(path = %path.display(), "task.recover: removed an unfinished write");
         }
+        // Instances whose seal reached the audit ledger (the last step on disk).
+        let ledger_dir = self.dir.clone();
+        let audited: std::collections::HashSet<String> =
+            tokio::task::spawn_blocking(move || ck_audit::read(&ledger_dir).unwrap_or_default())
+                .await
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|l| l["reason"].as_str()?.strip_prefix("sealed instance "))
+                .filter_map(|rest| rest.split_once(' ').map(|(id, _)| id.to_owned()))
+                .collect();
         let mut sealed = Vec::new();
         for task_id in bound.store.task_ids().await.map_err(failure)? {
             let Some((record, _)) = bound.store.get(&task_id).await.map_err(failure)? else {
@@ -243,22 +258,25 @@ impl Lifecycle {
             {
                 continue;
             }
-            let dir = ck_loops::data::instance_dir(&self.dir, &instance_id(&record));
-            if dir.join("proof.json").is_file() {
+            let instance = instance_id(&record);
+            let dir = ck_loops::data::instance_dir(&self.dir, &instance);
+            if dir.join("proof.json").is_file() && audited.contains(&instance) {
                 continue;
             }
             tracing::warn!(task_id = %task_id, "task.recover: completion acknowledged but not sealed; sealing now");
-            sealed.push(self.seal(&bound, &record, "recovery").await?);
+            sealed.push(self.seal(&record, "recovery", true).await?);
         }
         Ok(sealed)
     }
 
     /// Seals an acknowledged completion, appends the audit line, publishes the DATA events.
+    /// `recovering`: a previous attempt may have written part of it (the audit line is then
+    /// appended only if the ledger does not have it yet).
     async fn seal(
         &self,
-        bound: &Bound,
         record: &TaskRecord,
         trace_id: &str,
+        recovering: bool,
     ) -> Result<SealedTask, Failure> {
         let instance = instance_id(record);
         let output = record.output.clone().unwrap_or_else(|| json!({}));
@@ -280,39 +298,7 @@ impl Lifecycle {
             self.svid.clone(),
         );
         let (task_id, actor, id) = (record.task_id.clone(), record.by.clone(), instance.clone());
-        let sealed = tokio::task::spawn_blocking(move || {
-            let sealed = ck_loops::data::seal(&SealRequest {
-                kernel_dir: &dir,
-                kernel: &kernel,
-                kernel_urn: &urn,
-                svid: &svid,
-                instance_id: &id,
-                task_id: Some(&task_id),
-                actor: &actor,
-                data: &output,
-                transitions: &transitions,
-            })?;
-            if sealed.wrote_data {
-                let mut line = ck_audit::AuditRecord::now(
-                    &actor,
-                    "task.complete",
-                    ck_audit::Verdict::Allow,
-                    format!("sealed instance {id} of task {task_id} ({})", sealed.data_hash),
-                    "ck host",
-                );
-                line.path = Some(format!("data/instances/{id}/data.json"));
-                ck_audit::append(&dir, &kernel, &line).map_err(|error| {
-                    ck_loops::data::SealError::Io {
-                        path: ck_audit::ledger_path(&dir),
-                        error,
-                    }
-                })?;
-            }
-            Ok::<_, ck_loops::data::SealError>(sealed)
-        })
-        .await
-        .map_err(|e| Failure::new(500, "seal_failed", e.to_string()))?
-        .map_err(|e| {
+        let failed = |e: String| {
             Failure::new(
                 500,
                 "seal_failed",
@@ -321,67 +307,123 @@ impl Lifecycle {
                     record.task_id
                 ),
             )
-        })?;
+        };
+        let sealed = {
+            let (dir, kernel, urn, svid, task_id, actor, id) = (
+                dir.clone(),
+                kernel.clone(),
+                urn,
+                svid,
+                task_id.clone(),
+                actor.clone(),
+                id.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                ck_loops::data::seal(&SealRequest {
+                    kernel_dir: &dir,
+                    kernel: &kernel,
+                    kernel_urn: &urn,
+                    svid: &svid,
+                    instance_id: &id,
+                    task_id: Some(&task_id),
+                    actor: &actor,
+                    data: &output,
+                    transitions: &transitions,
+                })
+            })
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .map_err(|e| failed(e.to_string()))?
+        };
         let done = SealedTask {
             instance_id: instance,
-            data_hash: sealed.data_hash,
+            data_hash: sealed.data_hash.clone(),
             manifest_hash: sealed.manifest_hash,
             wrote_data: sealed.wrote_data,
         };
-        self.announce(bound, record, &done, trace_id).await;
+        // Events are confirmed or queued on disk before the audit line, the last step: a
+        // recovery that finds the audit line knows the events are not lost.
+        self.announce(record, &done, trace_id).await;
+        tokio::task::spawn_blocking(move || {
+            let reason = format!(
+                "sealed instance {id} of task {task_id} ({})",
+                sealed.data_hash
+            );
+            let audited_before = || {
+                ck_audit::read(&dir).is_ok_and(|lines| {
+                    lines
+                        .iter()
+                        .any(|l| l["reason"].as_str() == Some(reason.as_str()))
+                })
+            };
+            if !sealed.wrote_data && (!recovering || audited_before()) {
+                return Ok(());
+            }
+            let mut line = ck_audit::AuditRecord::now(
+                &actor,
+                "task.complete",
+                ck_audit::Verdict::Allow,
+                reason.clone(),
+                "ck host",
+            );
+            line.path = Some(format!("data/instances/{id}/data.json"));
+            ck_audit::append(&dir, &kernel, &line)
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .map_err(|e| {
+            failed(format!(
+                "{}: {e}",
+                ck_audit::ledger_path(&self.dir).display()
+            ))
+        })?;
         Ok(done)
     }
 
-    /// Publishes `data.written`, `data.proof-generated` and `data.ledger-entry` for a seal, each
-    /// with the message id `{guid}:{event}:{instance}`, waiting for the stream's acknowledgement.
-    async fn announce(&self, bound: &Bound, record: &TaskRecord, sealed: &SealedTask, trace: &str) {
+    /// Sends `data.written`, `data.proof-generated` and `data.ledger-entry` for a seal through
+    /// the outbox, each with the message id `{guid}:{event}:{instance}`.
+    async fn announce(&self, record: &TaskRecord, sealed: &SealedTask, trace: &str) {
         let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        for event in [
+        let events = [
             LoopEvent::DataWritten,
             LoopEvent::DataProofGenerated,
             LoopEvent::DataLedgerEntry,
-        ] {
+        ]
+        .into_iter()
+        .map(|event| {
             let id = format!("{}:{}:{}", self.guid, event, sealed.instance_id);
-            let subject = topics::loop_event_subject(&self.guid, event);
-            let body = json!({
-                "specversion": "1.0",
-                "id": id,
-                "source": self.kernel_urn,
-                "type": format!("ck.{event}"),
-                "subject": sealed.instance_id,
-                "time": at,
-                "datacontenttype": "application/json",
-                "data": {
-                    "event": event.to_string(),
-                    "kernel": self.kernel,
-                    "kernel_urn": self.kernel_urn,
-                    "guid": self.guid,
-                    "trace_id": trace,
-                    "timestamp": at,
-                    "instance_id": sealed.instance_id,
-                    "task_id": record.task_id,
-                    "data_hash": sealed.data_hash,
-                    "manifest_hash": sealed.manifest_hash,
-                    "proof": format!("data/instances/{}/proof.json", sealed.instance_id),
-                },
-            });
-            let mut headers = HeaderMap::new();
-            headers.insert(MSG_ID, id.as_str());
-            headers.insert(TRACE_ID, trace);
-            headers.insert(KERNEL_ID, self.kernel.as_str());
-            headers.insert(USER_ID, record.by.as_str());
-            let payload = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-            let acked = match bound
-                .js
-                .publish_with_headers(subject.clone(), headers, payload)
-                .await
-            {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(e) = acked {
-                tracing::error!(subject = %subject, instance_id = %sealed.instance_id, error = %e, "event.unconfirmed");
+            LoopEventMessage {
+                subject: topics::loop_event_subject(&self.guid, event),
+                msg_id: id.clone(),
+                trace_id: trace.to_owned(),
+                user: record.by.clone(),
+                body: json!({
+                    "specversion": "1.0",
+                    "id": id,
+                    "source": self.kernel_urn,
+                    "type": format!("ck.{event}"),
+                    "subject": sealed.instance_id,
+                    "time": at,
+                    "datacontenttype": "application/json",
+                    "data": {
+                        "event": event.to_string(),
+                        "kernel": self.kernel,
+                        "kernel_urn": self.kernel_urn,
+                        "guid": self.guid,
+                        "trace_id": trace,
+                        "timestamp": at,
+                        "instance_id": sealed.instance_id,
+                        "task_id": record.task_id,
+                        "data_hash": sealed.data_hash,
+                        "manifest_hash": sealed.manifest_hash,
+                        "proof": format!("data/instances/{}/proof.json", sealed.instance_id),
+                    },
+                }),
             }
+        })
+        .collect();
+        if let Err(e) = self.outbox.send(events).await {
+            tracing::error!(instance_id = %sealed.instance_id, path = %ck_bus::outbox::pending_path(&self.dir).display(), error = %e, "event.lost: cannot queue on disk");
         }
     }
 }

@@ -411,6 +411,18 @@ pub fn verify_instance(dir: &Path) -> Vec<Finding> {
             );
         }
         if let Some((proof_bytes, proof)) = &proof {
+            // File by file before the recomputed proof, so the first finding names the file
+            // that changed.
+            let manifest_hash = sha256(manifest_bytes);
+            if proof["manifest_hash"] != manifest_hash.as_str() {
+                fail(
+                    "manifest.json",
+                    format!(
+                        "sha256 is {manifest_hash}, proof.json records {}",
+                        proof["manifest_hash"]
+                    ),
+                );
+            }
             let ledger = fs::read(at("ledger.json")).unwrap_or_default();
             if proof["ledger_hash"] != sha256(&ledger).as_str() {
                 fail(
@@ -438,16 +450,6 @@ pub fn verify_instance(dir: &Path) -> Vec<Finding> {
                     "proof.json",
                     "differs from the proof recomputed from data.json, manifest.json and ledger.json"
                         .into(),
-                );
-            }
-            let manifest_hash = sha256(manifest_bytes);
-            if proof["manifest_hash"] != manifest_hash.as_str() {
-                fail(
-                    "manifest.json",
-                    format!(
-                        "sha256 is {manifest_hash}, proof.json records {}",
-                        proof["manifest_hash"]
-                    ),
                 );
             }
             if proof["data_hash"] != data_hash.as_str() {

@@ -1,0 +1,494 @@
+//! The write-once task lifecycle end to end: `ck run` hosts serving `Demo.Tasks` (built from C
+//! by `ck build`) over a real nats-server with JetStream (file storage, `sync_interval:
+//! always`), and `ck verify` on what they sealed.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::Client;
+use bytes::Bytes;
+use ck_tests::{NatsServer, nats};
+use serde_json::{Value, json};
+
+const GUID: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+const INPUT: &str = "input.Demo.Tasks";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// A copy of `kernels/tasks` (manifest and C source) at `dir`, built with `ck build`.
+fn built_kernel(dir: &Path) -> PathBuf {
+    let from = repo().join("kernels/tasks");
+    std::fs::create_dir_all(dir.join("tool")).unwrap();
+    std::fs::copy(
+        from.join("conceptkernel.yaml"),
+        dir.join("conceptkernel.yaml"),
+    )
+    .unwrap();
+    std::fs::copy(from.join("tool/tasks.c"), dir.join("tool/tasks.c")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ck"))
+        .arg("build")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ck build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.to_owned()
+}
+
+fn jetstream_server(store: &Path) -> NatsServer {
+    nats(&format!(
+        "jetstream {{ store_dir: \"{}\", sync_interval: always }}",
+        store.display()
+    ))
+}
+
+/// A running `ck run` of one kernel directory; SIGKILLed on drop.
+struct Host {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Host {
+    fn start(server: &NatsServer, kernel: &Path, logs: &Path, name: &str) -> Host {
+        let log = logs.join(format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_ck"))
+            .arg("run")
+            .arg(kernel)
+            .args([
+                "--nats",
+                &server.url(),
+                "--cache-dir",
+                logs.join("cache").to_str().unwrap(),
+                "--insecure-no-identity",
+            ])
+            .env("CK_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let host = Host { child, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !host.log().contains("\"nats.subscribed\"") {
+            assert!(
+                Instant::now() < deadline,
+                "ck run did not become ready:\n{}",
+                host.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        host
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn send(client: &Client, body: Value) -> Value {
+    let request = async_nats::Request::new()
+        .payload(Bytes::from(serde_json::to_vec(&body).unwrap()))
+        .timeout(Some(Duration::from_secs(20)));
+    let reply = client
+        .send_request(INPUT.to_owned(), request)
+        .await
+        .unwrap_or_else(|e| panic!("{body}: {e}"));
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+async fn task(client: &Client, action: &str, data: Value) -> Value {
+    send(client, json!({"action": action, "data": data})).await
+}
+
+fn ck_verify(kernel: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ck"))
+        .arg("verify")
+        .arg(kernel)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn instances(kernel: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(kernel.join("data/instances"))
+        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+/// Runs `edit` on `file` made writable, checks `ck verify` fails naming it first, restores.
+fn tampered_is_named(kernel: &Path, file: &Path, edit: impl FnOnce(&mut Vec<u8>)) {
+    let original = std::fs::read(file).unwrap();
+    let mode = std::fs::metadata(file).unwrap().permissions().mode();
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut bytes = original.clone();
+    edit(&mut bytes);
+    assert_ne!(bytes, original);
+    std::fs::write(file, &bytes).unwrap();
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+    let (ok, out) = ck_verify(kernel);
+    assert!(
+        !ok,
+        "ck verify accepted a changed {}:\n{out}",
+        file.display()
+    );
+    let first = out.lines().find(|l| l.starts_with("FAIL")).unwrap_or("");
+    assert!(
+        first.contains(&file.display().to_string()),
+        "the first broken link must name {}:\n{out}",
+        file.display()
+    );
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(file, &original).unwrap();
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+    assert!(
+        ck_verify(kernel).0,
+        "restored {} must verify",
+        file.display()
+    );
+}
+
+/// Changes one byte inside the first occurrence of `needle`.
+fn flip_in(needle: &str) -> impl FnOnce(&mut Vec<u8>) + '_ {
+    move |bytes| {
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle.as_bytes())
+            .unwrap_or_else(|| panic!("'{needle}' not found"));
+        let i = at + needle.len() - 1;
+        bytes[i] = if bytes[i] == b'x' { b'y' } else { b'x' };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_lifecycle_seals_once_and_verify_names_any_changed_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = jetstream_server(&tmp.path().join("js"));
+    let kernel = built_kernel(&tmp.path().join("tasks"));
+    let _host = Host::start(&server, &kernel, tmp.path(), "host");
+    let c = async_nats::connect(server.url()).await.unwrap();
+
+    // Flat body (ckp-spec §3.1) and envelope alike.
+    let started = send(&c, json!({"action": "task.start", "task_id": "t-1"})).await;
+    assert_eq!(started["status"], "ok", "{started}");
+    assert_eq!(started["data"]["state"], "in_progress");
+    let update = task(
+        &c,
+        "task.update",
+        json!({"task_id": "t-1", "delta": {"step": 1}}),
+    )
+    .await;
+    assert_eq!(update["data"]["state"], "in_progress", "{update}");
+
+    // Refusals name the task, its state and the action, and change nothing.
+    let early = task(&c, "task.update", json!({"task_id": "t-2", "delta": {}})).await;
+    assert_eq!(early["code"], 409, "{early}");
+    let message = early["message"].as_str().unwrap();
+    assert!(
+        message.contains("task t-2") && message.contains("never started"),
+        "{message}"
+    );
+    assert!(message.contains("task.update"), "{message}");
+    let early = task(&c, "task.complete", json!({"task_id": "t-2", "output": {}})).await;
+    assert_eq!(early["code"], 409, "{early}");
+    let twice = task(&c, "task.start", json!({"task_id": "t-1"})).await;
+    assert_eq!(twice["code"], 409, "{twice}");
+    assert!(
+        twice["message"]
+            .as_str()
+            .unwrap()
+            .contains("is in_progress"),
+        "{twice}"
+    );
+    let no_output = task(&c, "task.complete", json!({"task_id": "t-1"})).await;
+    assert_eq!(no_output["code"], 400, "{no_output}");
+    let bad_id = task(&c, "task.start", json!({"task_id": "../escape"})).await;
+    assert_eq!(bad_id["code"], 400, "{bad_id}");
+
+    let output = json!({"winner": "ada", "votes": {"ada": 3, "grace": 2}});
+    let done = task(
+        &c,
+        "task.complete",
+        json!({"task_id": "t-1", "output": output}),
+    )
+    .await;
+    assert_eq!(done["status"], "ok", "{done}");
+    assert_eq!(done["data"]["state"], "completed");
+    let instance = done["data"]["instance_id"].as_str().unwrap().to_owned();
+    let again = task(
+        &c,
+        "task.complete",
+        json!({"task_id": "t-1", "output": {"winner": "grace"}}),
+    )
+    .await;
+    assert_eq!(again["code"], 409, "{again}");
+    assert!(
+        again["message"].as_str().unwrap().contains("is completed"),
+        "{again}"
+    );
+    for action in ["task.update", "task.fail", "task.retry"] {
+        let after = task(&c, action, json!({"task_id": "t-1"})).await;
+        assert_eq!(after["code"], 409, "{action}: {after}");
+    }
+
+    // The sealed instance: the output as data.json, read-only, with its proof and ledger.
+    let dir = kernel.join("data/instances").join(&instance);
+    let data: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("data.json")).unwrap()).unwrap();
+    assert_eq!(data, output);
+    let mode = std::fs::metadata(dir.join("data.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o222, 0, "data.json must be read-only");
+    let ledger: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("ledger.json")).unwrap()).unwrap();
+    let steps: Vec<&str> = ledger["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["task.start", "task.update", "task.complete"]);
+    assert_eq!(instances(&kernel).len(), 1, "exactly one instance");
+
+    // The DATA events, kept in the kernel's stream under deterministic message ids.
+    let js = async_nats::jetstream::new(c.clone());
+    let stream = js
+        .get_stream(format!("ck_data_{}", GUID.replace('-', "_")))
+        .await
+        .unwrap();
+    for event in ["data.written", "data.proof-generated", "data.ledger-entry"] {
+        let message = stream
+            .get_last_raw_message_by_subject(&format!("ck.{GUID}.{event}"))
+            .await
+            .unwrap_or_else(|e| panic!("{event}: {e}"));
+        let id = message
+            .headers
+            .get("Nats-Msg-Id")
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        assert_eq!(id, format!("{GUID}:{event}:{instance}"));
+        let body: Value = serde_json::from_slice(&message.payload).unwrap();
+        assert_eq!(body["data"]["instance_id"], instance.as_str());
+        assert_eq!(body["data"]["data_hash"], done["data"]["data_hash"]);
+    }
+
+    // `ck verify` accepts it, and names the file of any changed byte.
+    let (ok, out) = ck_verify(&kernel);
+    assert!(ok, "{out}");
+    assert!(out.contains("1 sealed instance(s)"), "{out}");
+    tampered_is_named(&kernel, &dir.join("data.json"), flip_in("\"ada"));
+    tampered_is_named(&kernel, &dir.join("manifest.json"), flip_in("\"Demo"));
+    tampered_is_named(&kernel, &dir.join("ledger.json"), flip_in("\"task.up"));
+    tampered_is_named(&kernel, &dir.join("proof.json"), flip_in("\"PAS"));
+    tampered_is_named(
+        &kernel,
+        &kernel.join("data/ledger/audit.jsonl"),
+        flip_in("\"sealed"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hosts_racing_seal_each_task_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = jetstream_server(&tmp.path().join("js"));
+    let (a, b) = (
+        built_kernel(&tmp.path().join("a")),
+        built_kernel(&tmp.path().join("b")),
+    );
+    let _host_a = Host::start(&server, &a, tmp.path(), "a");
+    let _host_b = Host::start(&server, &b, tmp.path(), "b");
+    let c = async_nats::connect(server.url()).await.unwrap();
+    let tasks: Vec<String> = (0..200).map(|i| format!("race-{i}")).collect();
+    for t in &tasks {
+        let started = task(&c, "task.start", json!({"task_id": t})).await;
+        assert_eq!(started["status"], "ok", "{started}");
+    }
+    // Two completions per task, all 400 in flight at once, spread over both hosts by the
+    // queue group.
+    let races = tasks.iter().map(|t| {
+        let c = c.clone();
+        async move {
+            let one = task(
+                &c,
+                "task.complete",
+                json!({"task_id": t, "output": {"by": 1}}),
+            );
+            let two = task(
+                &c,
+                "task.complete",
+                json!({"task_id": t, "output": {"by": 2}}),
+            );
+            let (one, two) = tokio::join!(one, two);
+            (t.clone(), one, two)
+        }
+    });
+    let mut winners = std::collections::HashMap::new();
+    for (t, one, two) in futures::future::join_all(races).await {
+        let (won, lost) = match (one["status"].as_str(), two["status"].as_str()) {
+            (Some("ok"), Some("error")) => (&one, &two),
+            (Some("error"), Some("ok")) => (&two, &one),
+            _ => panic!("{t}: exactly one completion must win:\n{one}\n{two}"),
+        };
+        assert_eq!(lost["code"], 409, "{t}: {lost}");
+        winners.insert(
+            won["data"]["instance_id"].as_str().unwrap().to_owned(),
+            won["data"]["data_hash"].clone(),
+        );
+    }
+    assert_eq!(winners.len(), 200);
+
+    // Every task sealed exactly once, in one of the two data directories, with the winner's
+    // data.
+    let (in_a, in_b) = (instances(&a), instances(&b));
+    assert!(
+        !in_a.is_empty() && !in_b.is_empty(),
+        "both hosts sealed ({} / {})",
+        in_a.len(),
+        in_b.len()
+    );
+    assert_eq!(in_a.len() + in_b.len(), 200);
+    for dir in in_a.iter().chain(&in_b) {
+        let id = dir.file_name().unwrap().to_str().unwrap();
+        let manifest: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["data_hash"], winners[id], "{id}");
+    }
+    for kernel in [&a, &b] {
+        let (ok, out) = ck_verify(kernel);
+        assert!(ok, "{}: {out}", kernel.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_killed_while_sealing_loses_no_acknowledged_completion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = jetstream_server(&tmp.path().join("js"));
+    let kernel = built_kernel(&tmp.path().join("tasks"));
+    let mut host = Host::start(&server, &kernel, tmp.path(), "first");
+    let c = async_nats::connect(server.url()).await.unwrap();
+    let tasks: Vec<String> = (0..400).map(|i| format!("k-{i}")).collect();
+    for t in &tasks {
+        task(&c, "task.start", json!({"task_id": t})).await;
+    }
+
+    // Completions in flight, 32 at a time; SIGKILL the host once 100 were answered.
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let load = {
+        let (c, answered, tasks) = (c.clone(), answered.clone(), tasks.clone());
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            futures::stream::iter(tasks)
+                .for_each_concurrent(32, |t| {
+                    let (c, answered) = (c.clone(), answered.clone());
+                    async move {
+                        let body = json!({"action": "task.complete", "data": {"task_id": t, "output": {"n": t}}});
+                        let request = async_nats::Request::new()
+                            .payload(Bytes::from(serde_json::to_vec(&body).unwrap()))
+                            .timeout(Some(Duration::from_secs(2)));
+                        if let Ok(reply) = c.send_request(INPUT.to_owned(), request).await {
+                            let answer: Value = serde_json::from_slice(&reply.payload).unwrap();
+                            if answer["status"] == "ok" {
+                                answered.lock().unwrap().push(t);
+                            }
+                        }
+                    }
+                })
+                .await;
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while answered.lock().unwrap().len() < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "completions are not being answered"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    host.kill();
+    load.await.unwrap();
+    let acknowledged = answered.lock().unwrap().clone();
+    assert!(acknowledged.len() < tasks.len(), "the kill came too late");
+
+    // The host died between the broker's acknowledgement and the seal of one more task.
+    let host_id = std::fs::read_to_string(kernel.join("data/.host-id")).unwrap();
+    let store = ck_task::TaskStore::open(&async_nats::jetstream::new(c.clone()), GUID)
+        .await
+        .unwrap();
+    let orphan = |action| ck_task::TaskMessage {
+        action,
+        task_id: "orphan".into(),
+        delta: None,
+        output: Some(json!({"sealed": "after restart"})),
+        error: None,
+    };
+    store
+        .apply(&orphan(ck_task::TaskAction::Start), "tester", &host_id)
+        .await
+        .unwrap();
+    store
+        .apply(&orphan(ck_task::TaskAction::Complete), "tester", &host_id)
+        .await
+        .unwrap();
+
+    let restarted = Host::start(&server, &kernel, tmp.path(), "second");
+    // Every completion the broker acknowledged is sealed now: the answered ones, the ones in
+    // flight at the kill, and the orphan.
+    let mut completed = 0;
+    for t in tasks.iter().chain(std::iter::once(&"orphan".to_owned())) {
+        let (record, _) = store.get(t).await.unwrap().unwrap();
+        if record.state != ck_task::TaskState::Completed {
+            assert!(
+                !acknowledged.contains(t),
+                "{t} was answered ok but is not completed"
+            );
+            continue;
+        }
+        completed += 1;
+        let dir = kernel
+            .join("data/instances")
+            .join(ck_task::instance_id(&record));
+        assert!(
+            dir.join("proof.json").is_file(),
+            "{t}: acknowledged completion not sealed after restart\n{}",
+            restarted.log()
+        );
+    }
+    assert!(
+        completed > acknowledged.len(),
+        "the orphan is completed too"
+    );
+    assert!(
+        restarted.log().contains("task.recovered"),
+        "{}",
+        restarted.log()
+    );
+    let (ok, out) = ck_verify(&kernel);
+    assert!(ok, "{out}");
+    assert_eq!(instances(&kernel).len(), completed);
+}
