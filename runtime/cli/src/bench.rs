@@ -52,6 +52,13 @@ pub struct Args {
     /// Kernels connecting at once (with --callout).
     #[arg(long, default_value_t = 200)]
     storm: usize,
+    /// Measure sealed tasks instead: this many `task.complete`s per concurrency level through
+    /// the host (Demo.Tasks), beside as many acknowledged JetStream publishes.
+    #[arg(long, value_name = "N")]
+    tasks: Option<usize>,
+    /// The task kernel (with --tasks).
+    #[arg(long, default_value = "kernels/tasks")]
+    tasks_kernel: PathBuf,
     /// Write the results as JSON to this file too.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -170,7 +177,7 @@ async fn measure(
     }
 }
 
-async fn serve_kernel(
+pub(crate) async fn serve_kernel(
     engine: &HostEngine,
     url: &str,
     mut kernel: Kernel,
@@ -198,14 +205,24 @@ async fn serve_kernel(
         .connect(url)
         .await?;
     let endpoint = Endpoint::for_kernel(&kernel);
-    let service = Arc::new(KernelService::new(
+    let publisher = Publisher::new(client.clone(), kernel.name.clone());
+    let mut service = KernelService::new(
         engine,
         kernel.clone(),
         component,
         acl.permissions,
-        Publisher::new(client.clone(), kernel.name.clone()),
+        publisher.clone(),
         Vec::new(),
-    )?);
+    )?;
+    if kernel.declares_task_lifecycle() {
+        let lifecycle = ck_task::Lifecycle::new(&kernel, publisher)?;
+        lifecycle
+            .recover()
+            .await
+            .map_err(|f| anyhow::anyhow!("{}", f.message))?;
+        service = service.with_lifecycle(Arc::new(lifecycle));
+    }
+    let service = Arc::new(service);
     let (svc, token) = (service.clone(), shutdown.clone());
     let options = ServeOptions {
         publish_events: events,
@@ -221,6 +238,15 @@ pub fn run(args: &Args) -> Result<std::process::ExitCode> {
         runtime.block_on(crate::bench_callout::run(
             args.connects,
             args.storm,
+            args.json.as_deref(),
+        ))?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if let Some(n) = args.tasks {
+        runtime.block_on(crate::bench_tasks::run(
+            &args.tasks_kernel,
+            n,
+            &args.concurrency,
             args.json.as_deref(),
         ))?;
         return Ok(std::process::ExitCode::SUCCESS);
