@@ -120,7 +120,15 @@ pub fn append(kernel_dir: &Path, kernel: &str, record: &AuditRecord) -> std::io:
         Verdict::Allow => "allow",
         Verdict::Deny => "deny",
     };
-    tracing::warn!(target: "ck::audit", kernel, caller = %record.caller_svid, action = %record.action, subject = record.subject.as_deref(), result, reason = %record.reason, "audit");
+    // Refusals are worth a warning; allowed accesses are the ledger's routine.
+    match record.result {
+        Verdict::Deny => {
+            tracing::warn!(target: "ck::audit", kernel, caller = %record.caller_svid, action = %record.action, subject = record.subject.as_deref(), result, reason = %record.reason, "audit")
+        }
+        Verdict::Allow => {
+            tracing::info!(target: "ck::audit", kernel, caller = %record.caller_svid, action = %record.action, subject = record.subject.as_deref(), result, reason = %record.reason, "audit")
+        }
+    }
     let path = ledger_path(kernel_dir);
     let write = || -> std::io::Result<()> {
         if let Some(dir) = path.parent() {

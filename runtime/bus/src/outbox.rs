@@ -153,26 +153,37 @@ impl Outbox {
         self.state.lock().await.degraded
     }
 
-    async fn publish(
+    /// Sends `event`; the returned future resolves with the stream's acknowledgement.
+    async fn start_publish(
         &self,
         js: &jetstream::Context,
         event: &LoopEventMessage,
-    ) -> Result<(), String> {
+    ) -> Result<jetstream::context::PublishAckFuture, String> {
         let mut headers = HeaderMap::new();
         headers.insert(MSG_ID, event.msg_id.as_str());
         headers.insert(TRACE_ID, event.trace_id.as_str());
         headers.insert(KERNEL_ID, self.publisher.kernel());
         headers.insert(USER_ID, event.user.as_str());
         let payload = Bytes::from(serde_json::to_vec(&event.body).unwrap_or_default());
-        let ack = js
-            .publish_with_headers(event.subject.clone(), headers, payload)
+        js.publish_with_headers(event.subject.clone(), headers, payload)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())
+    }
+
+    async fn confirmed(ack: jetstream::context::PublishAckFuture) -> Result<(), String> {
         match tokio::time::timeout(ACK_TIMEOUT, ack).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no acknowledgement within {ACK_TIMEOUT:?}")),
         }
+    }
+
+    async fn publish(
+        &self,
+        js: &jetstream::Context,
+        event: &LoopEventMessage,
+    ) -> Result<(), String> {
+        Self::confirmed(self.start_publish(js, event).await?).await
     }
 
     fn context(&self) -> jetstream::Context {
@@ -183,25 +194,48 @@ impl Outbox {
 
     /// Sends `events` in order behind anything already queued; what the broker does not
     /// confirm is queued on disk. Returns how many were confirmed now.
+    ///
+    /// With nothing queued, the events are pipelined (all sent, then all acknowledgements
+    /// awaited) without holding the queue: concurrent seals do not wait for each other. If one
+    /// is not confirmed, it and those after it are queued; any of them that did arrive is
+    /// dropped on replay by the stream's deduplication.
     pub async fn send(&self, events: Vec<LoopEventMessage>) -> std::io::Result<usize> {
-        let mut state = self.state.lock().await;
-        if state.queued > 0 {
-            // Order: nothing new goes out before what waits.
-            self.replay_locked(&mut state).await?;
+        {
+            let mut state = self.state.lock().await;
             if state.queued > 0 {
-                self.enqueue_locked(&mut state, &events)?;
-                return Ok(0);
+                // Order: nothing new goes out before what waits.
+                self.replay_locked(&mut state).await?;
+                if state.queued > 0 {
+                    self.enqueue_locked(&mut state, &events)?;
+                    return Ok(0);
+                }
             }
         }
         let js = self.context();
+        let mut acks = Vec::with_capacity(events.len());
+        let mut failed = None;
         for (i, event) in events.iter().enumerate() {
-            if let Err(e) = self.publish(&js, event).await {
-                tracing::warn!(subject = %event.subject, msg_id = %event.msg_id, error = %e, "event.queued");
-                self.enqueue_locked(&mut state, &events[i..])?;
-                return Ok(i);
+            match self.start_publish(&js, event).await {
+                Ok(ack) => acks.push(ack),
+                Err(e) => {
+                    failed = Some((i, e));
+                    break;
+                }
             }
         }
-        Ok(events.len())
+        for (i, ack) in acks.into_iter().enumerate() {
+            if let Err(e) = Self::confirmed(ack).await {
+                failed = Some((i, e));
+                break;
+            }
+        }
+        let Some((i, e)) = failed else {
+            return Ok(events.len());
+        };
+        tracing::warn!(subject = %events[i].subject, msg_id = %events[i].msg_id, error = %e, "event.queued");
+        let mut state = self.state.lock().await;
+        self.enqueue_locked(&mut state, &events[i..])?;
+        Ok(i)
     }
 
     fn enqueue_locked(

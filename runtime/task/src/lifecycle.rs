@@ -203,6 +203,7 @@ impl Lifecycle {
         let message = read_message(action, &data)
             .map_err(|e: MessageError| Failure::new(400, "bad_task_message", e.to_string()))?;
         let bound = self.bound().await?;
+        let started = std::time::Instant::now();
         let done = bound
             .store
             .apply(&message, &request.user, &self.host_id)
@@ -218,7 +219,9 @@ impl Lifecycle {
             "retries": record.retries,
         });
         if record.state == TaskState::Completed {
+            let acknowledged = started.elapsed();
             let sealed = self.seal(record, &request.trace_id, false).await?;
+            tracing::debug!(task_id = %record.task_id, acknowledged_us = acknowledged.as_micros() as u64, total_us = started.elapsed().as_micros() as u64, "task.sealed");
             answer["instance_id"] = json!(sealed.instance_id);
             answer["data_hash"] = json!(sealed.data_hash);
             answer["manifest_hash"] = json!(sealed.manifest_hash);
@@ -343,7 +346,9 @@ impl Lifecycle {
         };
         // Events are confirmed or queued on disk before the audit line, the last step: a
         // recovery that finds the audit line knows the events are not lost.
+        let written = std::time::Instant::now();
         self.announce(record, &done, trace_id).await;
+        tracing::debug!(instance_id = %done.instance_id, announce_us = written.elapsed().as_micros() as u64, "task.announced");
         tokio::task::spawn_blocking(move || {
             let reason = format!(
                 "sealed instance {id} of task {task_id} ({})",

@@ -1,9 +1,9 @@
 //! Sealing one instance, and checking one.
 //!
-//! Write discipline: `data.json` is written to a temporary file, fsynced, made read-only, and
+//! Write discipline: every file is written to a temporary file, fsynced, made read-only, and
 //! then hard-linked to its final name — a link never replaces an existing file, so a sealed
 //! `data.json` can never be overwritten, and a crash leaves either no `data.json` or a complete
-//! one. The other files are derived from it and written the same way; a seal interrupted after
+//! one. The other files are derived from it and linked after it; a seal interrupted after
 //! `data.json` is completed by sealing the same data again.
 
 use std::fs;
@@ -126,13 +126,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SealError + '_ {
     }
 }
 
-/// Writes `bytes` as `path` once: temp file, fsync, read-only, hard link (never replaces).
-/// Returns false if `path` already existed with exactly these bytes; an existing file with other
-/// bytes is `AlreadyExists`.
-fn write_once(path: &Path, bytes: &[u8]) -> Result<bool, SealError> {
+/// Prepares `bytes` for `path`: a temporary file beside it, written, fsynced and read-only.
+/// `None` if `path` already holds exactly these bytes; an existing file with other bytes is
+/// `AlreadyExists`.
+fn stage(path: &Path, bytes: &[u8]) -> Result<Option<PathBuf>, SealError> {
     if let Ok(existing) = fs::read(path) {
         return if existing == bytes {
-            Ok(false)
+            Ok(None)
         } else {
             Err(SealError::Io {
                 path: path.to_owned(),
@@ -142,22 +142,38 @@ fn write_once(path: &Path, bytes: &[u8]) -> Result<bool, SealError> {
     }
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    file.write_all(bytes).map_err(io(&tmp))?;
-    file.sync_all().map_err(io(&tmp))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o444)).map_err(io(&tmp))?;
-    let linked = fs::hard_link(&tmp, path);
-    let _ = fs::remove_file(&tmp);
+    let write = || -> std::io::Result<()> {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o444))
+    };
+    match write() {
+        Ok(()) => Ok(Some(tmp)),
+        Err(error) => {
+            let _ = fs::remove_file(&tmp);
+            Err(SealError::Io { path: tmp, error })
+        }
+    }
+}
+
+/// Links the staged `tmp` as `path` (never replacing it) and removes `tmp`. Returns false if
+/// another sealer linked the same bytes first; other bytes are `AlreadyExists`.
+fn link_once(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<bool, SealError> {
+    let linked = fs::hard_link(tmp, path);
+    let _ = fs::remove_file(tmp);
     match linked {
         Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            // Another sealer won the race: same bytes is the same seal.
-            write_once(path, bytes)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match fs::read(path) {
+            Ok(existing) if existing == bytes => Ok(false),
+            _ => Err(SealError::Io {
+                path: path.to_owned(),
+                error: e,
+            }),
+        },
         Err(e) => Err(SealError::Io {
             path: path.to_owned(),
             error: e,
@@ -194,13 +210,6 @@ pub fn seal(request: &SealRequest<'_>) -> Result<Sealed, SealError> {
     let dir = instance_dir(request.kernel_dir, request.instance_id);
     fs::create_dir_all(&dir).map_err(io(&dir))?;
     let data = pretty(request.data);
-    let wrote_data = match write_once(&dir.join("data.json"), &data) {
-        Ok(wrote) => wrote,
-        Err(SealError::Io { error, .. }) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(SealError::AlreadySealed(request.instance_id.to_owned()));
-        }
-        Err(e) => return Err(e),
-    };
     let data_hash = sha256(&data);
     // Timestamps come from the ledger (the completion), so re-sealing is byte-identical.
     let sealed_at = request
@@ -249,19 +258,64 @@ pub fn seal(request: &SealRequest<'_>) -> Result<Sealed, SealError> {
         manifest: &manifest,
         ledger: &ledger,
     }));
-    // The proof is last: it covers the three files before it.
-    for (name, bytes) in [
+    // Every file is staged (temporary, fsynced, read-only) at once, in parallel, so their
+    // fsyncs share journal commits; then they are linked into place in order — data.json
+    // first, the proof that covers the others last. A link never replaces a file.
+    let files = [
+        ("data.json", data),
         ("manifest.json", manifest),
         ("ledger.json", ledger),
         ("proof.json", proof),
-    ] {
-        let path = dir.join(name);
-        write_once(&path, &bytes).map_err(|e| match e {
-            SealError::Io { error, .. } if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                SealError::AlreadySealed(request.instance_id.to_owned())
+    ];
+    let already_sealed = |e: SealError| match e {
+        SealError::Io { error, .. } if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            SealError::AlreadySealed(request.instance_id.to_owned())
+        }
+        other => other,
+    };
+    let staged: Vec<Result<Option<PathBuf>, SealError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .iter()
+            .map(|(name, bytes)| {
+                let path = dir.join(name);
+                scope.spawn(move || stage(&path, bytes))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(SealError::NotAnObject)))
+            .collect()
+    });
+    let mut temps = Vec::new();
+    let mut first_error = None;
+    for result in staged {
+        match result {
+            Ok(tmp) => temps.push(tmp),
+            Err(e) => {
+                temps.push(None);
+                first_error.get_or_insert(e);
             }
-            other => other,
-        })?;
+        }
+    }
+    let cleanup = |temps: &[Option<PathBuf>]| {
+        for tmp in temps.iter().flatten() {
+            let _ = fs::remove_file(tmp);
+        }
+    };
+    if let Some(e) = first_error {
+        cleanup(&temps);
+        return Err(already_sealed(e));
+    }
+    let mut wrote_data = false;
+    for (i, ((name, bytes), tmp)) in files.iter().zip(&temps).enumerate() {
+        let Some(tmp) = tmp else { continue };
+        match link_once(tmp, &dir.join(name), bytes) {
+            Ok(linked) => wrote_data |= i == 0 && linked,
+            Err(e) => {
+                cleanup(&temps[i..]);
+                return Err(already_sealed(e));
+            }
+        }
     }
     sync_dir(&dir)?;
     Ok(Sealed {
