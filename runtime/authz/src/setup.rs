@@ -18,6 +18,8 @@ pub const PASSWORD_FILE: &str = "callout.password";
 pub const SERVER_CONFIG_FILE: &str = "nats-server.conf";
 /// The NATS user the callout connects as.
 pub const CALLOUT_USER: &str = "ck-authz";
+/// Where `init` points the server's JetStream store (under its directory).
+pub const STORE_DIR: &str = "jetstream";
 
 /// The secrets of one callout deployment.
 #[derive(Debug, Clone)]
@@ -70,11 +72,13 @@ pub struct StaticUser {
     pub password: String,
 }
 
-/// Renders the server configuration for `secrets`, listening on `listen` (`host:port`).
+/// Renders the server configuration for `secrets`, listening on `listen` (`host:port`), with
+/// JetStream stored under `store_dir`.
 pub fn render_server_config(
     secrets: &CalloutSecrets,
     listen: &str,
     static_users: &[StaticUser],
+    store_dir: &Path,
 ) -> Result<String, String> {
     let issuer = secrets.issuer()?.public_key();
     let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
@@ -97,7 +101,8 @@ pub fn render_server_config(
         .replace("{{ISSUER}}", &issuer)
         .replace("{{CALLOUT_PASSWORD}}", &secrets.password)
         .replace("{{STATIC_USERS}}", &users.join(", "))
-        .replace("{{STATIC_USER_NAMES}}", &names))
+        .replace("{{STATIC_USER_NAMES}}", &names)
+        .replace("{{STORE_DIR}}", &store_dir.display().to_string()))
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
@@ -124,7 +129,11 @@ pub fn init(dir: &Path, listen: &str, static_users: &[StaticUser]) -> Result<Pat
         ));
     }
     let secrets = CalloutSecrets::generate();
-    let config = render_server_config(&secrets, listen, static_users)?;
+    let store = dir
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .join(STORE_DIR);
+    let config = render_server_config(&secrets, listen, static_users, &store)?;
     let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
     for (name, text) in [
         (ISSUER_FILE, secrets.issuer_seed.as_str()),

@@ -78,6 +78,7 @@ pub async fn run(connects: usize, storm: usize, json: Option<&std::path::Path>) 
             name: "bench".into(),
             password: "bench".into(),
         }],
+        &dir.path().join("jetstream"),
     )
     .map_err(anyhow::Error::msg)?;
     let body: Vec<&str> = config

@@ -186,18 +186,24 @@ impl Stack {
     /// Serves the echo kernel from the registry with `ck run` as its SPIFFE ID (a copy: its
     /// DATA loop is written beside it).
     fn serve_echo(&self) -> Proc {
+        self.serve("echo", "Demo.Echo", "tool/echo.c")
+    }
+
+    /// Serves the reference kernel `kernels/{name}` (class `class`, C source `source`) from the
+    /// registry with `ck run` as its SPIFFE ID.
+    fn serve(&self, name: &str, class: &str, source: &str) -> Proc {
         let kernels = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernels");
-        let echo = self.kernel_dir("Demo.Echo");
-        std::fs::create_dir_all(echo.join("tool")).unwrap();
-        for file in ["conceptkernel.yaml", "tool/echo.c"] {
-            std::fs::copy(kernels.join("echo").join(file), echo.join(file)).unwrap();
+        let dir = self.kernel_dir(class);
+        std::fs::create_dir_all(dir.join("tool")).unwrap();
+        for file in ["conceptkernel.yaml", source] {
+            std::fs::copy(kernels.join(name).join(file), dir.join(file)).unwrap();
         }
-        let build = Command::new(CK).arg("build").arg(&echo).output().unwrap();
+        let build = Command::new(CK).arg("build").arg(&dir).output().unwrap();
         assert!(build.status.success(), "{build:?}");
         let host = Proc::spawn(
             &[
                 "run",
-                echo.to_str().unwrap(),
+                dir.to_str().unwrap(),
                 "--nats",
                 &self.server.url(),
                 "--spiffe-socket",
@@ -205,7 +211,7 @@ impl Stack {
                 "--cache-dir",
                 self.root().join("cache").to_str().unwrap(),
             ],
-            self.root().join("host.log"),
+            self.root().join(format!("host-{name}.log")),
         );
         host.wait_for("\"ready\"");
         host
@@ -672,4 +678,69 @@ fn local_kernels_connect_without_spiffe_only_when_allowed() {
     );
     // A LOCAL name nobody registered is still refused.
     relaxed.assert_refused("LOCAL.Nobody", "", "no LOCAL kernel named LOCAL.Nobody");
+}
+
+/// A task kernel under the callout: its host keeps task state in JetStream over the kernel's
+/// own connection, which reaches its own bucket and stream and nothing else of JetStream; a
+/// kernel without task actions gets no JetStream at all.
+#[test]
+fn a_task_kernels_connection_reaches_only_its_own_jetstream() {
+    const TASKS_GUID: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+    let stack = Stack::start(1, 300);
+    stack.register("Test.A", A_GUID, "");
+    let host = stack.serve("tasks", "Demo.Tasks", "tool/tasks.c");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let answers = runtime.block_on(async {
+        let client = async_nats::ConnectOptions::with_user_and_password(
+            OBSERVER.0.into(),
+            OBSERVER.1.into(),
+        )
+        .connect(stack.server.url())
+        .await
+        .unwrap();
+        let mut answers = Vec::new();
+        for body in [
+            r#"{"action":"task.start","data":{"task_id":"t-1"}}"#,
+            r#"{"action":"task.complete","data":{"task_id":"t-1","output":{"ok":true}}}"#,
+            r#"{"action":"task.complete","data":{"task_id":"t-1","output":{"ok":true}}}"#,
+        ] {
+            let reply = client
+                .request("input.Demo.Tasks", body.into())
+                .await
+                .unwrap();
+            answers.push(serde_json::from_slice::<serde_json::Value>(&reply.payload).unwrap());
+        }
+        answers
+    });
+    assert_eq!(answers[0]["status"], "ok", "{}\n{}", answers[0], host.log());
+    assert_eq!(answers[1]["data"]["state"], "completed", "{}", answers[1]);
+    assert_eq!(answers[2]["code"], 409, "{}", answers[2]);
+    let instance = answers[1]["data"]["instance_id"].as_str().unwrap();
+    let sealed = stack
+        .kernel_dir("Demo.Tasks")
+        .join("data/instances")
+        .join(instance);
+    assert!(sealed.join("proof.json").is_file());
+
+    let own = format!("ck_tasks_{}", TASKS_GUID.replace('-', "_"));
+    let other = format!("ck_tasks_{}", A_GUID.replace('-', "_"));
+    let mut tasks = stack.connect_as("Demo.Tasks", TASKS_GUID);
+    assert_eq!(
+        tasks.publish(&format!("$KV.{own}.t-2")).unwrap(),
+        Verdict::Allowed
+    );
+    for refused in [
+        format!("$KV.{other}.t-1"),
+        format!("$JS.API.STREAM.DELETE.KV_{own}"),
+        format!("$JS.API.STREAM.PURGE.KV_{own}"),
+        "$JS.API.STREAM.CREATE.anything".to_owned(),
+    ] {
+        assert!(
+            tasks.publish(&refused).unwrap() == Verdict::Denied,
+            "{refused} must be refused"
+        );
+    }
+    let mut plain = stack.connect_as("Test.A", A_GUID);
+    assert_eq!(plain.publish("$JS.API.INFO").unwrap(), Verdict::Denied);
 }
