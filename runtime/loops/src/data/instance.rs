@@ -283,7 +283,14 @@ pub fn seal(request: &SealRequest<'_>) -> Result<Sealed, SealError> {
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(SealError::NotAnObject)))
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(SealError::Io {
+                        path: dir.clone(),
+                        error: std::io::Error::other("a staging thread panicked"),
+                    })
+                })
+            })
             .collect()
     });
     let mut temps = Vec::new();
