@@ -220,7 +220,9 @@ pub(crate) async fn serve_kernel(
             .recover()
             .await
             .map_err(|f| anyhow::anyhow!("{}", f.message))?;
-        service = service.with_lifecycle(Arc::new(lifecycle));
+        let lifecycle = Arc::new(lifecycle);
+        lifecycle.spawn_committer();
+        service = service.with_lifecycle(lifecycle);
     }
     let service = Arc::new(service);
     let (svc, token) = (service.clone(), shutdown.clone());

@@ -1,7 +1,8 @@
 //! `ck bench --tasks N`: sealed tasks per second end to end — a `task.complete` request through
 //! the host, acknowledged by JetStream, sealed (`data.json`, manifest, ledger, proof, each
-//! fsynced), announced (three JetStream-confirmed events) and audited — beside synchronous
-//! JetStream publishes to the same server in the same run.
+//! fsynced) and audited, then committed to the DATA repository and announced (three
+//! JetStream-confirmed events) — beside synchronous JetStream publishes to the same server in
+//! the same run.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -162,9 +163,30 @@ pub async fn run(kernel_src: &Path, n: usize, levels: &[usize], json: Option<&Pa
             times,
         ));
     }
+    // Seals are committed (and announced) just after their answers: wait for the last ones.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        let report = ck_loops::data::verify_tree(&kernel_dir);
+        let pending = report
+            .notes
+            .iter()
+            .filter(|n| n.contains("not committed"))
+            .count();
+        if pending == 0 || Instant::now() > deadline {
+            break report;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     shutdown.cancel();
+    let commits = git2::Repository::open(kernel_dir.join("data"))
+        .and_then(|repo| {
+            let mut walk = repo.revwalk()?;
+            walk.push_head()?;
+            Ok(walk.count())
+        })
+        .unwrap_or(0);
+    println!("DATA repository: {commits} commits for {sealed} seals (group commits under load)");
 
-    let report = ck_loops::data::verify_tree(&kernel_dir);
     println!(
         "ck verify on the benchmark's DATA tree: {} instances (expected {sealed}), {} ledger lines, {}",
         report.instances,

@@ -344,6 +344,7 @@ pub async fn serve_all(
         None => None,
     };
     let mut tasks = tokio::task::JoinSet::new();
+    let mut committers = Vec::new();
     for r in ready {
         let spec = connect_spec(args, identity.as_ref(), &r.kernel).await?;
         let client = retry_connect(&shutdown, &args.nats, || ck_bus::connect(&spec)).await?;
@@ -367,6 +368,7 @@ pub async fn serve_all(
             service = service.with_verifier(v.clone());
         }
         if let Some(l) = lifecycle {
+            committers.push((l.clone(), l.spawn_committer()));
             // Events the broker could not confirm wait on disk; replay them once it can.
             let (outbox, token) = (l.outbox(), shutdown.clone());
             tokio::spawn(async move {
@@ -397,6 +399,11 @@ pub async fn serve_all(
         let (name, report) = done?;
         let report = report.with_context(|| format!("serving {name}"))?;
         tracing::info!(kernel = %name, answered = report.answered, "stopped");
+    }
+    // Every message is answered: commit and announce the last seals before exiting.
+    for (lifecycle, committer) in committers {
+        lifecycle.close();
+        let _ = committer.await;
     }
     Ok(())
 }

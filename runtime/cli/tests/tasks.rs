@@ -278,15 +278,22 @@ async fn a_full_lifecycle_seals_once_and_verify_names_any_changed_byte() {
 
     // The DATA events, kept in the kernel's stream under deterministic message ids.
     let js = async_nats::jetstream::new(c.clone());
+    let mut commits = std::collections::BTreeSet::new();
     let stream = js
         .get_stream(format!("ck_data_{}", GUID.replace('-', "_")))
         .await
         .unwrap();
     for event in ["data.written", "data.proof-generated", "data.ledger-entry"] {
-        let message = stream
-            .get_last_raw_message_by_subject(&format!("ck.{GUID}.{event}"))
-            .await
-            .unwrap_or_else(|e| panic!("{event}: {e}"));
+        // Announced once the seal is committed to the DATA repository, just after the answer.
+        let subject = format!("ck.{GUID}.{event}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let message = loop {
+            match stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(m) => break m,
+                Err(e) => assert!(Instant::now() < deadline, "{event}: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         let id = message
             .headers
             .get("Nats-Msg-Id")
@@ -296,7 +303,15 @@ async fn a_full_lifecycle_seals_once_and_verify_names_any_changed_byte() {
         let body: Value = serde_json::from_slice(&message.payload).unwrap();
         assert_eq!(body["data"]["instance_id"], instance.as_str());
         assert_eq!(body["data"]["data_hash"], done["data"]["data_hash"]);
+        commits.insert(body["data"]["commit"].as_str().unwrap().to_owned());
     }
+
+    // The seal is one commit in the kernel's DATA repository, named by the events.
+    assert_eq!(commits.len(), 1);
+    let repo = git2::Repository::open(kernel.join("data")).unwrap();
+    let head = repo.head().unwrap().peel_to_commit().unwrap();
+    assert!(commits.contains(&head.id().to_string()));
+    assert!(head.summary().unwrap().contains(&instance));
 
     // `ck verify` accepts it, and names the file of any changed byte.
     let (ok, out) = ck_verify(&kernel);
@@ -310,6 +325,40 @@ async fn a_full_lifecycle_seals_once_and_verify_names_any_changed_byte() {
         &kernel,
         &kernel.join("data/ledger/audit.jsonl"),
         flip_in("\"sealed"),
+    );
+
+    // History: a later commit that rewrites the sealed data.json fails verification even when
+    // the file on disk is untouched.
+    let rewrite = |bytes: &[u8]| {
+        let parent = repo.head().unwrap().peel_to_commit().unwrap();
+        let mut builder = git2::build::TreeUpdateBuilder::new();
+        let blob = repo.blob(bytes).unwrap();
+        builder.upsert(
+            format!("instances/{instance}/data.json"),
+            blob,
+            git2::FileMode::Blob,
+        );
+        let tree = builder
+            .create_updated(&repo, &parent.tree().unwrap())
+            .unwrap();
+        let tree = repo.find_tree(tree).unwrap();
+        let who = git2::Signature::now("mallory", "mallory@example.org").unwrap();
+        repo.commit(
+            Some("HEAD"),
+            &who,
+            &who,
+            "fix the winner",
+            &tree,
+            &[&parent],
+        )
+        .unwrap();
+    };
+    rewrite(b"{\"winner\": \"grace\"}\n");
+    let (ok, out) = ck_verify(&kernel);
+    assert!(!ok, "a rewritten seal must fail verification:\n{out}");
+    assert!(
+        out.contains("data.json: changed after it was sealed") && out.contains("fix the winner"),
+        "{out}"
     );
 }
 
@@ -490,5 +539,7 @@ async fn a_host_killed_while_sealing_loses_no_acknowledged_completion() {
     );
     let (ok, out) = ck_verify(&kernel);
     assert!(ok, "{out}");
+    // The restart also committed what the kill left uncommitted.
+    assert!(!out.contains("not committed"), "{out}");
     assert_eq!(instances(&kernel).len(), completed);
 }

@@ -14,16 +14,21 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use ck_bus::{Failure, LoopEventMessage, Outbox, Publisher, Request};
+use ck_loops::data::DataRepo;
 use ck_loops::data::{SealRequest, Transition};
 use ck_manifest::Kernel;
 use ck_manifest::topics::{self, LoopEvent};
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 
 use crate::{MessageError, StoreError, TaskAction, TaskRecord, TaskState, TaskStore, read_message};
 
 /// How long the DATA event stream keeps message ids for deduplication: a replay after an
 /// outage shorter than this cannot announce an instance twice.
 const DEDUP_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// Most seals one DATA commit takes.
+const MAX_GROUP_COMMIT: usize = 64;
 
 /// The lifecycle of one kernel's tasks, served by one host.
 pub struct Lifecycle {
@@ -35,7 +40,41 @@ pub struct Lifecycle {
     host_id: String,
     publisher: Publisher,
     outbox: Arc<Outbox>,
+    repo: Arc<std::sync::Mutex<DataRepo>>,
+    commits: std::sync::Mutex<Option<mpsc::UnboundedSender<Committed>>>,
+    commits_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Committed>>>,
     bound: tokio::sync::Mutex<Option<Bound>>,
+}
+
+/// A sealed instance on its way into the DATA repository and out as events.
+#[derive(Debug, Clone)]
+struct Committed {
+    instance_id: String,
+    task_id: String,
+    user: String,
+    trace_id: String,
+    data_hash: String,
+    manifest_hash: String,
+}
+
+impl Committed {
+    /// Rebuilt from a sealed instance's files (recovery knows no request).
+    fn from_instance(kernel_dir: &Path, instance_id: &str) -> Option<Self> {
+        let dir = ck_loops::data::instance_dir(kernel_dir, instance_id);
+        let read = |f: &str| -> Option<Value> {
+            serde_json::from_slice(&std::fs::read(dir.join(f)).ok()?).ok()
+        };
+        let (manifest, proof) = (read("manifest.json")?, read("proof.json")?);
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        Some(Self {
+            instance_id: instance_id.to_owned(),
+            task_id: text(&manifest["task_id"]),
+            user: text(&manifest["prov:wasAssociatedWith"]),
+            trace_id: "recovery".to_owned(),
+            data_hash: text(&manifest["data_hash"]),
+            manifest_hash: text(&proof["manifest_hash"]),
+        })
+    }
 }
 
 /// JetStream handles bound to one connection of the publisher.
@@ -129,10 +168,16 @@ fn failure(e: StoreError) -> Failure {
 
 impl Lifecycle {
     /// The lifecycle of `kernel`'s tasks, with state in JetStream over `publisher`'s connection
-    /// and sealed instances under the kernel's `data/`.
+    /// and sealed instances under the kernel's `data/` (a git repository, created if needed).
+    /// Seals are committed and announced by the committer ([`Lifecycle::spawn_committer`]).
     pub fn new(kernel: &Kernel, publisher: Publisher) -> std::io::Result<Self> {
         let dir = kernel.dir().to_path_buf();
+        let repo = DataRepo::open_or_init(&dir).map_err(std::io::Error::other)?;
+        let (commits, commits_rx) = mpsc::unbounded_channel();
         Ok(Self {
+            repo: Arc::new(std::sync::Mutex::new(repo)),
+            commits: std::sync::Mutex::new(Some(commits)),
+            commits_rx: std::sync::Mutex::new(Some(commits_rx)),
             host_id: host_id(&dir)?,
             kernel: kernel.name.clone(),
             kernel_urn: kernel.urn.clone(),
@@ -220,8 +265,16 @@ impl Lifecycle {
         });
         if record.state == TaskState::Completed {
             let acknowledged = started.elapsed();
-            let sealed = self.seal(record, &request.trace_id, false).await?;
+            let sealed = self.seal(record, false).await?;
             tracing::debug!(task_id = %record.task_id, acknowledged_us = acknowledged.as_micros() as u64, total_us = started.elapsed().as_micros() as u64, "task.sealed");
+            self.queue_commit(Committed {
+                instance_id: sealed.instance_id.clone(),
+                task_id: record.task_id.clone(),
+                user: record.by.clone(),
+                trace_id: request.trace_id.clone(),
+                data_hash: sealed.data_hash.clone(),
+                manifest_hash: sealed.manifest_hash.clone(),
+            });
             answer["instance_id"] = json!(sealed.instance_id);
             answer["data_hash"] = json!(sealed.data_hash);
             answer["manifest_hash"] = json!(sealed.manifest_hash);
@@ -267,20 +320,117 @@ impl Lifecycle {
                 continue;
             }
             tracing::warn!(task_id = %task_id, "task.recover: completion acknowledged but not sealed; sealing now");
-            sealed.push(self.seal(&record, "recovery", true).await?);
+            sealed.push(self.seal(&record, true).await?);
+        }
+        // Seals not committed yet are committed now; the last commit's events are announced
+        // again (a crash may have cut them short; the stream drops duplicates by message id).
+        let repo = self.repo.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let repo = repo
+                .lock()
+                .map_err(|_| "DATA repository lock poisoned".to_owned())?;
+            let head = repo.head_instances().map_err(|e| e.to_string())?;
+            let uncommitted = repo.uncommitted_instances().map_err(|e| e.to_string())?;
+            Ok::<_, String>((head, uncommitted))
+        })
+        .await
+        .map_err(|e| Failure::new(500, "recovery_failed", e.to_string()))?
+        .map_err(|e| Failure::new(500, "recovery_failed", e))?;
+        let (head, uncommitted) = found;
+        if let Some((commit, ids)) = head {
+            let batch: Vec<Committed> = ids
+                .iter()
+                .filter_map(|id| Committed::from_instance(&self.dir, id))
+                .collect();
+            self.announce(&batch, &commit).await;
+        }
+        let batch: Vec<Committed> = uncommitted
+            .iter()
+            .filter_map(|id| Committed::from_instance(&self.dir, id))
+            .collect();
+        if !batch.is_empty() {
+            tracing::warn!(
+                instances = batch.len(),
+                "task.recover: committing seals a crash left uncommitted"
+            );
+            self.commit_and_announce(batch).await;
         }
         Ok(sealed)
+    }
+
+    fn queue_commit(&self, sealed: Committed) {
+        let sender = self.commits.lock().ok().and_then(|s| s.clone());
+        match sender {
+            Some(tx) if tx.send(sealed).is_ok() => {}
+            // Closed: the seal stays on disk uncommitted; the next start commits it.
+            _ => tracing::warn!(
+                "task.commit: committer stopped; the seal is committed at the next start"
+            ),
+        }
+    }
+
+    /// Starts the committer: seals are committed to the DATA repository (those that arrive
+    /// together share a commit) and then announced. It stops after [`Lifecycle::close`], once
+    /// every queued seal is committed.
+    pub fn spawn_committer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        let rx = self.commits_rx.lock().ok().and_then(|mut r| r.take());
+        tokio::spawn(async move {
+            let Some(mut rx) = rx else { return };
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_GROUP_COMMIT {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                this.commit_and_announce(batch).await;
+            }
+        })
+    }
+
+    /// Stops taking seals for the committer; it finishes what is queued and ends.
+    pub fn close(&self) {
+        if let Ok(mut sender) = self.commits.lock() {
+            sender.take();
+        }
+    }
+
+    async fn commit_and_announce(&self, batch: Vec<Committed>) {
+        let ids: Vec<String> = batch.iter().map(|c| c.instance_id.clone()).collect();
+        let message = match ids.as_slice() {
+            [one] => format!("seal {one} (task {})", batch[0].task_id),
+            many => format!("seal {} instances\n\n{}", many.len(), many.join("\n")),
+        };
+        let (repo, host) = (self.repo.clone(), self.host_id.clone());
+        let started = std::time::Instant::now();
+        let committed = tokio::task::spawn_blocking(move || {
+            let repo = repo
+                .lock()
+                .map_err(|_| "DATA repository lock poisoned".to_owned())?;
+            repo.commit_instances(&ids, &host, &message)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        match committed {
+            Ok(Some(commit)) => {
+                tracing::debug!(commit = %commit, instances = batch.len(), commit_us = started.elapsed().as_micros() as u64, "data.committed");
+                self.announce(&batch, &commit).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, instances = batch.len(), "data.commit-failed: the seals stay on disk and are committed at the next start")
+            }
+        }
     }
 
     /// Seals an acknowledged completion, appends the audit line, publishes the DATA events.
     /// `recovering`: a previous attempt may have written part of it (the audit line is then
     /// appended only if the ledger does not have it yet).
-    async fn seal(
-        &self,
-        record: &TaskRecord,
-        trace_id: &str,
-        recovering: bool,
-    ) -> Result<SealedTask, Failure> {
+    async fn seal(&self, record: &TaskRecord, recovering: bool) -> Result<SealedTask, Failure> {
         let instance = instance_id(record);
         let output = record.output.clone().unwrap_or_else(|| json!({}));
         let transitions: Vec<Transition> = record
@@ -344,11 +494,8 @@ impl Lifecycle {
             manifest_hash: sealed.manifest_hash,
             wrote_data: sealed.wrote_data,
         };
-        // Events are confirmed or queued on disk before the audit line, the last step: a
-        // recovery that finds the audit line knows the events are not lost.
-        let written = std::time::Instant::now();
-        self.announce(record, &done, trace_id).await;
-        tracing::debug!(instance_id = %done.instance_id, announce_us = written.elapsed().as_micros() as u64, "task.announced");
+        // The audit line is the last step on disk: a recovery that finds it knows the seal is
+        // whole (committing and announcing it are the committer's, recovered from git).
         tokio::task::spawn_blocking(move || {
             let reason = format!(
                 "sealed instance {id} of task {task_id} ({})",
@@ -385,50 +532,56 @@ impl Lifecycle {
         Ok(done)
     }
 
-    /// Sends `data.written`, `data.proof-generated` and `data.ledger-entry` for a seal through
-    /// the outbox, each with the message id `{guid}:{event}:{instance}`.
-    async fn announce(&self, record: &TaskRecord, sealed: &SealedTask, trace: &str) {
+    /// Sends `data.written`, `data.proof-generated` and `data.ledger-entry` for each sealed
+    /// instance of `commit` through the outbox, each with the message id
+    /// `{guid}:{event}:{instance}`.
+    async fn announce(&self, batch: &[Committed], commit: &str) {
         let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let events = [
-            LoopEvent::DataWritten,
-            LoopEvent::DataProofGenerated,
-            LoopEvent::DataLedgerEntry,
-        ]
-        .into_iter()
-        .map(|event| {
-            let id = format!("{}:{}:{}", self.guid, event, sealed.instance_id);
-            LoopEventMessage {
-                subject: topics::loop_event_subject(&self.guid, event),
-                msg_id: id.clone(),
-                trace_id: trace.to_owned(),
-                user: record.by.clone(),
-                body: json!({
-                    "specversion": "1.0",
-                    "id": id,
-                    "source": self.kernel_urn,
-                    "type": format!("ck.{event}"),
-                    "subject": sealed.instance_id,
-                    "time": at,
-                    "datacontenttype": "application/json",
-                    "data": {
-                        "event": event.to_string(),
-                        "kernel": self.kernel,
-                        "kernel_urn": self.kernel_urn,
-                        "guid": self.guid,
-                        "trace_id": trace,
-                        "timestamp": at,
-                        "instance_id": sealed.instance_id,
-                        "task_id": record.task_id,
-                        "data_hash": sealed.data_hash,
-                        "manifest_hash": sealed.manifest_hash,
-                        "proof": format!("data/instances/{}/proof.json", sealed.instance_id),
-                    },
-                }),
-            }
-        })
-        .collect();
+        let events: Vec<LoopEventMessage> = batch
+            .iter()
+            .flat_map(|sealed| {
+                [
+                    LoopEvent::DataWritten,
+                    LoopEvent::DataProofGenerated,
+                    LoopEvent::DataLedgerEntry,
+                ]
+                .map(|event| (sealed, event))
+            })
+            .map(|(sealed, event)| {
+                let id = format!("{}:{}:{}", self.guid, event, sealed.instance_id);
+                LoopEventMessage {
+                    subject: topics::loop_event_subject(&self.guid, event),
+                    msg_id: id.clone(),
+                    trace_id: sealed.trace_id.clone(),
+                    user: sealed.user.clone(),
+                    body: json!({
+                        "specversion": "1.0",
+                        "id": id,
+                        "source": self.kernel_urn,
+                        "type": format!("ck.{event}"),
+                        "subject": sealed.instance_id,
+                        "time": at,
+                        "datacontenttype": "application/json",
+                        "data": {
+                            "event": event.to_string(),
+                            "kernel": self.kernel,
+                            "kernel_urn": self.kernel_urn,
+                            "guid": self.guid,
+                            "trace_id": sealed.trace_id,
+                            "timestamp": at,
+                            "instance_id": sealed.instance_id,
+                            "task_id": sealed.task_id,
+                            "commit": commit,
+                            "data_hash": sealed.data_hash,
+                            "manifest_hash": sealed.manifest_hash,
+                            "proof": format!("data/instances/{}/proof.json", sealed.instance_id),
+                        },
+                    }),
+                }
+            })
+            .collect();
         if let Err(e) = self.outbox.send(events).await {
-            tracing::error!(instance_id = %sealed.instance_id, path = %ck_bus::outbox::pending_path(&self.dir).display(), error = %e, "event.lost: cannot queue on disk");
+            tracing::error!(instances = batch.len(), path = %ck_bus::outbox::pending_path(&self.dir).display(), error = %e, "event.lost: cannot queue on disk");
         }
     }
 }

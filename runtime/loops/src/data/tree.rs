@@ -1,5 +1,5 @@
-//! Verifying a kernel's whole DATA tree offline: every sealed instance and the audit ledger's
-//! hash chain.
+//! Verifying a kernel's whole DATA tree offline: every sealed instance, the DATA repository's
+//! history, and the audit ledger's hash chain.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -82,6 +82,15 @@ pub fn verify_tree(kernel_dir: &Path) -> TreeReport {
         }
         report.instances += 1;
         report.findings.extend(verify_instance(&dir));
+    }
+    // The DATA repository: nothing sealed was rewritten after its seal commit.
+    let (history, uncommitted) = super::repo::verify_history(kernel_dir);
+    report.findings.extend(history);
+    for id in uncommitted {
+        report.notes.push(format!(
+            "{}: sealed but not committed yet (the host commits it)",
+            instances.join(id).display()
+        ));
     }
     let ledger = kernel_dir.join("data").join("ledger").join("audit.jsonl");
     match fs::read_to_string(&ledger) {

@@ -1,0 +1,285 @@
+//! The DATA loop's git repository: a kernel's `data/` directory, where every seal becomes a
+//! commit (several seals may share one under load) and history is only ever appended to.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use git2::{Delta, Repository, Signature};
+use thiserror::Error;
+
+use super::instance::Finding;
+
+/// Files of `data/` that are not part of the DATA loop's history: the host's identity, the
+/// event queue (transient by nature) and staging files of interrupted seals.
+const IGNORED: &str = ".host-id\nledger/pending_events.jsonl\nledger/*.tmp\n*.tmp-*\n";
+
+/// A git operation on the DATA repository failed.
+#[derive(Debug, Error)]
+#[error("DATA repository {dir}: {error}")]
+pub struct RepoError {
+    /// The repository's directory.
+    pub dir: PathBuf,
+    /// What git said.
+    pub error: git2::Error,
+}
+
+/// A kernel's DATA repository.
+pub struct DataRepo {
+    repo: Repository,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for DataRepo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataRepo").field("dir", &self.dir).finish()
+    }
+}
+
+fn instance_of(path: &Path) -> Option<String> {
+    let mut parts = path.components();
+    match (parts.next(), parts.next()) {
+        (Some(first), Some(id)) if first.as_os_str() == "instances" => {
+            Some(id.as_os_str().to_string_lossy().into_owned())
+        }
+        _ => None,
+    }
+}
+
+impl DataRepo {
+    /// Opens the repository in `kernel_dir/data`, creating it (with its ignore list) if needed.
+    pub fn open_or_init(kernel_dir: &Path) -> Result<Self, RepoError> {
+        let dir = kernel_dir.join("data");
+        let err = |error| RepoError {
+            dir: dir.clone(),
+            error,
+        };
+        let repo = match Repository::open(&dir) {
+            Ok(r) => r,
+            Err(_) => {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| err(git2::Error::from_str(&e.to_string())))?;
+                let repo = Repository::init(&dir).map_err(err)?;
+                std::fs::write(dir.join(".gitignore"), IGNORED)
+                    .map_err(|e| err(git2::Error::from_str(&e.to_string())))?;
+                repo
+            }
+        };
+        Ok(Self { repo, dir })
+    }
+
+    fn err(&self, error: git2::Error) -> RepoError {
+        RepoError {
+            dir: self.dir.clone(),
+            error,
+        }
+    }
+
+    /// Instances sealed on disk (`data.json` present) that `HEAD` does not contain yet.
+    pub fn uncommitted_instances(&self) -> Result<Vec<String>, RepoError> {
+        let head = self.repo.head().ok().and_then(|h| h.peel_to_tree().ok());
+        let mut ids: Vec<String> = std::fs::read_dir(self.dir.join("instances"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().join("proof.json").is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|id| {
+                head.as_ref().is_none_or(|t| {
+                    t.get_path(&Path::new("instances").join(id).join("proof.json"))
+                        .is_err()
+                })
+            })
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Commits the files of `instances` and the audit ledger as they are now, in one commit by
+    /// `author`. Returns the commit id (`None`: nothing to commit).
+    pub fn commit_instances(
+        &self,
+        instances: &[String],
+        author: &str,
+        message: &str,
+    ) -> Result<Option<String>, RepoError> {
+        if instances.is_empty() {
+            return Ok(None);
+        }
+        let mut index = self.repo.index().map_err(|e| self.err(e))?;
+        let mut paths = vec![PathBuf::from(".gitignore")];
+        for id in instances {
+            for file in ["data.json", "manifest.json", "ledger.json", "proof.json"] {
+                paths.push(Path::new("instances").join(id).join(file));
+            }
+        }
+        // The audit ledger grows while we commit: hold its lock (appenders take it exclusively)
+        // so the committed snapshot ends on a whole line.
+        let ledger = PathBuf::from("ledger/audit.jsonl");
+        let ledger_lock = std::fs::File::open(self.dir.join(&ledger))
+            .and_then(|f| f.lock_shared().map(|()| f))
+            .ok();
+        if ledger_lock.is_some() {
+            paths.push(ledger);
+        }
+        for path in paths.iter().filter(|p| self.dir.join(p).is_file()) {
+            index.add_path(path).map_err(|e| {
+                self.err(git2::Error::from_str(&format!(
+                    "adding {}: {}",
+                    path.display(),
+                    e.message()
+                )))
+            })?;
+        }
+        drop(ledger_lock);
+        index.write().map_err(|e| self.err(e))?;
+        let tree_id = index.write_tree().map_err(|e| self.err(e))?;
+        let tree = self.repo.find_tree(tree_id).map_err(|e| self.err(e))?;
+        let parent = self.repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        if parent.as_ref().is_some_and(|p| p.tree_id() == tree_id) {
+            return Ok(None);
+        }
+        let signature =
+            Signature::now("ck host", &format!("{author}@ck.local")).map_err(|e| self.err(e))?;
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+        let id = self
+            .repo
+            .commit(
+                Some("HEAD"),
+                &signature,
+                &signature,
+                message,
+                &tree,
+                &parents,
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(Some(id.to_string()))
+    }
+
+    /// The `HEAD` commit and the instances it added.
+    pub fn head_instances(&self) -> Result<Option<(String, Vec<String>)>, RepoError> {
+        let Some(head) = self.repo.head().ok().and_then(|h| h.peel_to_commit().ok()) else {
+            return Ok(None);
+        };
+        let tree = head.tree().map_err(|e| self.err(e))?;
+        let parent_tree = match head.parent(0) {
+            Ok(p) => Some(p.tree().map_err(|e| self.err(e))?),
+            Err(_) => None,
+        };
+        let diff = self
+            .repo
+            .diff_tree_to_tree(parent_tree.as_ref(), Some(&tree), None)
+            .map_err(|e| self.err(e))?;
+        let ids: BTreeSet<String> = diff
+            .deltas()
+            .filter(|d| d.status() == Delta::Added)
+            .filter_map(|d| d.new_file().path().and_then(instance_of))
+            .collect();
+        Ok(Some((head.id().to_string(), ids.into_iter().collect())))
+    }
+}
+
+/// Walks the DATA repository's history: every sealed file was added once and never modified or
+/// deleted by a later commit, and each sealed file on disk equals its committed bytes.
+/// Instances not committed yet are returned separately (a seal not yet committed is not a
+/// failure; the host commits it).
+pub fn verify_history(kernel_dir: &Path) -> (Vec<Finding>, Vec<String>) {
+    let dir = kernel_dir.join("data");
+    let mut findings = Vec::new();
+    let mut uncommitted = Vec::new();
+    let Ok(repo) = Repository::open(&dir) else {
+        return (findings, uncommitted);
+    };
+    let fail = |findings: &mut Vec<Finding>, file: PathBuf, problem: String| {
+        findings.push(Finding { file, problem })
+    };
+    let walked = (|| -> Result<(), git2::Error> {
+        let mut walk = repo.revwalk()?;
+        if walk.push_head().is_err() {
+            return Ok(()); // no commits yet
+        }
+        walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::REVERSE)?;
+        for oid in walk {
+            let commit = repo.find_commit(oid?)?;
+            let tree = commit.tree()?;
+            let parent_tree = match commit.parent(0) {
+                Ok(p) => Some(p.tree()?),
+                Err(_) => None,
+            };
+            let diff = repo.diff_tree_to_tree(parent_tree.as_ref(), Some(&tree), None)?;
+            for delta in diff.deltas() {
+                let Some(path) = delta.old_file().path().or(delta.new_file().path()) else {
+                    continue;
+                };
+                if instance_of(path).is_some()
+                    && matches!(delta.status(), Delta::Modified | Delta::Deleted)
+                {
+                    let short = &commit.id().to_string()[..12];
+                    fail(
+                        &mut findings,
+                        dir.join(path),
+                        format!(
+                            "changed after it was sealed: commit {short} ({}) {} it",
+                            commit.summary().unwrap_or_default(),
+                            if delta.status() == Delta::Deleted {
+                                "deletes"
+                            } else {
+                                "rewrites"
+                            }
+                        ),
+                    );
+                }
+            }
+        }
+        // What is on disk must be what was committed.
+        let head = repo.head()?.peel_to_tree()?;
+        for entry in std::fs::read_dir(dir.join("instances"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if !entry.path().join("data.json").exists() {
+                continue;
+            }
+            if head
+                .get_path(&Path::new("instances").join(&id).join("proof.json"))
+                .is_err()
+            {
+                uncommitted.push(id);
+                continue;
+            }
+            for file in ["data.json", "manifest.json", "ledger.json", "proof.json"] {
+                let rel = Path::new("instances").join(&id).join(file);
+                let on_disk = std::fs::read(dir.join(&rel)).unwrap_or_default();
+                let committed = head
+                    .get_path(&rel)
+                    .and_then(|e| e.to_object(&repo))
+                    .and_then(|o| o.peel_to_blob())
+                    .map(|b| b.content().to_vec());
+                match committed {
+                    Ok(bytes) if bytes == on_disk => {}
+                    Ok(_) => fail(
+                        &mut findings,
+                        dir.join(&rel),
+                        "differs from the bytes committed when it was sealed".into(),
+                    ),
+                    Err(_) => fail(
+                        &mut findings,
+                        dir.join(&rel),
+                        "missing from the seal commit".into(),
+                    ),
+                }
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = walked {
+        fail(
+            &mut findings,
+            dir.join(".git"),
+            format!("cannot read history: {e}"),
+        );
+    }
+    uncommitted.sort();
+    (findings, uncommitted)
+}
