@@ -92,6 +92,30 @@ fn line_hash(line: &serde_json::Map<String, serde_json::Value>) -> String {
     format!("blake3:{}", blake3::hash(&bytes).to_hex())
 }
 
+/// Cuts a last line a crash left unfinished (no newline): it was never a whole record, and a
+/// chain cannot continue from it.
+fn drop_torn_tail(file: &mut std::fs::File, path: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let from = len.saturating_sub(64 << 10);
+    file.seek(SeekFrom::Start(from))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    if tail.last() == Some(&b'\n') {
+        return Ok(());
+    }
+    let keep = tail
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(from, |i| from + i as u64 + 1);
+    tracing::warn!(target: "ck::audit", path = %path.display(), bytes = len - keep, "audit.torn-tail: dropping an unfinished last line");
+    file.set_len(keep)?;
+    file.sync_data()
+}
+
 /// The last line's `seq` and `hash` (`None` for an empty ledger).
 fn last_link(file: &mut std::fs::File) -> std::io::Result<Option<(u64, String)>> {
     use std::io::{Read, Seek, SeekFrom};
@@ -116,17 +140,27 @@ fn last_link(file: &mut std::fs::File) -> std::io::Result<Option<(u64, String)>>
 /// so editing or removing a line breaks the chain. Writers (several `ck authz`, the host) take
 /// an exclusive lock on the file for the read-last-line-then-append, so the chain stays linear.
 pub fn append(kernel_dir: &Path, kernel: &str, record: &AuditRecord) -> std::io::Result<()> {
-    let result = match record.result {
-        Verdict::Allow => "allow",
-        Verdict::Deny => "deny",
-    };
-    // Refusals are worth a warning; allowed accesses are the ledger's routine.
-    match record.result {
-        Verdict::Deny => {
-            tracing::warn!(target: "ck::audit", kernel, caller = %record.caller_svid, action = %record.action, subject = record.subject.as_deref(), result, reason = %record.reason, "audit")
-        }
-        Verdict::Allow => {
-            tracing::info!(target: "ck::audit", kernel, caller = %record.caller_svid, action = %record.action, subject = record.subject.as_deref(), result, reason = %record.reason, "audit")
+    append_all(kernel_dir, kernel, std::slice::from_ref(record))
+}
+
+/// [`append`] for several records at once: one lock, one write, one fsync (a group commit).
+pub fn append_all(kernel_dir: &Path, kernel: &str, records: &[AuditRecord]) -> std::io::Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    for record in records {
+        let result = match record.result {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        };
+        // Refusals are worth a warning; allowed accesses are the ledger's routine.
+        match record.result {
+            Verdict::Deny => {
+                tracing::warn!(target: "ck::audit", kernel, caller = %record.caller_svid, action = %record.action, subject = record.subject.as_deref(), result, reason = %record.reason, "audit")
+            }
+            Verdict::Allow => {
+                tracing::info!(target: "ck::audit", kernel, caller = %record.caller_svid, action = %record.action, subject = record.subject.as_deref(), result, reason = %record.reason, "audit")
+            }
         }
     }
     let path = ledger_path(kernel_dir);
@@ -140,21 +174,28 @@ pub fn append(kernel_dir: &Path, kernel: &str, record: &AuditRecord) -> std::io:
             .append(true)
             .open(&path)?;
         file.lock()?;
-        let (seq, prev) = match last_link(&mut file)? {
-            Some((seq, hash)) => (seq + 1, hash),
-            None => (1, GENESIS.to_owned()),
+        drop_torn_tail(&mut file, &path)?;
+        let (mut seq, mut prev) = match last_link(&mut file)? {
+            Some((seq, hash)) => (seq, hash),
+            None => (0, GENESIS.to_owned()),
         };
-        let serde_json::Value::Object(mut line) =
-            serde_json::to_value(record).map_err(std::io::Error::other)?
-        else {
-            return Err(std::io::Error::other("audit record is not an object"));
-        };
-        line.insert("seq".into(), seq.into());
-        line.insert("prev_hash".into(), prev.into());
-        let hash = line_hash(&line);
-        line.insert("hash".into(), hash.into());
-        let mut bytes = serde_json::to_vec(&line).map_err(std::io::Error::other)?;
-        bytes.push(b'\n');
+        let mut bytes = Vec::new();
+        for record in records {
+            let serde_json::Value::Object(mut line) =
+                serde_json::to_value(record).map_err(std::io::Error::other)?
+            else {
+                return Err(std::io::Error::other("audit record is not an object"));
+            };
+            seq += 1;
+            line.insert("seq".into(), seq.into());
+            line.insert("prev_hash".into(), prev.clone().into());
+            let hash = line_hash(&line);
+            line.insert("hash".into(), hash.clone().into());
+            serde_json::to_writer(&mut bytes, &line).map_err(std::io::Error::other)?;
+            bytes.push(b'\n');
+            prev = hash;
+        }
+        // One write: a crash leaves whole lines or none of this group's.
         file.write_all(&bytes)?;
         file.sync_data()?;
         file.unlock()
@@ -237,6 +278,27 @@ pub fn read(kernel_dir: &Path) -> std::io::Result<Vec<serde_json::Value>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_torn_last_line_is_dropped_and_the_chain_continues() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |n: u32| {
+            super::AuditRecord::now("me", format!("a{n}"), super::Verdict::Allow, "ok", "test")
+        };
+        super::append_all(dir.path(), "K", &[record(1), record(2)]).unwrap();
+        let path = super::ledger_path(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let whole = bytes.len();
+        bytes.extend_from_slice(b"{\"seq\":3,\"timest");
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(super::verify_chain(dir.path()).unwrap().is_some());
+        super::append(dir.path(), "K", &record(3)).unwrap();
+        assert_eq!(super::verify_chain(dir.path()).unwrap(), None);
+        let lines = super::read(dir.path()).unwrap();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[2]["seq"], 3);
+        assert!(std::fs::read(&path).unwrap().len() > whole);
+    }
+
     use super::*;
 
     #[test]

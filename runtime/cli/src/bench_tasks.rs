@@ -130,6 +130,33 @@ pub async fn run(kernel_src: &Path, n: usize, levels: &[usize], json: Option<&Pa
             times,
         ));
 
+        // (a') The disk under both: create, write and fsync a small file.
+        let scratch = dir.path().join(format!("fsync-{c}"));
+        std::fs::create_dir_all(&scratch)?;
+        let (scratch2, body) = (scratch.clone(), payload.clone());
+        let (wall, times) = spread(n, c, move |i| {
+            let (path, body) = (scratch2.join(i.to_string()), body.clone());
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    use std::io::Write;
+                    let mut f = std::fs::File::create_new(path)?;
+                    f.write_all(&body)?;
+                    f.sync_all()
+                })
+                .await??;
+                Ok(())
+            }
+        })
+        .await?;
+        std::fs::remove_dir_all(&scratch)?;
+        rows.push(row(
+            "(a') file create + write + fsync (this disk)",
+            c,
+            n,
+            wall,
+            times,
+        ));
+
         // (b) Sealed tasks: start them (not measured), then complete each through the host.
         let input = kernel.topics.input.clone();
         for i in 0..n {

@@ -30,6 +30,9 @@ const DEDUP_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Most seals one DATA commit takes.
 const MAX_GROUP_COMMIT: usize = 64;
 
+/// How long the committer waits for more seals to join a commit.
+const COMMIT_LINGER: Duration = Duration::from_millis(20);
+
 /// The lifecycle of one kernel's tasks, served by one host.
 pub struct Lifecycle {
     kernel: String,
@@ -55,6 +58,8 @@ struct Committed {
     trace_id: String,
     data_hash: String,
     manifest_hash: String,
+    /// Its audit line is still to be written (false when a recovery finds it in the ledger).
+    needs_audit: bool,
 }
 
 impl Committed {
@@ -73,6 +78,7 @@ impl Committed {
             trace_id: "recovery".to_owned(),
             data_hash: text(&manifest["data_hash"]),
             manifest_hash: text(&proof["manifest_hash"]),
+            needs_audit: false,
         })
     }
 }
@@ -265,7 +271,7 @@ impl Lifecycle {
         });
         if record.state == TaskState::Completed {
             let acknowledged = started.elapsed();
-            let sealed = self.seal(record, false).await?;
+            let sealed = self.seal(record).await?;
             tracing::debug!(task_id = %record.task_id, acknowledged_us = acknowledged.as_micros() as u64, total_us = started.elapsed().as_micros() as u64, "task.sealed");
             self.queue_commit(Committed {
                 instance_id: sealed.instance_id.clone(),
@@ -274,6 +280,7 @@ impl Lifecycle {
                 trace_id: request.trace_id.clone(),
                 data_hash: sealed.data_hash.clone(),
                 manifest_hash: sealed.manifest_hash.clone(),
+                needs_audit: true,
             });
             answer["instance_id"] = json!(sealed.instance_id);
             answer["data_hash"] = json!(sealed.data_hash);
@@ -294,7 +301,7 @@ impl Lifecycle {
         for path in removed {
             tracing::warn!(path = %path.display(), "task.recover: removed an unfinished write");
         }
-        // Instances whose seal reached the audit ledger (the last step on disk).
+        // Instances whose seal reached the audit ledger.
         let ledger_dir = self.dir.clone();
         let audited: std::collections::HashSet<String> =
             tokio::task::spawn_blocking(move || ck_audit::read(&ledger_dir).unwrap_or_default())
@@ -316,11 +323,11 @@ impl Lifecycle {
             }
             let instance = instance_id(&record);
             let dir = ck_loops::data::instance_dir(&self.dir, &instance);
-            if dir.join("proof.json").is_file() && audited.contains(&instance) {
+            if dir.join("proof.json").is_file() {
                 continue;
             }
             tracing::warn!(task_id = %task_id, "task.recover: completion acknowledged but not sealed; sealing now");
-            sealed.push(self.seal(&record, true).await?);
+            sealed.push(self.seal(&record).await?);
         }
         // Seals not committed yet are committed now; the last commit's events are announced
         // again (a crash may have cut them short; the stream drops duplicates by message id).
@@ -347,6 +354,10 @@ impl Lifecycle {
         let batch: Vec<Committed> = uncommitted
             .iter()
             .filter_map(|id| Committed::from_instance(&self.dir, id))
+            .map(|c| Committed {
+                needs_audit: !audited.contains(&c.instance_id),
+                ..c
+            })
             .collect();
         if !batch.is_empty() {
             tracing::warn!(
@@ -378,11 +389,18 @@ impl Lifecycle {
         tokio::spawn(async move {
             let Some(mut rx) = rx else { return };
             while let Some(first) = rx.recv().await {
+                // Linger briefly so seals close together share a commit: the answers do not
+                // wait for it, and a commit costs about the same for one seal as for many.
                 let mut batch = vec![first];
+                let linger = tokio::time::sleep(COMMIT_LINGER);
+                tokio::pin!(linger);
                 while batch.len() < MAX_GROUP_COMMIT {
-                    match rx.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
+                    tokio::select! {
+                        next = rx.recv() => match next {
+                            Some(next) => batch.push(next),
+                            None => break,
+                        },
+                        _ = &mut linger => break,
                     }
                 }
                 this.commit_and_announce(batch).await;
@@ -404,8 +422,30 @@ impl Lifecycle {
             many => format!("seal {} instances\n\n{}", many.len(), many.join("\n")),
         };
         let (repo, host) = (self.repo.clone(), self.host_id.clone());
+        // One audit group commit for the batch, then one DATA commit that includes it.
+        let lines: Vec<ck_audit::AuditRecord> = batch
+            .iter()
+            .filter(|c| c.needs_audit)
+            .map(|c| {
+                let mut line = ck_audit::AuditRecord::now(
+                    &c.user,
+                    "task.complete",
+                    ck_audit::Verdict::Allow,
+                    format!(
+                        "sealed instance {} of task {} ({})",
+                        c.instance_id, c.task_id, c.data_hash
+                    ),
+                    "ck host",
+                );
+                line.path = Some(format!("data/instances/{}/data.json", c.instance_id));
+                line
+            })
+            .collect();
+        let (dir, kernel) = (self.dir.clone(), self.kernel.clone());
         let started = std::time::Instant::now();
         let committed = tokio::task::spawn_blocking(move || {
+            ck_audit::append_all(&dir, &kernel, &lines)
+                .map_err(|e| format!("{}: {e}", ck_audit::ledger_path(&dir).display()))?;
             let repo = repo
                 .lock()
                 .map_err(|_| "DATA repository lock poisoned".to_owned())?;
@@ -427,10 +467,10 @@ impl Lifecycle {
         }
     }
 
-    /// Seals an acknowledged completion, appends the audit line, publishes the DATA events.
-    /// `recovering`: a previous attempt may have written part of it (the audit line is then
-    /// appended only if the ledger does not have it yet).
-    async fn seal(&self, record: &TaskRecord, recovering: bool) -> Result<SealedTask, Failure> {
+    /// Seals an acknowledged completion: the instance files, written once (sealing again after
+    /// an interruption completes the same seal). The audit line, the commit and the events are
+    /// the committer's.
+    async fn seal(&self, record: &TaskRecord) -> Result<SealedTask, Failure> {
         let instance = instance_id(record);
         let output = record.output.clone().unwrap_or_else(|| json!({}));
         let transitions: Vec<Transition> = record
@@ -461,74 +501,28 @@ impl Lifecycle {
                 ),
             )
         };
-        let sealed = {
-            let (dir, kernel, urn, svid, task_id, actor, id) = (
-                dir.clone(),
-                kernel.clone(),
-                urn,
-                svid,
-                task_id.clone(),
-                actor.clone(),
-                id.clone(),
-            );
-            tokio::task::spawn_blocking(move || {
-                ck_loops::data::seal(&SealRequest {
-                    kernel_dir: &dir,
-                    kernel: &kernel,
-                    kernel_urn: &urn,
-                    svid: &svid,
-                    instance_id: &id,
-                    task_id: Some(&task_id),
-                    actor: &actor,
-                    data: &output,
-                    transitions: &transitions,
-                })
+        let sealed = tokio::task::spawn_blocking(move || {
+            ck_loops::data::seal(&SealRequest {
+                kernel_dir: &dir,
+                kernel: &kernel,
+                kernel_urn: &urn,
+                svid: &svid,
+                instance_id: &id,
+                task_id: Some(&task_id),
+                actor: &actor,
+                data: &output,
+                transitions: &transitions,
             })
-            .await
-            .map_err(|e| failed(e.to_string()))?
-            .map_err(|e| failed(e.to_string()))?
-        };
-        let done = SealedTask {
-            instance_id: instance,
-            data_hash: sealed.data_hash.clone(),
-            manifest_hash: sealed.manifest_hash,
-            wrote_data: sealed.wrote_data,
-        };
-        // The audit line is the last step on disk: a recovery that finds it knows the seal is
-        // whole (committing and announcing it are the committer's, recovered from git).
-        tokio::task::spawn_blocking(move || {
-            let reason = format!(
-                "sealed instance {id} of task {task_id} ({})",
-                sealed.data_hash
-            );
-            let audited_before = || {
-                ck_audit::read(&dir).is_ok_and(|lines| {
-                    lines
-                        .iter()
-                        .any(|l| l["reason"].as_str() == Some(reason.as_str()))
-                })
-            };
-            if !sealed.wrote_data && (!recovering || audited_before()) {
-                return Ok(());
-            }
-            let mut line = ck_audit::AuditRecord::now(
-                &actor,
-                "task.complete",
-                ck_audit::Verdict::Allow,
-                reason.clone(),
-                "ck host",
-            );
-            line.path = Some(format!("data/instances/{id}/data.json"));
-            ck_audit::append(&dir, &kernel, &line)
         })
         .await
         .map_err(|e| failed(e.to_string()))?
-        .map_err(|e| {
-            failed(format!(
-                "{}: {e}",
-                ck_audit::ledger_path(&self.dir).display()
-            ))
-        })?;
+        .map_err(|e| failed(e.to_string()))?;
+        let done = SealedTask {
+            instance_id: instance,
+            data_hash: sealed.data_hash,
+            manifest_hash: sealed.manifest_hash,
+            wrote_data: sealed.wrote_data,
+        };
         Ok(done)
     }
 

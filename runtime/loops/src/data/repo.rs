@@ -112,25 +112,28 @@ impl DataRepo {
                 paths.push(Path::new("instances").join(id).join(file));
             }
         }
-        // The audit ledger grows while we commit: hold its lock (appenders take it exclusively)
-        // so the committed snapshot ends on a whole line.
-        let ledger = PathBuf::from("ledger/audit.jsonl");
-        let ledger_lock = std::fs::File::open(self.dir.join(&ledger))
-            .and_then(|f| f.lock_shared().map(|()| f))
-            .ok();
-        if ledger_lock.is_some() {
-            paths.push(ledger);
-        }
-        for path in paths.iter().filter(|p| self.dir.join(p).is_file()) {
+        let add = |index: &mut git2::Index, path: &Path| {
             index.add_path(path).map_err(|e| {
                 self.err(git2::Error::from_str(&format!(
                     "adding {}: {}",
                     path.display(),
                     e.message()
                 )))
-            })?;
+            })
+        };
+        for path in paths.iter().filter(|p| self.dir.join(p).is_file()) {
+            add(&mut index, path)?;
         }
-        drop(ledger_lock);
+        // The audit ledger grows while we commit: hold its lock (appenders take it
+        // exclusively) only while it is read, so the snapshot ends on a whole line.
+        let ledger = Path::new("ledger/audit.jsonl");
+        if let Ok(file) = std::fs::File::open(self.dir.join(ledger))
+            && file.lock_shared().is_ok()
+        {
+            let added = add(&mut index, ledger);
+            let _ = file.unlock();
+            added?;
+        }
         index.write().map_err(|e| self.err(e))?;
         let tree_id = index.write_tree().map_err(|e| self.err(e))?;
         let tree = self.repo.find_tree(tree_id).map_err(|e| self.err(e))?;
