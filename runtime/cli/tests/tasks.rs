@@ -543,3 +543,126 @@ async fn a_host_killed_while_sealing_loses_no_acknowledged_completion() {
     assert!(!out.contains("not committed"), "{out}");
     assert_eq!(instances(&kernel).len(), completed);
 }
+
+/// `instance.amend` as `ontology.yaml` allows: refused for sealed instances; with
+/// `amendments_allowed`, a new amendment file (never a rewrite) whose proof chains to the seal's,
+/// committed and announced as `data.amended`, and checked by `ck verify`.
+#[tokio::test(flavor = "multi_thread")]
+async fn amendments_follow_instance_mutability() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = jetstream_server(&tmp.path().join("js"));
+    let kernel = built_kernel(&tmp.path().join("tasks"));
+    // This copy also declares instance.amend.
+    let manifest = std::fs::read_to_string(kernel.join("conceptkernel.yaml")).unwrap();
+    let manifest = manifest
+        .replace(
+            "      - {name: progress,",
+            "      - {name: instance.amend, description: Amend an instance, access: anon}\n      - {name: progress,",
+        )
+        .replace("task.retry, progress]", "task.retry, progress, instance.amend]");
+    std::fs::write(kernel.join("conceptkernel.yaml"), manifest).unwrap();
+    std::fs::write(
+        kernel.join("ontology.yaml"),
+        "instance_mutability: sealed\n",
+    )
+    .unwrap();
+
+    let mut host = Host::start(&server, &kernel, tmp.path(), "sealed");
+    let c = async_nats::connect(server.url()).await.unwrap();
+    task(&c, "task.start", json!({"task_id": "t-1"})).await;
+    let done = task(
+        &c,
+        "task.complete",
+        json!({"task_id": "t-1", "output": {"winner": "ada"}}),
+    )
+    .await;
+    let instance = done["data"]["instance_id"].as_str().unwrap().to_owned();
+    let refused = task(
+        &c,
+        "instance.amend",
+        json!({"instance_id": instance, "amendment": {"note": "x"}}),
+    )
+    .await;
+    assert_eq!(refused["code"], 409, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("instance_mutability: sealed"),
+        "{refused}"
+    );
+    host.kill();
+
+    std::fs::write(
+        kernel.join("ontology.yaml"),
+        "instance_mutability: amendments_allowed\n",
+    )
+    .unwrap();
+    let _host = Host::start(&server, &kernel, tmp.path(), "amendable");
+    let amended = task(
+        &c,
+        "instance.amend",
+        json!({"instance_id": instance, "amendment": {"note": "recounted"}}),
+    )
+    .await;
+    assert_eq!(amended["status"], "ok", "{amended}");
+    let file = amended["data"]["amendment"].as_str().unwrap().to_owned();
+    assert!(file.starts_with("data_amendment_"), "{file}");
+    let not_an_addition = task(
+        &c,
+        "instance.amend",
+        json!({"instance_id": instance, "amendment": {"winner": "grace"}}),
+    )
+    .await;
+    assert_eq!(not_an_addition["code"], 409, "{not_an_addition}");
+    assert!(
+        not_an_addition["message"]
+            .as_str()
+            .unwrap()
+            .contains("`winner`"),
+        "{not_an_addition}"
+    );
+    let unknown = task(
+        &c,
+        "instance.amend",
+        json!({"instance_id": "i-nope-1", "amendment": {"a": 1}}),
+    )
+    .await;
+    assert_eq!(unknown["code"], 404, "{unknown}");
+
+    // The sealed data.json is untouched; the amendment is committed and announced.
+    let dir = kernel.join("data/instances").join(&instance);
+    let data: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("data.json")).unwrap()).unwrap();
+    assert_eq!(data, json!({"winner": "ada"}));
+    let stream = async_nats::jetstream::new(c.clone())
+        .get_stream(format!("ck_data_{}", GUID.replace('-', "_")))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let event = loop {
+        match stream
+            .get_last_raw_message_by_subject(&format!("ck.{GUID}.data.amended"))
+            .await
+        {
+            Ok(m) => break m,
+            Err(e) => assert!(Instant::now() < deadline, "data.amended: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let body: Value = serde_json::from_slice(&event.payload).unwrap();
+    assert_eq!(body["data"]["amendment"], file.as_str());
+    let repo = git2::Repository::open(kernel.join("data")).unwrap();
+    let head = repo.head().unwrap().peel_to_commit().unwrap();
+    assert_eq!(body["data"]["commit"], head.id().to_string());
+    assert!(
+        head.tree()
+            .unwrap()
+            .get_path(&Path::new("instances").join(&instance).join(&file))
+            .is_ok()
+    );
+
+    let (ok, out) = ck_verify(&kernel);
+    assert!(ok, "{out}");
+    tampered_is_named(&kernel, &dir.join(&file), flip_in("\"recounte"));
+}

@@ -186,7 +186,8 @@ impl KernelService {
         }
         // Lifecycle actions the kernel declares are the host's: the guest returns data, the
         // host alone moves task state and writes the DATA loop.
-        if let Some(task_action) = ck_task::TaskAction::parse(&request.action) {
+        let amend = request.action == ck_manifest::AMEND_ACTION;
+        if amend || ck_task::TaskAction::parse(&request.action).is_some() {
             let Some(lifecycle) = &self.lifecycle else {
                 return Err(Failure::new(
                     503,
@@ -197,7 +198,10 @@ impl KernelService {
                     ),
                 ));
             };
-            let answer = lifecycle.handle(task_action, &request).await?;
+            let answer = match ck_task::TaskAction::parse(&request.action) {
+                Some(task_action) => lifecycle.handle(task_action, &request).await?,
+                None => lifecycle.amend(&request).await?,
+            };
             return Ok(raw(&answer));
         }
         let output = self.invoke(&request).await?;

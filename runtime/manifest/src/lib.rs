@@ -11,6 +11,7 @@
 mod diag;
 mod model;
 mod normalize;
+pub mod ontology;
 mod set;
 pub mod topics;
 mod yaml;
@@ -29,6 +30,10 @@ pub use set::KernelSet;
 
 /// The manifest's file name inside a kernel directory.
 pub const MANIFEST_FILE: &str = "conceptkernel.yaml";
+
+/// Amending a sealed instance where `ontology.yaml` allows it (ckp-spec §3.5 names no action;
+/// this is ours), served by the host like the lifecycle actions.
+pub const AMEND_ACTION: &str = "instance.amend";
 
 /// The task lifecycle actions (ckp-spec §3.1–3.2): a kernel declaring any of them has its tasks
 /// served by the host.

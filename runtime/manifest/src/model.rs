@@ -73,12 +73,13 @@ impl Kernel {
         self.actions.iter().find(|a| a.name == name)
     }
 
-    /// Whether the kernel declares any of the task lifecycle actions (ckp-spec §3.1), which the
-    /// host serves itself with state in JetStream.
+    /// Whether the kernel declares any of the task lifecycle actions (ckp-spec §3.1) or
+    /// `instance.amend`, which the host serves itself (state in JetStream, the DATA loop).
     pub fn declares_task_lifecycle(&self) -> bool {
-        self.actions
-            .iter()
-            .any(|a| crate::TASK_LIFECYCLE_ACTIONS.contains(&a.name.as_str()))
+        self.actions.iter().any(|a| {
+            crate::TASK_LIFECYCLE_ACTIONS.contains(&a.name.as_str())
+                || a.name == crate::AMEND_ACTION
+        })
     }
 
     /// True for `LOCAL.*` kernels, which may run without SPIFFE where configured.

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use ck_bus::{Failure, LoopEventMessage, Outbox, Publisher, Request};
-use ck_loops::data::DataRepo;
+use ck_loops::data::{AmendError, DataRepo, InstanceMutability};
 use ck_loops::data::{SealRequest, Transition};
 use ck_manifest::Kernel;
 use ck_manifest::topics::{self, LoopEvent};
@@ -44,6 +44,8 @@ pub struct Lifecycle {
     publisher: Publisher,
     outbox: Arc<Outbox>,
     repo: Arc<std::sync::Mutex<DataRepo>>,
+    mutability: InstanceMutability,
+    amending: tokio::sync::Mutex<()>,
     commits: std::sync::Mutex<Option<mpsc::UnboundedSender<Committed>>>,
     commits_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Committed>>>,
     bound: tokio::sync::Mutex<Option<Bound>>,
@@ -60,6 +62,8 @@ struct Committed {
     manifest_hash: String,
     /// Its audit line is still to be written (false when a recovery finds it in the ledger).
     needs_audit: bool,
+    /// For an amendment, its file (`data_amendment_{ts}.json`); `None` for a seal.
+    amendment: Option<String>,
 }
 
 impl Committed {
@@ -79,6 +83,7 @@ impl Committed {
             data_hash: text(&manifest["data_hash"]),
             manifest_hash: text(&proof["manifest_hash"]),
             needs_audit: false,
+            amendment: None,
         })
     }
 }
@@ -179,9 +184,13 @@ impl Lifecycle {
     pub fn new(kernel: &Kernel, publisher: Publisher) -> std::io::Result<Self> {
         let dir = kernel.dir().to_path_buf();
         let repo = DataRepo::open_or_init(&dir).map_err(std::io::Error::other)?;
+        let mutability = ck_manifest::ontology::instance_mutability(&dir)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         let (commits, commits_rx) = mpsc::unbounded_channel();
         Ok(Self {
             repo: Arc::new(std::sync::Mutex::new(repo)),
+            mutability,
+            amending: tokio::sync::Mutex::new(()),
             commits: std::sync::Mutex::new(Some(commits)),
             commits_rx: std::sync::Mutex::new(Some(commits_rx)),
             host_id: host_id(&dir)?,
@@ -281,12 +290,68 @@ impl Lifecycle {
                 data_hash: sealed.data_hash.clone(),
                 manifest_hash: sealed.manifest_hash.clone(),
                 needs_audit: true,
+                amendment: None,
             });
             answer["instance_id"] = json!(sealed.instance_id);
             answer["data_hash"] = json!(sealed.data_hash);
             answer["manifest_hash"] = json!(sealed.manifest_hash);
         }
         Ok(answer)
+    }
+
+    /// Amends a sealed instance (`instance.amend` with `{instance_id, amendment}`) as far as
+    /// `ontology.yaml`'s `instance_mutability` allows: 409 for a sealed kernel or a field that
+    /// exists (`amendments_allowed` adds only), 404 for an instance not in this host's DATA
+    /// tree. The amendment is committed and announced (`data.amended`) by the committer.
+    pub async fn amend(&self, request: &Request) -> Result<Value, Failure> {
+        let bad = |m: String| Failure::new(400, "bad_amendment", m);
+        let data: Value = serde_json::from_str(&request.data).map_err(|e| bad(e.to_string()))?;
+        let Some(instance_id) = data["instance_id"].as_str().map(str::to_owned) else {
+            return Err(bad(format!(
+                "`{}` needs a string `instance_id` and an `amendment` object",
+                ck_manifest::AMEND_ACTION
+            )));
+        };
+        let amendment = data.get("amendment").cloned().unwrap_or(Value::Null);
+        let _one_at_a_time = self.amending.lock().await;
+        let (dir, id, policy, actor) = (
+            self.dir.clone(),
+            instance_id.clone(),
+            self.mutability,
+            request.user.clone(),
+        );
+        let at = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or_default();
+        let amended = tokio::task::spawn_blocking(move || {
+            ck_loops::data::amend(&dir, &id, policy, &amendment, &actor, at)
+        })
+        .await
+        .map_err(|e| Failure::new(500, "amend_failed", e.to_string()))?
+        .map_err(|e| match e {
+            AmendError::NotFound(_) => Failure::new(404, "unknown_instance", e.to_string()),
+            AmendError::Forbidden { .. } | AmendError::NotAnAddition { .. } => {
+                Failure::new(409, "amendment_refused", e.to_string())
+            }
+            AmendError::NotAnObject => bad(e.to_string()),
+            AmendError::Io { .. } => Failure::new(500, "amend_failed", e.to_string()),
+        })?;
+        tracing::info!(instance_id = %instance_id, file = %amended.file, "data.amended");
+        self.queue_commit(Committed {
+            instance_id: instance_id.clone(),
+            task_id: String::new(),
+            user: request.user.clone(),
+            trace_id: request.trace_id.clone(),
+            data_hash: amended.amendment_hash.clone(),
+            manifest_hash: String::new(),
+            needs_audit: true,
+            amendment: Some(amended.file.clone()),
+        });
+        Ok(json!({
+            "instance_id": instance_id,
+            "amendment": amended.file,
+            "amendment_hash": amended.amendment_hash,
+            "proof": amended.proof,
+            "instance_mutability": self.mutability,
+        }))
     }
 
     /// Seals what this host acknowledged but did not seal (it died in between): every completed
@@ -418,8 +483,15 @@ impl Lifecycle {
     async fn commit_and_announce(&self, batch: Vec<Committed>) {
         let ids: Vec<String> = batch.iter().map(|c| c.instance_id.clone()).collect();
         let message = match ids.as_slice() {
-            [one] => format!("seal {one} (task {})", batch[0].task_id),
-            many => format!("seal {} instances\n\n{}", many.len(), many.join("\n")),
+            [one] => match &batch[0].amendment {
+                None => format!("seal {one} (task {})", batch[0].task_id),
+                Some(file) => format!("amend {one} ({file})"),
+            },
+            many => format!(
+                "seal or amend {} instances\n\n{}",
+                many.len(),
+                many.join("\n")
+            ),
         };
         let (repo, host) = (self.repo.clone(), self.host_id.clone());
         // One audit group commit for the batch, then one DATA commit that includes it.
@@ -427,17 +499,32 @@ impl Lifecycle {
             .iter()
             .filter(|c| c.needs_audit)
             .map(|c| {
+                let (action, reason, file) = match &c.amendment {
+                    None => (
+                        "task.complete",
+                        format!(
+                            "sealed instance {} of task {} ({})",
+                            c.instance_id, c.task_id, c.data_hash
+                        ),
+                        "data.json".to_owned(),
+                    ),
+                    Some(file) => (
+                        ck_manifest::AMEND_ACTION,
+                        format!(
+                            "amended instance {} with {file} ({})",
+                            c.instance_id, c.data_hash
+                        ),
+                        file.clone(),
+                    ),
+                };
                 let mut line = ck_audit::AuditRecord::now(
                     &c.user,
-                    "task.complete",
+                    action,
                     ck_audit::Verdict::Allow,
-                    format!(
-                        "sealed instance {} of task {} ({})",
-                        c.instance_id, c.task_id, c.data_hash
-                    ),
+                    reason,
                     "ck host",
                 );
-                line.path = Some(format!("data/instances/{}/data.json", c.instance_id));
+                line.path = Some(format!("data/instances/{}/{file}", c.instance_id));
                 line
             })
             .collect();
@@ -534,15 +621,23 @@ impl Lifecycle {
         let events: Vec<LoopEventMessage> = batch
             .iter()
             .flat_map(|sealed| {
-                [
-                    LoopEvent::DataWritten,
-                    LoopEvent::DataProofGenerated,
-                    LoopEvent::DataLedgerEntry,
-                ]
-                .map(|event| (sealed, event))
+                let events: &[LoopEvent] = match sealed.amendment {
+                    None => &[
+                        LoopEvent::DataWritten,
+                        LoopEvent::DataProofGenerated,
+                        LoopEvent::DataLedgerEntry,
+                    ],
+                    Some(_) => &[LoopEvent::DataAmended, LoopEvent::DataLedgerEntry],
+                };
+                events.iter().map(move |event| (sealed, *event))
             })
             .map(|(sealed, event)| {
-                let id = format!("{}:{}:{}", self.guid, event, sealed.instance_id);
+                let id = match &sealed.amendment {
+                    None => format!("{}:{}:{}", self.guid, event, sealed.instance_id),
+                    Some(file) => {
+                        format!("{}:{}:{}:{file}", self.guid, event, sealed.instance_id)
+                    }
+                };
                 LoopEventMessage {
                     subject: topics::loop_event_subject(&self.guid, event),
                     msg_id: id.clone(),
@@ -566,6 +661,7 @@ impl Lifecycle {
                             "instance_id": sealed.instance_id,
                             "task_id": sealed.task_id,
                             "commit": commit,
+                            "amendment": sealed.amendment,
                             "data_hash": sealed.data_hash,
                             "manifest_hash": sealed.manifest_hash,
                             "proof": format!("data/instances/{}/proof.json", sealed.instance_id),

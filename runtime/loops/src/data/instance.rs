@@ -109,13 +109,13 @@ pub fn instance_dir(kernel_dir: &Path, instance_id: &str) -> PathBuf {
     kernel_dir.join("data").join("instances").join(instance_id)
 }
 
-fn sha256(bytes: &[u8]) -> String {
+pub(crate) fn sha256(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
 }
 
-fn blake3_of(bytes: &[u8]) -> String {
+pub(crate) fn blake3_of(bytes: &[u8]) -> String {
     format!("blake3:{}", blake3::hash(bytes).to_hex())
 }
 
@@ -124,6 +124,65 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SealError + '_ {
         path: path.to_owned(),
         error,
     }
+}
+
+/// Writes `files` into `dir` once each: all staged at once, in parallel (temporary, fsynced,
+/// read-only — their fsyncs share journal commits), then linked into place in the order given,
+/// never replacing a file. Returns whether the first file was linked by this call (false: it
+/// was there with the same bytes). A file there with other bytes is `AlreadyExists`.
+pub(crate) fn stage_and_link(dir: &Path, files: &[(&str, &[u8])]) -> Result<bool, SealError> {
+    let staged: Vec<Result<Option<PathBuf>, SealError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .iter()
+            .map(|(name, bytes)| {
+                let path = dir.join(name);
+                scope.spawn(move || stage(&path, bytes))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(SealError::Io {
+                        path: dir.to_owned(),
+                        error: std::io::Error::other("a staging thread panicked"),
+                    })
+                })
+            })
+            .collect()
+    });
+    let mut temps = Vec::new();
+    let mut first_error = None;
+    for result in staged {
+        match result {
+            Ok(tmp) => temps.push(tmp),
+            Err(e) => {
+                temps.push(None);
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let cleanup = |temps: &[Option<PathBuf>]| {
+        for tmp in temps.iter().flatten() {
+            let _ = fs::remove_file(tmp);
+        }
+    };
+    if let Some(e) = first_error {
+        cleanup(&temps);
+        return Err(e);
+    }
+    let mut wrote_first = false;
+    for (i, ((name, bytes), tmp)) in files.iter().zip(&temps).enumerate() {
+        let Some(tmp) = tmp else { continue };
+        match link_once(tmp, &dir.join(name), bytes) {
+            Ok(linked) => wrote_first |= i == 0 && linked,
+            Err(e) => {
+                cleanup(&temps[i..]);
+                return Err(e);
+            }
+        }
+    }
+    Ok(wrote_first)
 }
 
 /// Prepares `bytes` for `path`: a temporary file beside it, written, fsynced and read-only.
@@ -181,13 +240,13 @@ fn link_once(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<bool, SealError> {
     }
 }
 
-fn pretty(value: &Value) -> Vec<u8> {
+pub(crate) fn pretty(value: &Value) -> Vec<u8> {
     let mut bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
     bytes.push(b'\n');
     bytes
 }
 
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 200
         && !id.starts_with('.')
@@ -258,72 +317,19 @@ pub fn seal(request: &SealRequest<'_>) -> Result<Sealed, SealError> {
         manifest: &manifest,
         ledger: &ledger,
     }));
-    // Every file is staged (temporary, fsynced, read-only) at once, in parallel, so their
-    // fsyncs share journal commits; then they are linked into place in order — data.json
-    // first, the proof that covers the others last. A link never replaces a file.
-    let files = [
-        ("data.json", data),
-        ("manifest.json", manifest),
-        ("ledger.json", ledger),
-        ("proof.json", proof),
+    // The proof is last: it covers the three files before it.
+    let files: [(&str, &[u8]); 4] = [
+        ("data.json", &data),
+        ("manifest.json", &manifest),
+        ("ledger.json", &ledger),
+        ("proof.json", &proof),
     ];
-    let already_sealed = |e: SealError| match e {
+    let wrote_data = stage_and_link(&dir, &files).map_err(|e| match e {
         SealError::Io { error, .. } if error.kind() == std::io::ErrorKind::AlreadyExists => {
             SealError::AlreadySealed(request.instance_id.to_owned())
         }
         other => other,
-    };
-    let staged: Vec<Result<Option<PathBuf>, SealError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = files
-            .iter()
-            .map(|(name, bytes)| {
-                let path = dir.join(name);
-                scope.spawn(move || stage(&path, bytes))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(SealError::Io {
-                        path: dir.clone(),
-                        error: std::io::Error::other("a staging thread panicked"),
-                    })
-                })
-            })
-            .collect()
-    });
-    let mut temps = Vec::new();
-    let mut first_error = None;
-    for result in staged {
-        match result {
-            Ok(tmp) => temps.push(tmp),
-            Err(e) => {
-                temps.push(None);
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    let cleanup = |temps: &[Option<PathBuf>]| {
-        for tmp in temps.iter().flatten() {
-            let _ = fs::remove_file(tmp);
-        }
-    };
-    if let Some(e) = first_error {
-        cleanup(&temps);
-        return Err(already_sealed(e));
-    }
-    let mut wrote_data = false;
-    for (i, ((name, bytes), tmp)) in files.iter().zip(&temps).enumerate() {
-        let Some(tmp) = tmp else { continue };
-        match link_once(tmp, &dir.join(name), bytes) {
-            Ok(linked) => wrote_data |= i == 0 && linked,
-            Err(e) => {
-                cleanup(&temps[i..]);
-                return Err(already_sealed(e));
-            }
-        }
-    }
+    })?;
     sync_dir(&dir)?;
     Ok(Sealed {
         dir,
@@ -377,7 +383,7 @@ fn proof_for(p: &ProofInputs<'_>) -> Value {
     })
 }
 
-fn sync_dir(dir: &Path) -> Result<(), SealError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), SealError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(dir))

@@ -1,10 +1,12 @@
 //! Sealed instances of the DATA loop, its git repository, and the verification of a whole
 //! DATA tree.
 
+mod amend;
 mod instance;
 mod repo;
 mod tree;
 
+pub use amend::{AmendError, Amended, InstanceMutability, amend, amendments, verify_amendments};
 pub use instance::{
     Finding, SealError, SealRequest, Sealed, Transition, instance_dir, seal, verify_instance,
 };

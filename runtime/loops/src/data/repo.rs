@@ -45,6 +45,19 @@ fn instance_of(path: &Path) -> Option<String> {
     }
 }
 
+/// The files of a sealed instance (never a crash's staging leftovers), sorted.
+fn instance_files(data_dir: &Path, id: &str) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(data_dir.join("instances").join(id))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json") && !n.contains(".tmp-"))
+        .collect();
+    files.sort();
+    files
+}
+
 impl DataRepo {
     /// Opens the repository in `kernel_dir/data`, creating it (with its ignore list) if needed.
     pub fn open_or_init(kernel_dir: &Path) -> Result<Self, RepoError> {
@@ -85,8 +98,10 @@ impl DataRepo {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|id| {
                 head.as_ref().is_none_or(|t| {
-                    t.get_path(&Path::new("instances").join(id).join("proof.json"))
-                        .is_err()
+                    instance_files(&self.dir, id).iter().any(|f| {
+                        t.get_path(&Path::new("instances").join(id).join(f))
+                            .is_err()
+                    })
                 })
             })
             .collect();
@@ -108,9 +123,11 @@ impl DataRepo {
         let mut index = self.repo.index().map_err(|e| self.err(e))?;
         let mut paths = vec![PathBuf::from(".gitignore")];
         for id in instances {
-            for file in ["data.json", "manifest.json", "ledger.json", "proof.json"] {
-                paths.push(Path::new("instances").join(id).join(file));
-            }
+            paths.extend(
+                instance_files(&self.dir, id)
+                    .into_iter()
+                    .map(|f| Path::new("instances").join(id).join(f)),
+            );
         }
         let add = |index: &mut git2::Index, path: &Path| {
             index.add_path(path).map_err(|e| {
@@ -251,8 +268,8 @@ pub fn verify_history(kernel_dir: &Path) -> (Vec<Finding>, Vec<String>) {
                 uncommitted.push(id);
                 continue;
             }
-            for file in ["data.json", "manifest.json", "ledger.json", "proof.json"] {
-                let rel = Path::new("instances").join(&id).join(file);
+            for file in instance_files(&dir, &id) {
+                let rel = Path::new("instances").join(&id).join(&file);
                 let on_disk = std::fs::read(dir.join(&rel)).unwrap_or_default();
                 let committed = head
                     .get_path(&rel)
@@ -266,11 +283,12 @@ pub fn verify_history(kernel_dir: &Path) -> (Vec<Finding>, Vec<String>) {
                         dir.join(&rel),
                         "differs from the bytes committed when it was sealed".into(),
                     ),
-                    Err(_) => fail(
-                        &mut findings,
-                        dir.join(&rel),
-                        "missing from the seal commit".into(),
-                    ),
+                    // Written since the last commit (an amendment): the host commits it.
+                    Err(_) => {
+                        if uncommitted.last() != Some(&id) {
+                            uncommitted.push(id.clone());
+                        }
+                    }
                 }
             }
         }

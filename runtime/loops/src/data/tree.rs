@@ -82,6 +82,9 @@ pub fn verify_tree(kernel_dir: &Path) -> TreeReport {
         }
         report.instances += 1;
         report.findings.extend(verify_instance(&dir));
+        report
+            .findings
+            .extend(super::amend::verify_amendments(&dir));
     }
     // The DATA repository: nothing sealed was rewritten after its seal commit.
     let (history, uncommitted) = super::repo::verify_history(kernel_dir);
