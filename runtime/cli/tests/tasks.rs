@@ -666,3 +666,139 @@ async fn amendments_follow_instance_mutability() {
     assert!(ok, "{out}");
     tampered_is_named(&kernel, &dir.join(&file), flip_in("\"recounte"));
 }
+
+/// NATS stops right after a burst of completions is answered and stays down for 30 s
+/// (`CK_OUTAGE_TEST_SECONDS`): the DATA events the host could not get confirmed wait in
+/// `pending_events.jsonl` and, once the server is back, arrive in commit order; nothing sealed
+/// goes unannounced.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_cut_off_by_an_outage_are_replayed_in_order() {
+    let outage = Duration::from_secs(
+        std::env::var("CK_OUTAGE_TEST_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(30),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = jetstream_server(&tmp.path().join("js"));
+    let kernel = built_kernel(&tmp.path().join("tasks"));
+    let host = Host::start(&server, &kernel, tmp.path(), "host");
+    let c = async_nats::ConnectOptions::new()
+        .max_reconnects(None)
+        .connect(server.url())
+        .await
+        .unwrap();
+    for i in 0..64 {
+        task(&c, "task.start", json!({"task_id": format!("o-{i}")})).await;
+    }
+    // The committer lingers 20 ms for a group before committing and announcing: stop the
+    // server as soon as the first completion is answered, while the group is being gathered.
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let first_tx = std::sync::Mutex::new(Some(first_tx));
+    let burst = futures::future::join_all((0..64).map(|i| {
+        let c = c.clone();
+        let first_tx = &first_tx;
+        async move {
+            let body = json!({"action": "task.complete", "data": {"task_id": format!("o-{i}"), "output": {"i": i}}});
+            let request = async_nats::Request::new()
+                .payload(Bytes::from(serde_json::to_vec(&body).unwrap()))
+                .timeout(Some(Duration::from_secs(5)));
+            let ok = c
+                .send_request(INPUT.to_owned(), request)
+                .await
+                .is_ok_and(|r| serde_json::from_slice::<Value>(&r.payload).unwrap()["status"] == "ok");
+            if ok && let Some(tx) = first_tx.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+        }
+    }));
+    let stopper = async {
+        first_rx.await.unwrap();
+        server.stop();
+    };
+    tokio::join!(burst, stopper);
+    tokio::time::sleep(outage).await;
+    let queued = std::fs::read_to_string(kernel.join("data/ledger/pending_events.jsonl"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0);
+    assert!(
+        queued > 0,
+        "no event was cut off by the outage:\n{}",
+        host.log()
+    );
+
+    server.restart().unwrap();
+    let sealed: Vec<String> = instances(&kernel)
+        .iter()
+        .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(!sealed.is_empty());
+    let js = async_nats::jetstream::new(c.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let written = loop {
+        // Every data.written, in stream order.
+        let written: Vec<(String, String)> = match js
+            .get_stream(format!("ck_data_{}", GUID.replace('-', "_")))
+            .await
+        {
+            Ok(stream) => {
+                let mut found = Vec::new();
+                let info = stream
+                    .get_info()
+                    .await
+                    .map(|i| i.state.last_sequence)
+                    .unwrap_or(0);
+                for seq in 1..=info {
+                    if let Ok(m) = stream.get_raw_message(seq).await
+                        && m.subject.as_str() == format!("ck.{GUID}.data.written")
+                    {
+                        let body: Value = serde_json::from_slice(&m.payload).unwrap();
+                        found.push((
+                            body["data"]["instance_id"].as_str().unwrap().to_owned(),
+                            body["data"]["commit"].as_str().unwrap().to_owned(),
+                        ));
+                    }
+                }
+                found
+            }
+            Err(_) => Vec::new(),
+        };
+        if written.len() == sealed.len() {
+            break written;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} seals announced after the outage\n{}",
+            written.len(),
+            sealed.len(),
+            host.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // Each instance once, and the commits in the order git made them.
+    let mut ids: Vec<&String> = written.iter().map(|(id, _)| id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), sealed.len());
+    let repo = git2::Repository::open(kernel.join("data")).unwrap();
+    let mut walk = repo.revwalk().unwrap();
+    walk.push_head().unwrap();
+    walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::REVERSE)
+        .unwrap();
+    let order: Vec<String> = walk.map(|o| o.unwrap().to_string()).collect();
+    let positions: Vec<usize> = written
+        .iter()
+        .map(|(_, commit)| {
+            order
+                .iter()
+                .position(|c| c == commit)
+                .expect("a known commit")
+        })
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] <= w[1]),
+        "events out of commit order: {positions:?}"
+    );
+    assert!(host.log().contains("event.replayed"), "{}", host.log());
+    assert!(!kernel.join("data/ledger/pending_events.jsonl").exists());
+}
