@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use ck_host::{HostConfig, HostEngine};
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::bench::{percentile, serve_kernel};
@@ -165,8 +166,15 @@ pub async fn run(kernel_src: &Path, n: usize, levels: &[usize], json: Option<&Pa
                 .request(input.clone(), Bytes::from(serde_json::to_vec(&body)?))
                 .await?;
         }
+        // End to end means announced: the clock stops at the n-th data.written of this level,
+        // which follows the seal's git commit.
+        let mut announced = client
+            .subscribe(format!("ck.{}.data.written", kernel.guid))
+            .await?;
+        client.flush().await?;
+        let started = Instant::now();
         let (client2, input2, out) = (client.clone(), input.clone(), output.clone());
-        let (wall, times) = spread(n, c, move |i| {
+        let (_, times) = spread(n, c, move |i| {
             let (client, input) = (client2.clone(), input2.clone());
             let body = serde_json::json!({"action": "task.complete", "data": {"task_id": format!("c{c}-{i}"), "output": out}});
             async move {
@@ -181,6 +189,18 @@ pub async fn run(kernel_src: &Path, n: usize, levels: &[usize], json: Option<&Pa
             }
         })
         .await?;
+        let prefix = format!("\"i-c{c}-");
+        let mut seen = 0;
+        while seen < n {
+            let event = tokio::time::timeout(Duration::from_secs(30), announced.next())
+                .await
+                .context("data.written events stopped coming")?
+                .context("subscription closed")?;
+            if event.payload.windows(prefix.len()).any(|w| w == prefix.as_bytes()) {
+                seen += 1;
+            }
+        }
+        let wall = started.elapsed();
         sealed += n;
         rows.push(row(
             "(b) sealed task (ck host, Demo.Tasks)",
