@@ -196,7 +196,11 @@ pub async fn run(kernel_src: &Path, n: usize, levels: &[usize], json: Option<&Pa
                 .await
                 .context("data.written events stopped coming")?
                 .context("subscription closed")?;
-            if event.payload.windows(prefix.len()).any(|w| w == prefix.as_bytes()) {
+            if event
+                .payload
+                .windows(prefix.len())
+                .any(|w| w == prefix.as_bytes())
+            {
                 seen += 1;
             }
         }

@@ -665,6 +665,41 @@ async fn amendments_follow_instance_mutability() {
     let (ok, out) = ck_verify(&kernel);
     assert!(ok, "{out}");
     tampered_is_named(&kernel, &dir.join(&file), flip_in("\"recounte"));
+
+    // A host that dies after writing an amendment but before committing it: the next start
+    // audits, commits and announces it.
+    drop(_host);
+    let late = ck_loops::data::amend(
+        &kernel,
+        &instance,
+        ck_loops::data::InstanceMutability::AmendmentsAllowed,
+        &json!({"audited": "late"}),
+        "tester",
+        u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap(),
+    )
+    .unwrap();
+    let restarted = Host::start(&server, &kernel, tmp.path(), "restarted");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body: Option<Value> = stream
+            .get_last_raw_message_by_subject(&format!("ck.{GUID}.data.amended"))
+            .await
+            .ok()
+            .map(|m| serde_json::from_slice(&m.payload).unwrap());
+        if body.is_some_and(|b| b["data"]["amendment"] == late.file.as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the late amendment was not announced\n{}",
+            restarted.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ledger = std::fs::read_to_string(kernel.join("data/ledger/audit.jsonl")).unwrap();
+    assert!(ledger.contains(&format!("with {}", late.file)), "{ledger}");
+    let (ok, out) = ck_verify(&kernel);
+    assert!(ok && !out.contains("not committed"), "{out}");
 }
 
 /// NATS stops right after a burst of completions is answered and stays down for 30 s

@@ -163,6 +163,18 @@ fn host_id(dir: &Path) -> std::io::Result<String> {
     }
 }
 
+/// The key of an audit line written for a seal (`seal:{id}`) or an amendment
+/// (`amend:{id}:{file}`), from its reason.
+fn audit_key(reason: &str) -> Option<String> {
+    if let Some(rest) = reason.strip_prefix("sealed instance ") {
+        return rest.split_once(' ').map(|(id, _)| format!("seal:{id}"));
+    }
+    let rest = reason.strip_prefix("amended instance ")?;
+    let (id, rest) = rest.split_once(" with ")?;
+    let (file, _) = rest.split_once(' ')?;
+    Some(format!("amend:{id}:{file}"))
+}
+
 fn failure(e: StoreError) -> Failure {
     match e {
         StoreError::Illegal(e) => Failure::new(409, "illegal_transition", e.to_string()),
@@ -366,15 +378,16 @@ impl Lifecycle {
         for path in removed {
             tracing::warn!(path = %path.display(), "task.recover: removed an unfinished write");
         }
-        // Instances whose seal reached the audit ledger.
+        // What reached the audit ledger: "sealed instance {id} …" and "amended instance {id}
+        // with {file} …" lines.
         let ledger_dir = self.dir.clone();
         let audited: std::collections::HashSet<String> =
             tokio::task::spawn_blocking(move || ck_audit::read(&ledger_dir).unwrap_or_default())
                 .await
                 .unwrap_or_default()
                 .iter()
-                .filter_map(|l| l["reason"].as_str()?.strip_prefix("sealed instance "))
-                .filter_map(|rest| rest.split_once(' ').map(|(id, _)| id.to_owned()))
+                .filter_map(|l| l["reason"].as_str().map(audit_key))
+                .flatten()
                 .collect();
         let mut sealed = Vec::new();
         for task_id in bound.store.task_ids().await.map_err(failure)? {
@@ -409,29 +422,58 @@ impl Lifecycle {
         .map_err(|e| Failure::new(500, "recovery_failed", e.to_string()))?
         .map_err(|e| Failure::new(500, "recovery_failed", e))?;
         let (head, uncommitted) = found;
-        if let Some((commit, ids)) = head {
-            let batch: Vec<Committed> = ids
-                .iter()
-                .filter_map(|id| Committed::from_instance(&self.dir, id))
-                .collect();
+        if let Some((commit, added)) = head {
+            let batch = self.recovered(&added, &audited, false);
             self.announce(&batch, &commit).await;
         }
-        let batch: Vec<Committed> = uncommitted
-            .iter()
-            .filter_map(|id| Committed::from_instance(&self.dir, id))
-            .map(|c| Committed {
-                needs_audit: !audited.contains(&c.instance_id),
-                ..c
-            })
-            .collect();
+        let batch = self.recovered(&uncommitted, &audited, true);
         if !batch.is_empty() {
             tracing::warn!(
-                instances = batch.len(),
-                "task.recover: committing seals a crash left uncommitted"
+                entries = batch.len(),
+                "task.recover: committing seals and amendments a crash left uncommitted"
             );
             self.commit_and_announce(batch).await;
         }
         Ok(sealed)
+    }
+
+    /// The seals and amendments among `files` per instance, as the committer takes them
+    /// (`audit`: write the audit lines the ledger does not have yet).
+    fn recovered(
+        &self,
+        files: &[(String, Vec<String>)],
+        audited: &std::collections::HashSet<String>,
+        audit: bool,
+    ) -> Vec<Committed> {
+        let mut batch = Vec::new();
+        for (id, files) in files {
+            let Some(seal) = Committed::from_instance(&self.dir, id) else {
+                continue;
+            };
+            for file in files {
+                let (amendment, key) = if file == "proof.json" {
+                    (None, format!("seal:{id}"))
+                } else if file.starts_with("data_amendment_") {
+                    (Some(file.clone()), format!("amend:{id}:{file}"))
+                } else {
+                    continue;
+                };
+                let data_hash = match &amendment {
+                    None => seal.data_hash.clone(),
+                    Some(f) => ck_loops::data::file_sha256(
+                        &ck_loops::data::instance_dir(&self.dir, id).join(f),
+                    )
+                    .unwrap_or_default(),
+                };
+                batch.push(Committed {
+                    needs_audit: audit && !audited.contains(&key),
+                    amendment,
+                    data_hash,
+                    ..seal.clone()
+                });
+            }
+        }
+        batch
     }
 
     fn queue_commit(&self, sealed: Committed) {

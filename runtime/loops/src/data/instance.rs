@@ -109,6 +109,11 @@ pub fn instance_dir(kernel_dir: &Path, instance_id: &str) -> PathBuf {
     kernel_dir.join("data").join("instances").join(instance_id)
 }
 
+/// `sha256:{hex}` of a file's bytes, the form every proof records.
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
+    Ok(sha256(&fs::read(path)?))
+}
+
 pub(crate) fn sha256(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();

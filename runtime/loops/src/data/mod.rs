@@ -8,7 +8,8 @@ mod tree;
 
 pub use amend::{AmendError, Amended, InstanceMutability, amend, amendments, verify_amendments};
 pub use instance::{
-    Finding, SealError, SealRequest, Sealed, Transition, instance_dir, seal, verify_instance,
+    Finding, SealError, SealRequest, Sealed, Transition, file_sha256, instance_dir, seal,
+    verify_instance,
 };
-pub use repo::{DataRepo, RepoError, verify_history};
+pub use repo::{DataRepo, InstanceFiles, RepoError, verify_history};
 pub use tree::{TreeReport, kernel_dir_of, remove_leftovers, verify_tree};

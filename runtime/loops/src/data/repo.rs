@@ -1,7 +1,6 @@
 //! The DATA loop's git repository: a kernel's `data/` directory, where every seal becomes a
 //! commit (several seals may share one under load) and history is only ever appended to.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use git2::{Delta, Repository, Signature};
@@ -12,6 +11,9 @@ use super::instance::Finding;
 /// Files of `data/` that are not part of the DATA loop's history: the host's identity, the
 /// event queue (transient by nature) and staging files of interrupted seals.
 const IGNORED: &str = ".host-id\nledger/pending_events.jsonl\nledger/*.tmp\n*.tmp-*\n";
+
+/// Files of instances, per instance id (`instances/{id}/{file}`).
+pub type InstanceFiles = Vec<(String, Vec<String>)>;
 
 /// A git operation on the DATA repository failed.
 #[derive(Debug, Error)]
@@ -87,26 +89,33 @@ impl DataRepo {
         }
     }
 
-    /// Instances sealed on disk (`data.json` present) that `HEAD` does not contain yet.
-    pub fn uncommitted_instances(&self) -> Result<Vec<String>, RepoError> {
+    /// Sealed instances (their proof present) with files `HEAD` does not contain yet, each with
+    /// those files: a seal not committed (its `proof.json` among them) or amendments written
+    /// since.
+    pub fn uncommitted_instances(&self) -> Result<InstanceFiles, RepoError> {
         let head = self.repo.head().ok().and_then(|h| h.peel_to_tree().ok());
-        let mut ids: Vec<String> = std::fs::read_dir(self.dir.join("instances"))
+        let mut found: Vec<(String, Vec<String>)> = std::fs::read_dir(self.dir.join("instances"))
             .into_iter()
             .flatten()
             .flatten()
             .filter(|e| e.path().join("proof.json").is_file())
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|id| {
-                head.as_ref().is_none_or(|t| {
-                    instance_files(&self.dir, id).iter().any(|f| {
-                        t.get_path(&Path::new("instances").join(id).join(f))
-                            .is_err()
+            .map(|id| {
+                let missing: Vec<String> = instance_files(&self.dir, &id)
+                    .into_iter()
+                    .filter(|f| {
+                        head.as_ref().is_none_or(|t| {
+                            t.get_path(&Path::new("instances").join(&id).join(f))
+                                .is_err()
+                        })
                     })
-                })
+                    .collect();
+                (id, missing)
             })
+            .filter(|(_, missing)| !missing.is_empty())
             .collect();
-        ids.sort();
-        Ok(ids)
+        found.sort();
+        Ok(found)
     }
 
     /// Commits the files of `instances` and the audit ledger as they are now, in one commit by
@@ -175,8 +184,8 @@ impl DataRepo {
         Ok(Some(id.to_string()))
     }
 
-    /// The `HEAD` commit and the instances it added.
-    pub fn head_instances(&self) -> Result<Option<(String, Vec<String>)>, RepoError> {
+    /// The `HEAD` commit and, per instance, the files it added.
+    pub fn head_instances(&self) -> Result<Option<(String, InstanceFiles)>, RepoError> {
         let Some(head) = self.repo.head().ok().and_then(|h| h.peel_to_commit().ok()) else {
             return Ok(None);
         };
@@ -189,12 +198,19 @@ impl DataRepo {
             .repo
             .diff_tree_to_tree(parent_tree.as_ref(), Some(&tree), None)
             .map_err(|e| self.err(e))?;
-        let ids: BTreeSet<String> = diff
-            .deltas()
-            .filter(|d| d.status() == Delta::Added)
-            .filter_map(|d| d.new_file().path().and_then(instance_of))
-            .collect();
-        Ok(Some((head.id().to_string(), ids.into_iter().collect())))
+        let mut added: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for delta in diff.deltas().filter(|d| d.status() == Delta::Added) {
+            let Some(path) = delta.new_file().path() else {
+                continue;
+            };
+            if let (Some(id), Some(file)) = (instance_of(path), path.file_name()) {
+                added
+                    .entry(id)
+                    .or_default()
+                    .push(file.to_string_lossy().into_owned());
+            }
+        }
+        Ok(Some((head.id().to_string(), added.into_iter().collect())))
     }
 }
 
