@@ -8,6 +8,9 @@
 //! through an async client whose errors arrive on a side channel.
 
 pub mod fuzz;
+mod process;
+
+pub use process::{Proc, eventually};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

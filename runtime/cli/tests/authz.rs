@@ -3,11 +3,11 @@
 //! with JWT-SVIDs. Verdicts come from the server itself (raw protocol client), not from our code.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ck_natsd::NatsServer;
-use ck_tests::{RawClient, Verdict};
+use ck_tests::{Proc, RawClient, Verdict, eventually};
 
 const CK: &str = env!("CARGO_BIN_EXE_ck");
 const DOMAIN: &str = "example.org";
@@ -19,54 +19,11 @@ fn spiffe(class: &str, guid: &str) -> String {
     format!("spiffe://{DOMAIN}/ck/{class}/{guid}")
 }
 
-/// Polls `done` every 20 ms until it holds; fails with `why()` after `within`.
-fn eventually(within: Duration, mut done: impl FnMut() -> bool, why: impl Fn() -> String) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "{}", why());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// `ck args…` with its stderr in `log`, killed on drop.
+fn ck_proc(args: &[&str], log: PathBuf) -> Proc {
+    Proc::spawn(CK, args, &log)
 }
 
-/// A child process killed on drop, with its stderr in a file.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(args: &[&str], log: PathBuf) -> Proc {
-        let child = Command::new(CK)
-            .args(args)
-            .env("CK_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Proc { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_for(&self, needle: &str) {
-        eventually(
-            Duration::from_secs(30),
-            || self.log().contains(needle),
-            || format!("timed out waiting for {needle}:\n{}", self.log()),
-        );
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// nats-server with auth callout, the dev identity provider and one or more `ck authz`.
 struct Stack {
     dir: tempfile::TempDir,
     server: NatsServer,
@@ -85,7 +42,7 @@ impl Stack {
         let root = dir.path();
         std::fs::create_dir_all(root.join("registry")).unwrap();
         let socket = root.join("spiffe.sock");
-        let identity = Proc::spawn(
+        let identity = ck_proc(
             &[
                 "identity",
                 "serve",
@@ -162,7 +119,7 @@ impl Stack {
             &socket,
         ];
         args.extend(self.authz_flags.iter().map(String::as_str));
-        let proc = Proc::spawn(&args, self.root().join(format!("authz-{n}.log")));
+        let proc = ck_proc(&args, self.root().join(format!("authz-{n}.log")));
         proc.wait_for("authz.serving");
         self.authz.push(proc);
     }
@@ -200,7 +157,7 @@ impl Stack {
         }
         let build = Command::new(CK).arg("build").arg(&dir).output().unwrap();
         assert!(build.status.success(), "{build:?}");
-        let host = Proc::spawn(
+        let host = ck_proc(
             &[
                 "run",
                 dir.to_str().unwrap(),
@@ -377,7 +334,7 @@ fn bad_proofs_are_refused_by_the_server_with_a_logged_reason() {
 
     // Signed by a key outside the trust bundle.
     let rogue_dir = stack.root().join("rogue");
-    let rogue = Proc::spawn(
+    let rogue = ck_proc(
         &[
             "identity",
             "serve",
@@ -490,8 +447,7 @@ fn a_second_callout_takes_over_when_the_first_dies() {
     }
     // SIGKILL the first: no goodbye to the server.
     let mut first = stack.authz.remove(0);
-    first.child.kill().unwrap();
-    first.child.wait().unwrap();
+    first.kill();
     let started = Instant::now();
     for i in 0..20 {
         stack

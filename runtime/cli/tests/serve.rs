@@ -1,12 +1,12 @@
 //! `ck run` end to end: real kernels built from C by `ck build`, served over a real nats-server.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
-use ck_tests::{NatsServer, nats};
+use ck_tests::{NatsServer, Proc, nats};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -58,49 +58,31 @@ fn ck_build(kernels: &[PathBuf]) {
 
 /// A running `ck run`, killed on drop.
 struct Host {
-    child: Child,
-    log: PathBuf,
+    proc: Proc,
     _dir: tempfile::TempDir,
 }
 
 impl Host {
     fn start(server: &NatsServer, kernels: &Path, cache: &Path) -> Host {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("ck.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_ck"))
-            .arg("run")
-            .args(["echo", "voting", "hostile"].map(|k| kernels.join(k)))
-            .args([
-                "--nats",
-                &server.url(),
-                "--cache-dir",
-                cache.to_str().unwrap(),
-                "--insecure-no-identity",
-            ])
-            .env("CK_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let host = Host {
-            child,
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while host.log().matches("\"nats.subscribed\"").count() < 3 {
-            assert!(
-                Instant::now() < deadline,
-                "ck run did not become ready:\n{}",
-                host.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let mut args: Vec<std::ffi::OsString> = vec!["run".into()];
+        args.extend(["echo", "voting", "hostile"].map(|k| kernels.join(k).into()));
+        for a in [
+            "--nats",
+            &server.url(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--insecure-no-identity",
+        ] {
+            args.push(a.into());
         }
-        host
+        let proc = Proc::spawn(env!("CARGO_BIN_EXE_ck"), &args, &dir.path().join("ck.log"));
+        proc.wait_for_n("\"nats.subscribed\"", 3);
+        Host { proc, _dir: dir }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.proc.log()
     }
 
     /// All three kernels' components came from the artifact cache (or were all compiled).
@@ -112,13 +94,6 @@ impl Host {
             3,
             "expected 3 × {pattern}:\n{log}"
         );
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -421,7 +396,7 @@ async fn a_guest_publish_without_a_grant_is_denied_before_nats() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_in_flight_messages_and_exits_zero() {
-    let mut s = setup().await;
+    let s = setup().await;
     let c = s.client.clone();
     let mut pending = Vec::new();
     for i in 0..200 {
@@ -438,7 +413,7 @@ async fn sigterm_drains_in_flight_messages_and_exits_zero() {
     }
     // Let the requests reach the host, then ask it to stop.
     tokio::time::sleep(Duration::from_millis(30)).await;
-    let pid = s.host.child.id().to_string();
+    let pid = s.host.proc.id().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -450,7 +425,8 @@ async fn sigterm_drains_in_flight_messages_and_exits_zero() {
         let answer = p.await.unwrap();
         assert_eq!(answer["data"]["total"], 50, "{answer}");
     }
-    let status = tokio::task::spawn_blocking(move || s.host.child.wait().unwrap())
+    let mut host = s.host;
+    let status = tokio::task::spawn_blocking(move || host.proc.child().wait().unwrap())
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0));

@@ -4,12 +4,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use async_nats::Client;
 use bytes::Bytes;
-use ck_tests::{NatsServer, nats};
+use ck_tests::{NatsServer, Proc, nats};
 use serde_json::{Value, json};
 
 const GUID: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
@@ -54,54 +54,36 @@ fn jetstream_server(store: &Path) -> NatsServer {
 
 /// A running `ck run` of one kernel directory; SIGKILLed on drop.
 struct Host {
-    child: Child,
-    log: PathBuf,
+    proc: Proc,
 }
 
 impl Host {
     fn start(server: &NatsServer, kernel: &Path, logs: &Path, name: &str) -> Host {
-        let log = logs.join(format!("{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_ck"))
-            .arg("run")
-            .arg(kernel)
-            .args([
-                "--nats",
-                &server.url(),
-                "--cache-dir",
-                logs.join("cache").to_str().unwrap(),
-                "--insecure-no-identity",
-            ])
-            .env("CK_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let host = Host { child, log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !host.log().contains("\"nats.subscribed\"") {
-            assert!(
-                Instant::now() < deadline,
-                "ck run did not become ready:\n{}",
-                host.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        host
+        let (cache, url) = (logs.join("cache"), server.url());
+        let args: [&std::ffi::OsStr; 7] = [
+            "run".as_ref(),
+            kernel.as_os_str(),
+            "--nats".as_ref(),
+            url.as_ref(),
+            "--cache-dir".as_ref(),
+            cache.as_os_str(),
+            "--insecure-no-identity".as_ref(),
+        ];
+        let proc = Proc::spawn(
+            env!("CARGO_BIN_EXE_ck"),
+            &args,
+            &logs.join(format!("{name}.log")),
+        );
+        proc.wait_for("\"nats.subscribed\"");
+        Host { proc }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.proc.log()
     }
 
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        self.kill();
+        self.proc.kill();
     }
 }
 

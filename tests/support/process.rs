@@ -1,0 +1,80 @@
+//! A `ck` child process for end-to-end tests: stderr (its JSON log) in a file, waited on by
+//! what it logs, killed on drop.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Polls `done` every 20 ms until it holds; fails with `why()` after `within`.
+pub fn eventually(within: Duration, mut done: impl FnMut() -> bool, why: impl Fn() -> String) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", why());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `ck` (or any) process.
+pub struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `binary args…` with `CK_LOG=info`, stderr into `log`.
+    pub fn spawn<S: AsRef<OsStr>>(binary: &str, args: &[S], log: &Path) -> Proc {
+        let child = Command::new(binary)
+            .args(args)
+            .env("CK_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{binary}: {e}"));
+        Proc {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (30 s at most) until `needle` appears `count` times in the log.
+    pub fn wait_for_n(&self, needle: &str, count: usize) {
+        eventually(
+            Duration::from_secs(30),
+            || self.log().matches(needle).count() >= count,
+            || format!("timed out waiting for {count} × {needle}:\n{}", self.log()),
+        );
+    }
+
+    /// Waits (30 s at most) until `needle` appears in the log.
+    pub fn wait_for(&self, needle: &str) {
+        self.wait_for_n(needle, 1);
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The child, for signals and exit codes.
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
