@@ -2,11 +2,14 @@
 //!
 //! Owns the order that makes write-once hold: a lifecycle message moves the task in JetStream
 //! (revision-checked, [`TaskStore`]); only once the broker acknowledged a completion is the
-//! instance sealed into the DATA loop (`data.json` create-new, proof, ledger — `ck-loops`),
-//! recorded in the audit ledger, and announced on `ck.{guid}.data.*` with deterministic
-//! `Nats-Msg-Id`s (so JetStream drops the duplicates of a replay). A host that dies between
-//! acknowledgement and seal seals on restart ([`Lifecycle::recover`]) from the acknowledged
-//! record, byte for byte as it would have. Does not run guests and knows nothing of the CLI.
+//! instance sealed into the DATA loop (`data.json` create-new, proof, ledger — `ck-loops`) and
+//! the caller answered. The committer then records the seal in the audit ledger, commits it to
+//! the DATA repository (groups of seals share one audit fsync and one commit) and announces it on
+//! `ck.{guid}.data.*` with deterministic `Nats-Msg-Id`s (so JetStream drops the duplicates of a
+//! replay). A host that dies anywhere in between finishes on restart ([`Lifecycle::recover`])
+//! from the acknowledged record and the repository, byte for byte as it would have. Amendments
+//! (`instance.amend`) follow `ontology.yaml`'s `instance_mutability`. Does not run guests and
+//! knows nothing of the CLI.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
