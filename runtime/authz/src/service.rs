@@ -48,8 +48,11 @@ pub async fn serve(
             }
         });
     }
-    let _ = requests.unsubscribe().await;
-    let _ = client.flush().await;
+    // The server may be gone already (it is often stopped first): a flush would wait for a
+    // reconnect that never comes.
+    let bounded = std::time::Duration::from_secs(2);
+    let _ = tokio::time::timeout(bounded, requests.unsubscribe()).await;
+    let _ = tokio::time::timeout(bounded, client.flush()).await;
     tracing::info!(target: "ck::authz", "authz.stopped");
     Ok(())
 }

@@ -19,6 +19,9 @@ use crate::envelope::{
     parse_request, result_body,
 };
 
+/// How long stopping waits for the server to take the last messages (it may be gone).
+const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Produces the answer to one request.
 pub trait Handler: Send + Sync + 'static {
     /// Handles `request`; `Ok` carries the result data as JSON.
@@ -144,7 +147,11 @@ pub(crate) async fn serve_signalling<H: Handler>(
             _ = shutdown.cancelled(), if !draining => {
                 // Stop new deliveries but keep the messages already on their way.
                 draining = true;
-                let _ = subscriber.drain().await;
+                // Bounded: with the server gone, a drain would wait for a reconnect forever,
+                // and no more deliveries can come anyway.
+                if tokio::time::timeout(FINAL_FLUSH, subscriber.drain()).await.is_err() {
+                    break;
+                }
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             message = subscriber.next() => {
@@ -160,7 +167,7 @@ pub(crate) async fn serve_signalling<H: Handler>(
         }
     }
     while tasks.join_next().await.is_some() {}
-    let _ = client.flush().await;
+    let _ = tokio::time::timeout(FINAL_FLUSH, client.flush()).await;
     tracing::info!(kernel = %endpoint.responder.kernel, answered = report.answered, "nats.drained");
     Ok(report)
 }
