@@ -46,6 +46,9 @@ pub struct Endpoint {
     pub queue_group: Option<String>,
     /// Who answers.
     pub responder: Responder,
+    /// A subject for a round trip that proves the server registered the subscription (a
+    /// flush only empties the socket): one the connection may publish on and nobody answers.
+    pub probe: Option<String>,
 }
 
 impl Endpoint {
@@ -69,6 +72,7 @@ impl Endpoint {
                 kernel: kernel.name.clone(),
                 kernel_urn: kernel.urn.clone(),
             },
+            probe: Some(ck_manifest::topics::host_probe(&kernel.guid)),
         }
     }
 }
@@ -130,8 +134,18 @@ pub(crate) async fn serve_signalling<H: Handler>(
         }
         None => client.subscribe(endpoint.input.clone()).await?,
     };
-    // The subscription is registered with the server once this returns.
     let _ = client.flush().await;
+    // A flush only empties the socket. The server handles one connection's commands in order,
+    // so the answer to a request sent after the SUB (here "no responders") proves the
+    // subscription is registered: a credential rotation may then drain the old one without a
+    // gap. Bounded, and its outcome does not matter.
+    if let Some(probe) = &endpoint.probe {
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            client.request(probe.clone(), Bytes::new()),
+        )
+        .await;
+    }
     if let Some(tx) = subscribed {
         let _ = tx.send(());
     }

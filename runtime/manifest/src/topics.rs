@@ -150,6 +150,12 @@ pub fn host_reserved(guid: &str) -> Vec<String> {
     ]
 }
 
+/// A subject nobody subscribes to, under the kernel's own namespace: a request there comes back
+/// "no responders" after the server has processed everything the connection sent before it.
+pub fn host_probe(guid: &str) -> String {
+    format!("{KERNEL_PREFIX}.{guid}.host.probe")
+}
+
 /// Auth-tier administrative topic `admin.{Kernel}` (v3.7 auth.md).
 pub fn admin_topic(kernel_name: &str) -> String {
     format!("admin.{kernel_name}")
