@@ -10,7 +10,7 @@
 pub mod fuzz;
 mod process;
 
-pub use process::{Proc, eventually};
+pub use process::{Proc, ck_build, copy_kernel, eventually, reference_kernels, seconds_from_env};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

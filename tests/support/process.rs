@@ -78,3 +78,54 @@ impl Drop for Proc {
         self.kill();
     }
 }
+
+/// The repository's reference kernels (`kernels/`).
+pub fn reference_kernels() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../kernels")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Copies reference kernel `name`'s manifest and C sources into `to` (so its DATA loop is
+/// written there, not in the repository).
+pub fn copy_kernel(name: &str, to: &Path) {
+    let from = reference_kernels().join(name);
+    std::fs::create_dir_all(to.join("tool")).unwrap();
+    std::fs::copy(
+        from.join("conceptkernel.yaml"),
+        to.join("conceptkernel.yaml"),
+    )
+    .unwrap();
+    for entry in std::fs::read_dir(from.join("tool")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "c") {
+            std::fs::copy(&path, to.join("tool").join(path.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+/// Runs `ck build` (the binary `ck`) on `kernels` and insists on success.
+pub fn ck_build<P: AsRef<OsStr>>(ck: &str, kernels: &[P]) {
+    let out = Command::new(ck)
+        .arg("build")
+        .args(kernels)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ck build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Seconds from the environment variable `name` (tests shorten long runs locally), else
+/// `default`.
+pub fn seconds_from_env(name: &str, default: u64) -> Duration {
+    Duration::from_secs(
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default),
+    )
+}

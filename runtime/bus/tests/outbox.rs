@@ -24,12 +24,7 @@ fn event(n: usize) -> LoopEventMessage {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn events_wait_on_disk_through_an_outage_and_replay_in_order() {
-    let outage = Duration::from_secs(
-        std::env::var("CK_OUTAGE_TEST_SECONDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(30),
-    );
+    let outage = ck_tests::seconds_from_env("CK_OUTAGE_TEST_SECONDS", 30);
     let tmp = tempfile::tempdir().unwrap();
     let mut server = ck_natsd::NatsServer::start(&format!(
         "jetstream {{ store_dir: \"{}\", sync_interval: always }}",

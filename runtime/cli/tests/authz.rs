@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ck_natsd::NatsServer;
-use ck_tests::{Proc, RawClient, Verdict, eventually};
+use ck_tests::{Proc, RawClient, Verdict, ck_build, copy_kernel, eventually, seconds_from_env};
 
 const CK: &str = env!("CARGO_BIN_EXE_ck");
 const DOMAIN: &str = "example.org";
@@ -143,20 +143,15 @@ impl Stack {
     /// Serves the echo kernel from the registry with `ck run` as its SPIFFE ID (a copy: its
     /// DATA loop is written beside it).
     fn serve_echo(&self) -> Proc {
-        self.serve("echo", "Demo.Echo", "tool/echo.c")
+        self.serve("echo", "Demo.Echo")
     }
 
-    /// Serves the reference kernel `kernels/{name}` (class `class`, C source `source`) from the
-    /// registry with `ck run` as its SPIFFE ID.
-    fn serve(&self, name: &str, class: &str, source: &str) -> Proc {
-        let kernels = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernels");
+    /// Serves the reference kernel `kernels/{name}` (class `class`) from the registry with
+    /// `ck run` as its SPIFFE ID.
+    fn serve(&self, name: &str, class: &str) -> Proc {
         let dir = self.kernel_dir(class);
-        std::fs::create_dir_all(dir.join("tool")).unwrap();
-        for file in ["conceptkernel.yaml", source] {
-            std::fs::copy(kernels.join(name).join(file), dir.join(file)).unwrap();
-        }
-        let build = Command::new(CK).arg("build").arg(&dir).output().unwrap();
-        assert!(build.status.success(), "{build:?}");
+        copy_kernel(name, &dir);
+        ck_build(CK, &[&dir]);
         let host = ck_proc(
             &[
                 "run",
@@ -172,6 +167,14 @@ impl Stack {
         );
         host.wait_for("\"ready\"");
         host
+    }
+
+    /// A client connected as the static observer user (no callout), for sending requests.
+    async fn observer(&self) -> async_nats::Client {
+        async_nats::ConnectOptions::with_user_and_password(OBSERVER.0.into(), OBSERVER.1.into())
+            .connect(self.server.url())
+            .await
+            .unwrap()
     }
 
     fn kernel_dir(&self, class: &str) -> PathBuf {
@@ -465,22 +468,13 @@ fn a_second_callout_takes_over_when_the_first_dies() {
 /// renewals, without losing a request.
 #[test]
 fn svid_rotation_under_load_loses_nothing() {
-    let seconds: u64 = std::env::var("CK_ROTATION_TEST_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(120);
+    let seconds = seconds_from_env("CK_ROTATION_TEST_SECONDS", 120).as_secs();
     let stack = Stack::start(1, 30);
     let host = stack.serve_echo();
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (sent, failed) = runtime.block_on(async {
-        let client = async_nats::ConnectOptions::with_user_and_password(
-            OBSERVER.0.into(),
-            OBSERVER.1.into(),
-        )
-        .connect(stack.server.url())
-        .await
-        .unwrap();
+        let client = stack.observer().await;
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let (mut sent, mut failed) = (0u64, Vec::new());
         while Instant::now() < deadline {
@@ -535,13 +529,7 @@ fn callers_of_auth_actions_prove_who_they_are() {
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let answers = runtime.block_on(async {
-        let client = async_nats::ConnectOptions::with_user_and_password(
-            OBSERVER.0.into(),
-            OBSERVER.1.into(),
-        )
-        .connect(stack.server.url())
-        .await
-        .unwrap();
+        let client = stack.observer().await;
         let mut answers = Vec::new();
         for bearer in [None, Some(&for_echo), Some(&for_nats), Some(&foreign)] {
             let mut headers = async_nats::HeaderMap::new();
@@ -644,17 +632,11 @@ fn a_task_kernels_connection_reaches_only_its_own_jetstream() {
     const TASKS_GUID: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
     let stack = Stack::start(1, 300);
     stack.register("Test.A", A_GUID, "");
-    let host = stack.serve("tasks", "Demo.Tasks", "tool/tasks.c");
+    let host = stack.serve("tasks", "Demo.Tasks");
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let answers = runtime.block_on(async {
-        let client = async_nats::ConnectOptions::with_user_and_password(
-            OBSERVER.0.into(),
-            OBSERVER.1.into(),
-        )
-        .connect(stack.server.url())
-        .await
-        .unwrap();
+        let client = stack.observer().await;
         let mut answers = Vec::new();
         for body in [
             r#"{"action":"task.start","data":{"task_id":"t-1"}}"#,

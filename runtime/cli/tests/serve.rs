@@ -1,59 +1,28 @@
 //! `ck run` end to end: real kernels built from C by `ck build`, served over a real nats-server.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
-use ck_tests::{NatsServer, Proc, nats};
+use ck_tests::{NatsServer, Proc, ck_build, copy_kernel, nats, reference_kernels};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
 const VOTING_GUID: &str = "5c4d3e2f-1a0b-4c9d-8e7f-6a5b4c3d2e10";
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
 /// Copies the reference kernels' manifests and sources and builds them with `ck build`.
 fn built_kernels() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for name in ["echo", "voting", "hostile"] {
-        let from = repo().join("kernels").join(name);
-        let to = dir.path().join(name);
-        std::fs::create_dir_all(to.join("tool")).unwrap();
-        std::fs::copy(
-            from.join("conceptkernel.yaml"),
-            to.join("conceptkernel.yaml"),
-        )
-        .unwrap();
-        for entry in std::fs::read_dir(from.join("tool")).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "c") {
-                std::fs::copy(&path, to.join("tool").join(path.file_name().unwrap())).unwrap();
-            }
-        }
+        copy_kernel(name, &dir.path().join(name));
     }
-    ck_build(&["echo", "voting", "hostile"].map(|k| dir.path().join(k)));
-    dir
-}
-
-/// Runs `ck build` on `kernels` and insists on success.
-fn ck_build(kernels: &[PathBuf]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ck"))
-        .arg("build")
-        .args(kernels)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ck build: {}",
-        String::from_utf8_lossy(&out.stderr)
+    ck_build(
+        env!("CARGO_BIN_EXE_ck"),
+        &["echo", "voting", "hostile"].map(|k| dir.path().join(k)),
     );
+    dir
 }
 
 /// A running `ck run`, killed on drop.
@@ -480,7 +449,7 @@ async fn a_python_kernel_is_served_like_the_c_ones() {
     let kernel = dir.path().join("cymatics");
     std::fs::create_dir_all(kernel.join("tool")).unwrap();
     std::fs::create_dir_all(dir.path().join("wit")).unwrap();
-    let src = repo().join("kernels");
+    let src = reference_kernels();
     std::fs::copy(
         src.join("wit/kernel.wit"),
         dir.path().join("wit/kernel.wit"),
@@ -492,7 +461,7 @@ async fn a_python_kernel_is_served_like_the_c_ones() {
     )
     .unwrap();
     std::fs::copy(src.join("cymatics/tool/app.py"), kernel.join("tool/app.py")).unwrap();
-    ck_build(std::slice::from_ref(&kernel));
+    ck_build(env!("CARGO_BIN_EXE_ck"), std::slice::from_ref(&kernel));
 
     let server = nats("");
     let cache = tempfile::tempdir().unwrap();

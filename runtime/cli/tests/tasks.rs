@@ -9,39 +9,16 @@ use std::time::{Duration, Instant};
 
 use async_nats::Client;
 use bytes::Bytes;
-use ck_tests::{NatsServer, Proc, nats};
+use ck_tests::{NatsServer, Proc, ck_build, copy_kernel, nats, seconds_from_env};
 use serde_json::{Value, json};
 
 const GUID: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
 const INPUT: &str = "input.Demo.Tasks";
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
 /// A copy of `kernels/tasks` (manifest and C source) at `dir`, built with `ck build`.
 fn built_kernel(dir: &Path) -> PathBuf {
-    let from = repo().join("kernels/tasks");
-    std::fs::create_dir_all(dir.join("tool")).unwrap();
-    std::fs::copy(
-        from.join("conceptkernel.yaml"),
-        dir.join("conceptkernel.yaml"),
-    )
-    .unwrap();
-    std::fs::copy(from.join("tool/tasks.c"), dir.join("tool/tasks.c")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ck"))
-        .arg("build")
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ck build: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    copy_kernel("tasks", dir);
+    ck_build(env!("CARGO_BIN_EXE_ck"), &[dir]);
     dir.to_owned()
 }
 
@@ -690,12 +667,7 @@ async fn amendments_follow_instance_mutability() {
 /// goes unannounced.
 #[tokio::test(flavor = "multi_thread")]
 async fn events_cut_off_by_an_outage_are_replayed_in_order() {
-    let outage = Duration::from_secs(
-        std::env::var("CK_OUTAGE_TEST_SECONDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(30),
-    );
+    let outage = seconds_from_env("CK_OUTAGE_TEST_SECONDS", 30);
     let tmp = tempfile::tempdir().unwrap();
     let mut server = jetstream_server(&tmp.path().join("js"));
     let kernel = built_kernel(&tmp.path().join("tasks"));
