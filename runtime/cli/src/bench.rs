@@ -214,13 +214,7 @@ pub(crate) async fn serve_kernel(
         publisher.clone(),
         Vec::new(),
     )?;
-    if kernel.declares_task_lifecycle() {
-        let lifecycle = ck_task::Lifecycle::new(&kernel, publisher)?;
-        lifecycle
-            .recover()
-            .await
-            .map_err(|f| anyhow::anyhow!("{}", f.message))?;
-        let lifecycle = Arc::new(lifecycle);
+    if let Some(lifecycle) = crate::run::lifecycle_for(&kernel, &publisher, url).await? {
         lifecycle.spawn_committer();
         service = service.with_lifecycle(lifecycle);
     }

@@ -410,7 +410,7 @@ pub async fn serve_all(
 
 /// The task lifecycle of a kernel that declares `task.*` actions, after sealing whatever this
 /// host acknowledged but had not sealed when it last stopped. None for other kernels.
-async fn lifecycle_for(
+pub(crate) async fn lifecycle_for(
     kernel: &ck_manifest::Kernel,
     publisher: &Publisher,
     server: &str,

@@ -186,8 +186,8 @@ impl KernelService {
         }
         // Lifecycle actions the kernel declares are the host's: the guest returns data, the
         // host alone moves task state and writes the DATA loop.
-        let amend = request.action == ck_manifest::AMEND_ACTION;
-        if amend || ck_task::TaskAction::parse(&request.action).is_some() {
+        let task_action = ck_task::TaskAction::parse(&request.action);
+        if task_action.is_some() || request.action == ck_manifest::AMEND_ACTION {
             let Some(lifecycle) = &self.lifecycle else {
                 return Err(Failure::new(
                     503,
@@ -198,7 +198,7 @@ impl KernelService {
                     ),
                 ));
             };
-            let answer = match ck_task::TaskAction::parse(&request.action) {
+            let answer = match task_action {
                 Some(task_action) => lifecycle.handle(task_action, &request).await?,
                 None => lifecycle.amend(&request).await?,
             };

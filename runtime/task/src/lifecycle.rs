@@ -166,8 +166,22 @@ fn host_id(dir: &Path) -> std::io::Result<String> {
     }
 }
 
+/// The reason of the audit line for a seal or an amendment; [`audit_key`] reads it back.
+fn audit_reason(c: &Committed) -> String {
+    match &c.amendment {
+        None => format!(
+            "sealed instance {} of task {} ({})",
+            c.instance_id, c.task_id, c.data_hash
+        ),
+        Some(file) => format!(
+            "amended instance {} with {file} ({})",
+            c.instance_id, c.data_hash
+        ),
+    }
+}
+
 /// The key of an audit line written for a seal (`seal:{id}`) or an amendment
-/// (`amend:{id}:{file}`), from its reason.
+/// (`amend:{id}:{file}`), from its reason ([`audit_reason`]).
 fn audit_key(reason: &str) -> Option<String> {
     if let Some(rest) = reason.strip_prefix("sealed instance ") {
         return rest.split_once(' ').map(|(id, _)| format!("seal:{id}"));
@@ -544,24 +558,11 @@ impl Lifecycle {
             .iter()
             .filter(|c| c.needs_audit)
             .map(|c| {
-                let (action, reason, file) = match &c.amendment {
-                    None => (
-                        "task.complete",
-                        format!(
-                            "sealed instance {} of task {} ({})",
-                            c.instance_id, c.task_id, c.data_hash
-                        ),
-                        "data.json".to_owned(),
-                    ),
-                    Some(file) => (
-                        ck_manifest::AMEND_ACTION,
-                        format!(
-                            "amended instance {} with {file} ({})",
-                            c.instance_id, c.data_hash
-                        ),
-                        file.clone(),
-                    ),
+                let (action, file) = match &c.amendment {
+                    None => ("task.complete", "data.json".to_owned()),
+                    Some(file) => (ck_manifest::AMEND_ACTION, file.clone()),
                 };
+                let reason = audit_reason(c);
                 let mut line = ck_audit::AuditRecord::now(
                     &c.user,
                     action,
@@ -718,5 +719,37 @@ impl Lifecycle {
         if let Err(e) = self.outbox.send(events).await {
             tracing::error!(instances = batch.len(), path = %ck_bus::outbox::pending_path(&self.dir).display(), error = %e, "event.lost: cannot queue on disk");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_reasons_read_back_as_their_keys() {
+        let seal = Committed {
+            instance_id: "i-t-1-17".into(),
+            task_id: "t-1".into(),
+            user: "u".into(),
+            trace_id: "tx".into(),
+            data_hash: "sha256:ab".into(),
+            manifest_hash: "sha256:cd".into(),
+            needs_audit: true,
+            amendment: None,
+        };
+        assert_eq!(
+            audit_key(&audit_reason(&seal)).as_deref(),
+            Some("seal:i-t-1-17")
+        );
+        let amend = Committed {
+            amendment: Some("data_amendment_5.json".into()),
+            ..seal
+        };
+        assert_eq!(
+            audit_key(&audit_reason(&amend)).as_deref(),
+            Some("amend:i-t-1-17:data_amendment_5.json")
+        );
+        assert_eq!(audit_key("refused connect"), None);
     }
 }

@@ -190,6 +190,16 @@ pub(crate) fn stage_and_link(dir: &Path, files: &[(&str, &[u8])]) -> Result<bool
     Ok(wrote_first)
 }
 
+/// What a staging file's name carries before the writing process's id: `data.tmp-{pid}` for
+/// `data.json`. Such a file was never linked into place.
+const STAGING: &str = "tmp-";
+
+/// The writing process's id if `name` is a staging file's name (`*.tmp-{pid}`).
+pub(crate) fn staging_pid(name: &str) -> Option<&str> {
+    name.rsplit_once(&format!(".{STAGING}")[..])
+        .map(|(_, pid)| pid)
+}
+
 /// Prepares `bytes` for `path`: a temporary file beside it, written, fsynced and read-only.
 /// `None` if `path` already holds exactly these bytes; an existing file with other bytes is
 /// `AlreadyExists`.
@@ -204,7 +214,7 @@ fn stage(path: &Path, bytes: &[u8]) -> Result<Option<PathBuf>, SealError> {
             })
         };
     }
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let tmp = path.with_extension(format!("{STAGING}{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
     let write = || -> std::io::Result<()> {
         let mut file = fs::OpenOptions::new()

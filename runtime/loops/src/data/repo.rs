@@ -54,7 +54,7 @@ fn instance_files(data_dir: &Path, id: &str) -> Vec<String> {
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".json") && !n.contains(".tmp-"))
+        .filter(|n| n.ends_with(".json") && super::instance::staging_pid(n).is_none())
         .collect();
     files.sort();
     files

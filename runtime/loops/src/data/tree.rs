@@ -65,7 +65,7 @@ pub fn verify_tree(kernel_dir: &Path) -> TreeReport {
             .flatten()
             .filter_map(Result::ok)
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains(".tmp-"))
+            .filter(|n| super::instance::staging_pid(n).is_some())
             .collect();
         for name in &leftovers {
             report.notes.push(format!(
@@ -127,7 +127,7 @@ pub fn remove_leftovers(kernel_dir: &Path) -> Vec<PathBuf> {
     for dir in fs::read_dir(&instances).into_iter().flatten().flatten() {
         for entry in fs::read_dir(dir.path()).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name.rsplit_once(".tmp-").map(|(_, pid)| pid.to_owned()) else {
+            let Some(pid) = super::instance::staging_pid(&name) else {
                 continue;
             };
             let alive = pid.parse::<u32>().is_ok_and(|p| {
