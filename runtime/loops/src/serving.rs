@@ -1,0 +1,111 @@
+//! The serving record: which CK and TOOL commits a kernel serves, and with what weight a canary
+//! takes a share of the messages. Kept in `.ck/serving.json` — outside the CK tree, which is
+//! read-only to the runtime (ckp-spec §2.4 [OURS]) — and replaced atomically, so a host reading
+//! it sees the old record or the new one, never a mix.
+
+use serde::{Deserialize, Serialize};
+
+/// One version: a CK commit and a TOOL commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    /// CK repository commit (identity: manifest, ontology, rules).
+    pub ck: String,
+    /// TOOL repository commit (sources and component digest).
+    pub tool: String,
+}
+
+impl Pin {
+    /// `ck@abcdef0/tool@1234567`, for messages.
+    pub fn short(&self) -> String {
+        format!("ck@{}/tool@{}", short(&self.ck), short(&self.tool))
+    }
+}
+
+/// A commit id shortened for people.
+pub fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(7)]
+}
+
+/// A canary: a version and the percentage of messages it answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Canary {
+    /// The canary version.
+    #[serde(flatten)]
+    pub pin: Pin,
+    /// Percentage of messages, 1–99.
+    pub weight: u8,
+}
+
+/// The serving record of one kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServingRecord {
+    /// Kernel name.
+    pub kernel: String,
+    /// Kernel GUID.
+    pub guid: String,
+    /// Increases with every change.
+    pub revision: u64,
+    /// When it last changed (RFC 3339).
+    pub updated_at: String,
+    /// What answers by default.
+    pub stable: Pin,
+    /// A version taking a share of the messages, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+    /// Earlier stable versions, newest last: where a rollback goes.
+    #[serde(default)]
+    pub previous: Vec<Pin>,
+}
+
+/// Which version answers message number `n` (counted from 0) under a canary of `weight`
+/// percent: exactly `weight` of every 100 consecutive messages, spread evenly rather than in a
+/// burst.
+pub fn goes_to_canary(n: u64, weight: u8) -> bool {
+    let w = u64::from(weight.min(100));
+    (n + 1) * w / 100 > n * w / 100
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canary_share_is_exact_and_spread() {
+        for weight in [0u8, 1, 5, 20, 50, 99, 100] {
+            let hits = (0..5000).filter(|n| goes_to_canary(*n, weight)).count();
+            assert_eq!(hits, 50 * weight as usize, "weight {weight}");
+        }
+        // 20 %: one in every five, never two in a row.
+        let first: Vec<bool> = (0..10).map(|n| goes_to_canary(n, 20)).collect();
+        assert_eq!(first.iter().filter(|b| **b).count(), 2);
+        assert!(first.windows(2).all(|w| !(w[0] && w[1])));
+    }
+
+    #[test]
+    fn record_round_trips() {
+        let record = ServingRecord {
+            kernel: "Demo.Echo".into(),
+            guid: "g".into(),
+            revision: 3,
+            updated_at: "t".into(),
+            stable: Pin {
+                ck: "a".repeat(40),
+                tool: "b".repeat(40),
+            },
+            canary: Some(Canary {
+                pin: Pin {
+                    ck: "c".repeat(40),
+                    tool: "d".repeat(40),
+                },
+                weight: 20,
+            }),
+            previous: vec![],
+        };
+        let text = serde_json::to_string(&record).unwrap();
+        assert!(text.contains("\"weight\":20"));
+        assert_eq!(
+            serde_json::from_str::<ServingRecord>(&text).unwrap(),
+            record
+        );
+    }
+}
