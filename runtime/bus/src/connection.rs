@@ -49,6 +49,9 @@ pub struct ConnectSpec {
     /// Told of every `Permissions Violation` the server reports on this connection (the server
     /// drops such a publish or subscribe silently as far as the call is concerned).
     pub on_violation: Option<Arc<dyn Fn(String) + Send + Sync>>,
+    /// Notified when the connection must be renewed before its credentials come due (the
+    /// kernel's permissions changed: only a new connection gets them from the auth callout).
+    pub renew_now: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl std::fmt::Debug for ConnectSpec {
@@ -164,6 +167,12 @@ pub async fn serve_rotating<H: Handler>(
             _ = async {
                 match wait {
                     Some(w) => tokio::time::sleep(w).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+            _ = async {
+                match &spec.renew_now {
+                    Some(n) => n.notified().await,
                     None => std::future::pending().await,
                 }
             } => {}

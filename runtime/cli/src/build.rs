@@ -15,6 +15,27 @@ pub struct Args {
     kernels: Vec<PathBuf>,
 }
 
+/// Records the build in the kernel's CK and TOOL loops (on `develop`) and says so.
+fn record(kernel: &ck_manifest::Kernel, component: &std::path::Path) -> Result<()> {
+    let loops = ck_loops::state::Loops::open(kernel)?;
+    let recorded = loops.record(Some(component), "ck build")?;
+    let short = |c: &ck_loops::git::Committed| ck_loops::serving::short(&c.commit).to_owned();
+    match (&recorded.ck, &recorded.tool) {
+        (None, None) => println!("  loops unchanged (develop already holds this build)"),
+        (ck, tool) => println!(
+            "  recorded on develop:{}{} (a running host serves it after `ck promote {} develop`)",
+            ck.as_ref()
+                .map(|c| format!(" ck@{}", short(c)))
+                .unwrap_or_default(),
+            tool.as_ref()
+                .map(|c| format!(" tool@{}", short(c)))
+                .unwrap_or_default(),
+            kernel.dir().display()
+        ),
+    }
+    Ok(())
+}
+
 pub fn run(args: &Args) -> Result<ExitCode> {
     let (loaded, problems) = load_all(&args.kernels);
     for p in &problems {
@@ -31,13 +52,19 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         };
         let dir = kernel.dir().to_path_buf();
         match ck_build::build_kernel(&kernel, &dir) {
-            Ok(report) => println!(
-                "built {} ({} bytes, {}) in {:.0?}",
-                report.component.display(),
-                report.bytes,
-                report.method,
-                report.duration
-            ),
+            Ok(report) => {
+                println!(
+                    "built {} ({} bytes, {}) in {:.0?}",
+                    report.component.display(),
+                    report.bytes,
+                    report.method,
+                    report.duration
+                );
+                if let Err(e) = record(&kernel, &report.component) {
+                    eprintln!("ck build: {}: {e:#}", kernel.name);
+                    failed = true;
+                }
+            }
             Err(e) => {
                 eprintln!("ck build: {}: {e}", kernel.name);
                 failed = true;

@@ -12,6 +12,7 @@ mod identity;
 mod run;
 mod validate;
 mod verify;
+mod versions;
 
 use std::process::ExitCode;
 
@@ -63,6 +64,15 @@ enum Command {
     /// fields, and the audit ledger's hash chain. Prints the first broken link with its file
     /// (and line); exits 0 only when everything verifies.
     Verify(verify::Args),
+    /// Make a version (a branch such as `develop`, or a commit of the CK or TOOL loop) the
+    /// stable one. A running host switches to it without a restart.
+    Promote(versions::PromoteArgs),
+    /// Send a share of the messages (--weight percent) to a version; 0 ends the canary.
+    Canary(versions::CanaryArgs),
+    /// End a running canary, or else make the previous stable version stable again.
+    Rollback(versions::KernelArg),
+    /// Show the serving record and the CK and TOOL loops' branches of a kernel.
+    Versions(versions::KernelArg),
 }
 
 fn init_logging(serving: bool) {
@@ -102,6 +112,10 @@ fn main() -> ExitCode {
         Command::Identity(args) => identity::run(&args),
         Command::Authz(args) => authz::run(&args),
         Command::Verify(args) => verify::run(&args),
+        Command::Promote(args) => versions::promote(&args),
+        Command::Canary(args) => versions::canary(&args),
+        Command::Rollback(args) => versions::rollback(&args),
+        Command::Versions(args) => versions::versions(&args),
     };
     match result {
         Ok(code) => code,

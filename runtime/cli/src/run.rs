@@ -5,15 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use ck_acl::{Policy, compile};
 use ck_bus::{ConnectSpec, CredentialSource, Credentials, Endpoint, Publisher, ServeOptions};
-use ck_host::{ArtifactCache, HostConfig, HostEngine, KernelComponent, KernelService};
-use ck_manifest::{Diagnostic, Kernel, KernelSet};
-use ck_subject::Permissions;
+use ck_host::{ArtifactCache, HostConfig, HostEngine};
+use ck_loops::state::Loops;
+use ck_manifest::{Kernel, KernelSet};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::validate::{load_all, report_failures};
+use crate::versions::{LoadedVersion, Loader, ServiceParts};
 
 /// Arguments of `ck run`.
 #[derive(clap::Args, Clone)]
@@ -45,6 +45,10 @@ pub struct Args {
     /// Do not publish an event on the kernel's event topic for every answer.
     #[arg(long)]
     pub no_events: bool,
+    /// Do not publish the TOOL loop's per-call events (`tool.invoked`, `tool.completed`,
+    /// `tool.failed`).
+    #[arg(long)]
+    pub no_tool_events: bool,
     /// SPIFFE Workload API socket (SPIRE's agent, or `ck identity serve`): each kernel connects
     /// as its SPIFFE ID with a fresh JWT-SVID.
     #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET", value_name = "PATH")]
@@ -185,23 +189,27 @@ pub async fn connect_spec(
         inbox_prefix: ck_manifest::topics::inbox_prefix(&kernel.guid),
         credentials,
         on_violation: Some(on_violation),
+        renew_now: None,
     })
 }
 
 /// One kernel, loaded and checked, before any connection is made.
 pub struct Ready {
-    /// The manifest.
+    /// The manifest of the stable version (its topics and identity are served).
     pub kernel: Kernel,
-    /// Its component, compiled and linked.
-    pub component: KernelComponent,
-    /// Its compiled permissions.
-    pub permissions: Permissions,
-    /// Manifest warnings (reported by `check.identity`).
-    pub warnings: Vec<Diagnostic>,
+    /// The stable version.
+    pub stable: LoadedVersion,
+    /// The canary and its weight, if any.
+    pub canary: Option<(LoadedVersion, u8)>,
+    /// The serving record's revision.
+    pub revision: u64,
+    /// Loads later versions of this kernel.
+    pub loader: Loader,
 }
 
-/// Loads manifests, compiles permissions and components: everything that can fail before
-/// serving fails here, with the file at fault named.
+/// Loads manifests, records what is served in the CK and TOOL loops, compiles permissions and
+/// components: everything that can fail before serving fails here, with the file at fault
+/// named.
 pub fn prepare(args: &Args) -> Result<(HostEngine, Vec<Ready>)> {
     let (loaded, problems) = load_all(&args.kernels);
     let (known, known_problems) = load_all(&args.with);
@@ -212,13 +220,10 @@ pub fn prepare(args: &Args) -> Result<(HostEngine, Vec<Ready>)> {
     if failed {
         bail!("refusing to serve invalid manifests");
     }
-    let served: Vec<(Kernel, Vec<Diagnostic>)> = loaded
-        .into_iter()
-        .filter_map(|l| l.kernel.map(|k| (k, l.diagnostics)))
-        .collect();
-    let mut all: Vec<Kernel> = served.iter().map(|(k, _)| k.clone()).collect();
+    let served: Vec<Kernel> = loaded.into_iter().filter_map(|l| l.kernel).collect();
+    let mut all: Vec<Kernel> = served.clone();
     all.extend(known.into_iter().filter_map(|l| l.kernel));
-    let (set, conflicts) = KernelSet::new(all);
+    let (_, conflicts) = KernelSet::new(all.clone());
     if !conflicts.is_empty() {
         for c in &conflicts {
             eprintln!("{c}");
@@ -228,7 +233,7 @@ pub fn prepare(args: &Args) -> Result<(HostEngine, Vec<Ready>)> {
     let engine = HostEngine::new(HostConfig {
         max_instances: args.max_instances,
         max_memory_mb: args.max_memory_mb,
-        fuel: served.iter().any(|(k, _)| k.limits.fuel.is_some()),
+        fuel: served.iter().any(|k| k.limits.fuel.is_some()),
         ..HostConfig::default()
     })
     .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e:#}"))?;
@@ -239,11 +244,8 @@ pub fn prepare(args: &Args) -> Result<(HostEngine, Vec<Ready>)> {
                 .unwrap_or_else(ArtifactCache::default_dir),
         )
     });
-    let now = chrono::Utc::now();
     let mut ready = Vec::new();
-    for (kernel, warnings) in served {
-        let acl = compile(&kernel, &set, now, &Policy::default())
-            .with_context(|| format!("compiling permissions for {}", kernel.name))?;
+    for kernel in served {
         let dir = kernel.dir().to_path_buf();
         let Some(relative) = &kernel.tool.component else {
             bail!(
@@ -260,20 +262,59 @@ pub fn prepare(args: &Args) -> Result<(HostEngine, Vec<Ready>)> {
                 dir.display()
             );
         }
-        let component = KernelComponent::load(&engine, &path, cache.as_ref())?;
-        tracing::info!(
-            kernel = %kernel.name,
-            component = %path.display(),
-            digest = %component.digest,
-            from_cache = component.from_cache,
-            load_ms = component.load_time.as_secs_f64() * 1e3,
-            "component.loaded"
-        );
+        // What is about to be served is recorded first: the CK and TOOL loops hold every
+        // version a host ever served.
+        let record = {
+            let loops = Loops::open(&kernel)
+                .with_context(|| format!("{}: opening its CK and TOOL loops", kernel.name))?;
+            let recorded = loops
+                .record(Some(&path), "served by ck run")
+                .with_context(|| format!("{}: recording its CK and TOOL loops", kernel.name))?;
+            let record = loops.pin_current()?;
+            if recorded
+                .develop
+                .as_ref()
+                .is_some_and(|d| *d != record.stable)
+            {
+                tracing::warn!(
+                    kernel = %kernel.name,
+                    stable = %record.stable.short(),
+                    develop = %recorded.develop.as_ref().map(|d| d.short()).unwrap_or_default(),
+                    "serving the pinned stable version; develop differs (`ck promote {} develop` serves it)",
+                    dir.display()
+                );
+            }
+            record
+        };
+        let others = all
+            .iter()
+            .filter(|k| k.manifest_path != kernel.manifest_path)
+            .cloned()
+            .collect();
+        let loader = Loader {
+            engine: engine.clone(),
+            cache: cache.clone(),
+            others,
+        };
+        let (stable, canary) = loader.load_record(&dir, &record)?;
+        for v in std::iter::once(&stable).chain(canary.as_ref().map(|c| &c.0)) {
+            tracing::info!(
+                kernel = %v.kernel.name,
+                version = %v.label.name,
+                ck = %v.label.ck,
+                tool = %v.label.tool,
+                digest = %v.component.digest,
+                from_cache = v.component.from_cache,
+                load_ms = v.component.load_time.as_secs_f64() * 1e3,
+                "component.loaded"
+            );
+        }
         ready.push(Ready {
-            kernel,
-            component,
-            permissions: acl.permissions,
-            warnings,
+            kernel: stable.kernel.clone(),
+            stable,
+            canary,
+            revision: record.revision,
+            loader,
         });
     }
     Ok((engine, ready))
@@ -345,8 +386,11 @@ pub async fn serve_all(
     };
     let mut tasks = tokio::task::JoinSet::new();
     let mut committers = Vec::new();
+    let mut followers = tokio::task::JoinSet::new();
     for r in ready {
-        let spec = connect_spec(args, identity.as_ref(), &r.kernel).await?;
+        let renew = Arc::new(tokio::sync::Notify::new());
+        let mut spec = connect_spec(args, identity.as_ref(), &r.kernel).await?;
+        spec.renew_now = Some(renew.clone());
         let client = retry_connect(&shutdown, &args.nats, || ck_bus::connect(&spec)).await?;
         let publisher = Publisher::new(client.clone(), r.kernel.name.clone());
         let endpoint = Endpoint::for_kernel(&r.kernel);
@@ -356,18 +400,7 @@ pub async fn serve_all(
         };
         let name = r.kernel.name.clone();
         let lifecycle = lifecycle_for(&r.kernel, &publisher, &args.nats).await?;
-        let mut service = KernelService::new(
-            engine,
-            r.kernel,
-            r.component,
-            r.permissions,
-            publisher.clone(),
-            r.warnings,
-        )?;
-        if let Some(v) = &verifier {
-            service = service.with_verifier(v.clone());
-        }
-        if let Some(l) = lifecycle {
+        if let Some(l) = &lifecycle {
             committers.push((l.clone(), l.spawn_committer()));
             // Events the broker could not confirm wait on disk; replay them once it can.
             let (outbox, token) = (l.outbox(), shutdown.clone());
@@ -376,9 +409,27 @@ pub async fn serve_all(
                     .replay_until(std::time::Duration::from_secs(1), token)
                     .await
             });
-            service = service.with_lifecycle(l);
         }
-        let service = Arc::new(service);
+        let parts = ServiceParts {
+            publisher: publisher.clone(),
+            verifier: verifier.clone(),
+            lifecycle,
+            tool_events: !args.no_tool_events,
+        };
+        let permissions = r.stable.permissions.clone();
+        let versioned = Arc::new(ck_host::Versioned::new(
+            parts.route(engine, r.stable, r.canary)?,
+        ));
+        followers.spawn(crate::versions::follow(
+            r.kernel.clone(),
+            r.loader,
+            parts,
+            versioned.clone(),
+            r.revision,
+            permissions,
+            renew,
+            shutdown.clone(),
+        ));
         let token = shutdown.clone();
         tracing::info!(kernel = %name, input = %endpoint.input, "ready");
         tasks.spawn(async move {
@@ -386,7 +437,7 @@ pub async fn serve_all(
                 spec,
                 client,
                 endpoint,
-                service,
+                versioned,
                 options,
                 token,
                 move |fresh| publisher.replace_client(fresh.clone()),
@@ -400,6 +451,7 @@ pub async fn serve_all(
         let report = report.with_context(|| format!("serving {name}"))?;
         tracing::info!(kernel = %name, answered = report.answered, "stopped");
     }
+    while followers.join_next().await.is_some() {}
     // Every message is answered: commit and announce the last seals before exiting.
     for (lifecycle, committer) in committers {
         lifecycle.close();

@@ -5,7 +5,9 @@
 //! ([`KernelComponent`]), the host side of the kernel contract in `kernels/wit` (publish and
 //! request checked against the kernel's compiled permissions, logging, reading its own sealed
 //! instances), per-call limits, and the dispatch of one request ([`KernelService`], a
-//! [`ck_bus::Handler`]): protocol actions, unknown actions, access levels, then the guest.
+//! [`ck_bus::Handler`]): protocol actions, unknown actions, access levels, then the guest, with
+//! the TOOL loop's per-call events; and serving several versions of a kernel at once
+//! ([`Versioned`]: stable plus a weighted canary, swapped without touching the subscription).
 //!
 //! It does not open NATS connections or subscriptions (that is `ck-bus`), compile permissions
 //! (that is `ck-acl`; it receives the result), or write the DATA loop.
@@ -15,11 +17,13 @@ mod component;
 mod engine;
 mod imports;
 mod service;
+mod versions;
 
 pub use cache::ArtifactCache;
 pub use component::{KernelComponent, LoadError};
 pub use engine::{HostConfig, HostEngine};
-pub use service::{CallerVerifier, KernelService, ServiceStats};
+pub use service::{CallerVerifier, KernelService, ServiceStats, VersionLabel};
+pub use versions::{Route, Versioned};
 
 /// Host bindings generated from `kernels/wit/kernel.wit`.
 mod bindings {

@@ -51,11 +51,35 @@ pub struct KernelService {
     warnings: Vec<Diagnostic>,
     idle: Mutex<Vec<Reusable>>,
     started: Instant,
+    /// Start time in microseconds since the epoch: with the call counter, unique event ids.
+    started_at: i64,
     ok: AtomicU64,
     errors: AtomicU64,
     instances: AtomicU64,
     verifier: Option<Arc<dyn CallerVerifier>>,
     lifecycle: Option<Arc<ck_task::Lifecycle>>,
+    version: Option<VersionLabel>,
+    tool_events: Option<ToolEvents>,
+}
+
+/// Which version of its kernel a service is (reported by `status` and in TOOL events).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VersionLabel {
+    /// `stable`, `canary`, `develop`.
+    pub name: String,
+    /// CK commit.
+    pub ck: String,
+    /// TOOL commit.
+    pub tool: String,
+}
+
+/// The TOOL loop's per-call events: `tool.invoked` before the guest runs, `tool.completed` or
+/// `tool.failed` (with duration and error) after.
+struct ToolEvents {
+    invoked: String,
+    completed: String,
+    failed: String,
+    sequence: AtomicU64,
 }
 
 /// Proves who a caller is from the bearer token of a request (a JWT-SVID addressed to this
@@ -115,12 +139,100 @@ impl KernelService {
             warnings,
             idle: Mutex::new(Vec::new()),
             started: Instant::now(),
+            started_at: chrono::Utc::now().timestamp_micros(),
             ok: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             instances: AtomicU64::new(0),
             verifier: None,
             lifecycle: None,
+            version: None,
+            tool_events: None,
         })
+    }
+
+    /// Labels this service as `version` of its kernel.
+    pub fn with_version(mut self, version: VersionLabel) -> Self {
+        self.version = Some(version);
+        self
+    }
+
+    /// Publishes `tool.invoked` / `tool.completed` / `tool.failed` for every call of the guest.
+    pub fn with_tool_events(mut self) -> Self {
+        let subject = |e| ck_manifest::topics::loop_event_subject(&self.manifest.guid, e);
+        use ck_manifest::topics::LoopEvent;
+        self.tool_events = Some(ToolEvents {
+            invoked: subject(LoopEvent::ToolInvoked),
+            completed: subject(LoopEvent::ToolCompleted),
+            failed: subject(LoopEvent::ToolFailed),
+            sequence: AtomicU64::new(0),
+        });
+        self
+    }
+
+    /// The version this service is, when labelled.
+    pub fn version(&self) -> Option<&VersionLabel> {
+        self.version.as_ref()
+    }
+
+    /// Publishes one TOOL event of a call: `outcome` is None before the guest runs, then its
+    /// duration and failure (if any).
+    async fn tool_event(
+        &self,
+        events: &ToolEvents,
+        request: &Request,
+        call: u64,
+        outcome: Option<(Duration, Option<&Failure>)>,
+    ) {
+        let (subject, name) = match outcome {
+            None => (&events.invoked, "tool.invoked"),
+            Some((_, None)) => (&events.completed, "tool.completed"),
+            Some((_, Some(_))) => (&events.failed, "tool.failed"),
+        };
+        let m = &self.manifest;
+        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let mut data = json!({
+            "event": name,
+            "kernel": m.name,
+            "guid": m.guid,
+            "action": request.action,
+            "trace_id": request.trace_id,
+            "call": call,
+            "timestamp": time,
+        });
+        if let Some(v) = &self.version {
+            data["version"] = json!(v.name);
+            data["tool_commit"] = json!(v.tool);
+            data["ck_commit"] = json!(v.ck);
+        }
+        if let Some((duration, failure)) = outcome {
+            data["duration_us"] = json!(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX));
+            if let Some(f) = failure {
+                data["code"] = json!(f.code);
+                data["error"] = json!(f.error);
+                data["message"] = json!(f.message);
+            }
+        }
+        let body = json!({
+            "specversion": "1.0",
+            "id": format!("{}:{name}:{}:{call}", m.guid, self.started_at),
+            "source": m.urn,
+            "type": format!("ck.{name}"),
+            "time": time,
+            "datacontenttype": "application/json",
+            "data": data,
+        });
+        let publisher = &self.shared.publisher;
+        if let Err(e) = publisher
+            .client()
+            .publish_with_headers(
+                subject.clone(),
+                publisher.headers(&request.trace_id, &request.user),
+                bytes::Bytes::from(body.to_string()),
+            )
+            .await
+        {
+            tracing::warn!(subject = %subject, error = %e, "tool.event-failed");
+        }
     }
 
     /// The kernel's manifest.
@@ -204,7 +316,21 @@ impl KernelService {
             };
             return Ok(raw(&answer));
         }
-        let output = self.invoke(&request).await?;
+        let Some(events) = &self.tool_events else {
+            return self.run_guest(&request).await;
+        };
+        let call = events.sequence.fetch_add(1, Ordering::Relaxed);
+        self.tool_event(events, &request, call, None).await;
+        let started = Instant::now();
+        let result = self.run_guest(&request).await;
+        let outcome = Some((started.elapsed(), result.as_ref().err()));
+        self.tool_event(events, &request, call, outcome).await;
+        result
+    }
+
+    /// Runs the guest for `request` and checks what it returned.
+    async fn run_guest(&self, request: &Request) -> Result<Box<RawValue>, Failure> {
+        let output = self.invoke(request).await?;
         if output.len() as u64 > self.limits.max_result_bytes {
             return Err(Failure::new(
                 500,
@@ -452,6 +578,7 @@ impl KernelService {
             "version": m.version,
             "spiffe_id": m.spiffe_id(),
             "state": "ready",
+            "serving": self.version,
             "uptime_ms": u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "component": {
                 "path": self.component.path,

@@ -149,6 +149,9 @@ impl std::fmt::Debug for Loops {
     }
 }
 
+/// Where one branch points in the CK and the TOOL loop.
+pub type BranchHeads = (Option<String>, Option<String>);
+
 /// A loop event waiting to be journalled.
 type Pending = (String, String, String, Value);
 
@@ -579,6 +582,30 @@ impl Loops {
         ));
         self.journal(events)?;
         Ok((record, what))
+    }
+
+    /// The serving record, if versions were ever pinned.
+    pub fn serving(&self) -> Result<Option<ServingRecord>, LoopError> {
+        serving(&self.kernel_dir)
+    }
+
+    /// `develop`, `stable` and `canary` of the CK and TOOL loops (None where a loop has no
+    /// such branch).
+    pub fn branches(&self) -> Vec<(&'static str, BranchHeads)> {
+        [DEVELOP, STABLE, CANARY]
+            .into_iter()
+            .map(|b| (b, (self.ck.head(b), self.tool.head(b))))
+            .collect()
+    }
+
+    /// The first line of a CK commit's message.
+    pub fn summary_ck(&self, commit: &str) -> Option<String> {
+        self.ck.summary(commit)
+    }
+
+    /// The first line of a TOOL commit's message.
+    pub fn summary_tool(&self, commit: &str) -> Option<String> {
+        self.tool.summary(commit)
     }
 
     /// Reads the version `pin` back from the loops, checking its component against the digest
