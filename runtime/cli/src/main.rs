@@ -8,7 +8,9 @@ mod bench_callout;
 mod bench_tasks;
 mod build;
 mod call;
+mod dev;
 mod identity;
+mod new;
 mod run;
 mod validate;
 mod verify;
@@ -73,6 +75,12 @@ enum Command {
     Rollback(versions::KernelArg),
     /// Show the serving record and the CK and TOOL loops' branches of a kernel.
     Versions(versions::KernelArg),
+    /// Serve one kernel for its author: start a local nats-server with the auth callout and
+    /// SPIFFE identity (unless --nats is given), build, serve, and on every save rebuild and
+    /// swap the new version in without dropping a message.
+    Dev(dev::Args),
+    /// Scaffold a kernel directory (manifest, C source, ontology) that `ck dev` serves at once.
+    New(new::Args),
 }
 
 fn init_logging(serving: bool) {
@@ -116,6 +124,8 @@ fn main() -> ExitCode {
         Command::Canary(args) => versions::canary(&args),
         Command::Rollback(args) => versions::rollback(&args),
         Command::Versions(args) => versions::versions(&args),
+        Command::Dev(args) => dev::run(&args),
+        Command::New(args) => new::run(&args),
     };
     match result {
         Ok(code) => code,
