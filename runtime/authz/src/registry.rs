@@ -1,5 +1,8 @@
 //! The registry of kernel manifests the callout decides from: one or more directories, rescanned
-//! when a manifest changes (so a new grant takes effect at the next connect, without a restart).
+//! when a manifest or a serving record changes (so a new grant takes effect at the next
+//! connect, without a restart). A kernel with a serving record counts as its promoted stable
+//! version (its CK commit), not as whatever its working files say: a grant takes effect when it
+//! is promoted.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -39,7 +42,14 @@ fn fingerprint(files: &[PathBuf]) -> blake3::Hash {
     let mut hasher = blake3::Hasher::new();
     for file in files {
         hasher.update(file.as_os_str().as_encoded_bytes());
-        if let Ok(meta) = std::fs::metadata(file) {
+        let serving = file
+            .parent()
+            .map(ck_loops::state::serving_path)
+            .unwrap_or_default();
+        for meta in [std::fs::metadata(file), std::fs::metadata(&serving)]
+            .into_iter()
+            .flatten()
+        {
             let modified = meta
                 .modified()
                 .ok()
@@ -56,7 +66,22 @@ fn load(files: &[PathBuf]) -> KernelSet {
     let now = chrono::Utc::now();
     let mut kernels = Vec::new();
     for file in files {
-        let loaded = ck_manifest::load_file(file, now);
+        let dir = file.parent().unwrap_or(std::path::Path::new("."));
+        let loaded = match ck_loops::state::stable_manifest(dir) {
+            Ok(Some((text, guid))) => ck_manifest::parse_str(
+                &text,
+                file,
+                &ck_manifest::ParseOptions {
+                    now,
+                    ck_guid: guid.map(|g| (g, dir.join(ck_manifest::GUID_FILE))),
+                },
+            ),
+            Ok(None) => ck_manifest::load_file(file, now),
+            Err(e) => {
+                tracing::warn!(target: "ck::authz", manifest = %file.display(), problem = %e, "registry.unreadable-serving-record; its kernel cannot connect");
+                continue;
+            }
+        };
         match loaded.kernel {
             Some(kernel) => kernels.push(kernel),
             None => {

@@ -682,3 +682,64 @@ fn a_task_kernels_connection_reaches_only_its_own_jetstream() {
     let mut plain = stack.connect_as("Test.A", A_GUID);
     assert_eq!(plain.publish("$JS.API.INFO").unwrap(), Verdict::Denied);
 }
+
+/// A grant counts at the callout once it is promoted: the callout decides from the kernel's
+/// stable version (its CK commit in the serving record), not from an edited working manifest.
+#[test]
+fn a_grant_takes_effect_at_the_callout_when_it_is_promoted() {
+    const ECHO_GUID: &str = "0e1c4a5b-2d3f-4a6b-9c8d-7e6f5a4b3c2d";
+    let stack = Stack::start(1, 300);
+    stack.register("Test.A", A_GUID, "");
+    let host = stack.serve_echo();
+    let echo = stack.kernel_dir("Demo.Echo");
+    let data = format!("ck.{ECHO_GUID}.data.>");
+    let mut a = stack.connect_as("Test.A", A_GUID);
+    assert_eq!(a.subscribe(&data).unwrap(), Verdict::Denied);
+
+    // The working manifest grants Test.A read-storage and the build is recorded on develop:
+    // nothing is promoted, so the callout still refuses.
+    let manifest = std::fs::read_to_string(echo.join("conceptkernel.yaml")).unwrap();
+    let granted = format!(
+        "{manifest}  - identity: {}\n    actions: [read-storage]\n    expires: never\n",
+        spiffe("Test.A", A_GUID)
+    );
+    std::fs::write(echo.join("conceptkernel.yaml"), granted).unwrap();
+    ck_build(CK, &[&echo]);
+    std::thread::sleep(Duration::from_millis(300)); // the registry rescans at most every 200 ms
+    let mut a = stack.connect_as("Test.A", A_GUID);
+    assert_eq!(
+        a.subscribe(&data).unwrap(),
+        Verdict::Denied,
+        "an unpromoted grant opens nothing"
+    );
+
+    // Promoted: the next connection of Test.A gets it, and the host serves the new version.
+    let out = Command::new(CK)
+        .args(["promote", echo.to_str().unwrap(), "develop"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    host.wait_for("\"serving.changed\"");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut a = stack.connect_as("Test.A", A_GUID);
+    assert_eq!(
+        a.subscribe(&data).unwrap(),
+        Verdict::Allowed,
+        "after the promotion\n{}",
+        stack.authz_logs()
+    );
+
+    // Rolled back: refused again.
+    let out = Command::new(CK)
+        .args(["rollback", echo.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut a = stack.connect_as("Test.A", A_GUID);
+    assert_eq!(
+        a.subscribe(&data).unwrap(),
+        Verdict::Denied,
+        "after the rollback"
+    );
+}

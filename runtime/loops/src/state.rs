@@ -615,6 +615,34 @@ impl Loops {
     }
 }
 
+/// The manifest (and `.ck-guid`) of the stable version of the kernel in `kernel_dir`, when it
+/// has a serving record: what the kernel is, as far as anyone deciding about it is concerned
+/// (the working files may hold changes nobody promoted). None without a serving record.
+pub fn stable_manifest(kernel_dir: &Path) -> Result<Option<(String, Option<String>)>, LoopError> {
+    let Some(record) = serving(kernel_dir)? else {
+        return Ok(None);
+    };
+    let dir = state_dir(kernel_dir);
+    let ck = LoopRepo::open(&dir.join("ck.git"))
+        .ok_or_else(|| LoopError::Refused(format!("{}: no CK repository", dir.display())))?;
+    let manifest = ck
+        .read(&record.stable.ck, ck_manifest::MANIFEST_FILE)?
+        .ok_or_else(|| {
+            LoopError::Refused(format!(
+                "CK commit {} has no {}",
+                short(&record.stable.ck),
+                ck_manifest::MANIFEST_FILE
+            ))
+        })?;
+    let guid = ck
+        .read(&record.stable.ck, ck_manifest::GUID_FILE)?
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    Ok(Some((
+        String::from_utf8_lossy(&manifest).into_owned(),
+        guid,
+    )))
+}
+
 /// Reads the version `pin` of the kernel in `kernel_dir` (no lock: commits and artifacts are
 /// never rewritten).
 pub fn materialize(kernel_dir: &Path, pin: &Pin) -> Result<Version, LoopError> {
