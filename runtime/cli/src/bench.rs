@@ -56,6 +56,14 @@ pub struct Args {
     /// the host (Demo.Tasks), beside as many acknowledged JetStream publishes.
     #[arg(long, value_name = "N")]
     tasks: Option<usize>,
+    /// Rounds of the TOOL-events cost measurement: the echo kernel served twice at once, with
+    /// and without `tool.*` events, measured alternately at c=64 (medians compared; 0 skips).
+    #[arg(long, default_value_t = 5)]
+    tool_events_rounds: usize,
+    /// Measure `ck dev` reloads instead: this many saves of a copy of the echo kernel, each
+    /// built and swapped in while requests flow (build and swap times, p50/p95).
+    #[arg(long, value_name = "N")]
+    swap: Option<usize>,
     /// The task kernel (with --tasks).
     #[arg(long, default_value = "kernels/tasks")]
     tasks_kernel: PathBuf,
@@ -84,6 +92,7 @@ struct Report {
     instantiate_p50_us: f64,
     instantiate_p99_us: f64,
     ratio_echo_fresh_vs_baseline_c64: Option<f64>,
+    tool_events_cost_c64: Option<f64>,
 }
 
 /// The `q` quantile of sorted durations, in microseconds (0 when empty).
@@ -177,12 +186,15 @@ async fn measure(
     }
 }
 
+/// Serves `kernel` as `ck run` does (behind a swappable route, with the TOOL loop's per-call
+/// events unless `tool_events` is false).
 pub(crate) async fn serve_kernel(
     engine: &HostEngine,
     url: &str,
     mut kernel: Kernel,
     reuse: u64,
     events: bool,
+    tool_events: bool,
     shutdown: &CancellationToken,
 ) -> Result<Arc<KernelService>> {
     kernel.limits.reuse_instances = reuse;
@@ -218,8 +230,14 @@ pub(crate) async fn serve_kernel(
         lifecycle.spawn_committer();
         service = service.with_lifecycle(lifecycle);
     }
+    if tool_events {
+        service = service.with_tool_events();
+    }
     let service = Arc::new(service);
-    let (svc, token) = (service.clone(), shutdown.clone());
+    let svc = Arc::new(ck_host::Versioned::new(ck_host::Route::stable(
+        service.clone(),
+    )));
+    let token = shutdown.clone();
     let options = ServeOptions {
         publish_events: events,
         ..ServeOptions::default()
@@ -236,6 +254,10 @@ pub fn run(args: &Args) -> Result<std::process::ExitCode> {
             args.storm,
             args.json.as_deref(),
         ))?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if let Some(n) = args.swap {
+        runtime.block_on(crate::bench_swap::run(&args.echo, n, args.json.as_deref()))?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
     if let Some(n) = args.tasks {
@@ -297,8 +319,16 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
     // (b) The echo kernel through the host, fresh instance per message (the default).
     let mut instantiate = Vec::new();
     if wanted("fresh") {
-        let fresh =
-            serve_kernel(&engine, &url, echo.clone(), 0, !args.no_events, &shutdown).await?;
+        let fresh = serve_kernel(
+            &engine,
+            &url,
+            echo.clone(),
+            0,
+            !args.no_events,
+            true,
+            &shutdown,
+        )
+        .await?;
         client.flush().await?;
         measure(
             &mut rows,
@@ -323,6 +353,7 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
             echo.clone(),
             1000,
             !args.no_events,
+            true,
             &shutdown,
         )
         .await?;
@@ -343,7 +374,16 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
     // (c) The domain kernel doing real work (tally 20 ballots), fresh instances.
     let shutdown = CancellationToken::new();
     if wanted("domain") {
-        serve_kernel(&engine, &url, domain.clone(), 0, !args.no_events, &shutdown).await?;
+        serve_kernel(
+            &engine,
+            &url,
+            domain.clone(),
+            0,
+            !args.no_events,
+            true,
+            &shutdown,
+        )
+        .await?;
         client.flush().await?;
         let ballots: Vec<&str> = ["ada", "grace", "linus", "barbara"]
             .iter()
@@ -379,6 +419,11 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
     if let Some(r) = ratio {
         println!("ratio (b)/(a) throughput at c=64: {r:.2}");
     }
+    let tool_events_cost = if args.tool_events_rounds > 0 && wanted("fresh") {
+        Some(tool_events_cost(&engine, &url, &client, &echo, &body, args).await?)
+    } else {
+        None
+    };
     let report = Report {
         machine: format!(
             "{} cores",
@@ -390,12 +435,99 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
         instantiate_p50_us: p50,
         instantiate_p99_us: p99,
         ratio_echo_fresh_vs_baseline_c64: ratio,
+        tool_events_cost_c64: tool_events_cost,
     };
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
     }
     drop(server);
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// What the TOOL loop's per-call events cost: the same kernel served twice at once (input
+/// subjects apart), with and without them, measured alternately so both see the same machine.
+/// Returns the cost as a fraction of the quiet one's median throughput.
+async fn tool_events_cost(
+    engine: &HostEngine,
+    url: &str,
+    client: &async_nats::Client,
+    echo: &Kernel,
+    body: &Bytes,
+    args: &Args,
+) -> Result<f64> {
+    let shutdown = CancellationToken::new();
+    let mut quiet = echo.clone();
+    quiet.topics.input = format!("{}.quiet", echo.topics.input);
+    quiet.topics.result = format!("{}.quiet", echo.topics.result);
+    quiet.topics.event = format!("{}.quiet", echo.topics.event);
+    serve_kernel(
+        engine,
+        url,
+        echo.clone(),
+        0,
+        !args.no_events,
+        true,
+        &shutdown,
+    )
+    .await?;
+    serve_kernel(
+        engine,
+        url,
+        quiet.clone(),
+        0,
+        !args.no_events,
+        false,
+        &shutdown,
+    )
+    .await?;
+    client.flush().await?;
+    let duration = Duration::from_secs_f64(args.seconds);
+    let _ = load(
+        client,
+        &quiet.topics.input,
+        body.clone(),
+        8,
+        Duration::from_millis(300),
+    )
+    .await;
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for round in 0..args.tool_events_rounds {
+        // Alternate which goes first, so neither always follows the other.
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for events in order {
+            let subject = if events {
+                &echo.topics.input
+            } else {
+                &quiet.topics.input
+            };
+            let started = Instant::now();
+            let (requests, _, _) = load(client, subject, body.clone(), 64, duration).await;
+            let rps = requests as f64 / started.elapsed().as_secs_f64();
+            if events {
+                with.push(rps)
+            } else {
+                without.push(rps)
+            }
+        }
+    }
+    shutdown.cancel();
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (w, wo) = (median(&mut with), median(&mut without));
+    let cost = 1.0 - w / wo;
+    println!(
+        "tool.invoked/completed events, echo fresh c=64, median of {} alternating rounds: {w:.0} req/s with, {wo:.0} without: cost {:.1} %",
+        args.tool_events_rounds,
+        cost * 100.0
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(cost)
 }
 
 fn nats_version() -> String {

@@ -105,7 +105,7 @@ pub async fn run(kernel_src: &Path, n: usize, levels: &[usize], json: Option<&Pa
     let kernel = crate::validate::load_one(&kernel_dir)?;
     let engine = HostEngine::new(HostConfig::default()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let shutdown = CancellationToken::new();
-    serve_kernel(&engine, &url, kernel.clone(), 0, true, &shutdown).await?;
+    serve_kernel(&engine, &url, kernel.clone(), 0, true, true, &shutdown).await?;
     client.flush().await?;
 
     let output = serde_json::json!({"winner": "ada", "votes": {"ada": 3, "grace": 2, "linus": 1}});

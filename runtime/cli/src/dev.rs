@@ -163,15 +163,18 @@ async fn start_stack(kernel: &Kernel, shutdown: &CancellationToken) -> Result<St
 }
 
 /// Timings of one reload.
-struct Reloaded {
-    version: LoadedVersion,
-    build: Duration,
-    started_swap: Instant,
+pub(crate) struct Reloaded {
+    /// The version built.
+    pub version: LoadedVersion,
+    /// Time spent building.
+    pub build: Duration,
+    /// When the build ended and the swap began.
+    pub started_swap: Instant,
 }
 
 /// Builds the kernel as its manifest says, records the build in the loops and loads the
 /// resulting `develop` version. Every failure leaves the serving version alone.
-fn build_version(dir: &Path, loader: &Loader, reason: &str) -> Result<Reloaded> {
+pub(crate) fn build_version(dir: &Path, loader: &Loader, reason: &str) -> Result<Reloaded> {
     let started = Instant::now();
     let kernel = kernel_at(dir).context("the manifest is invalid")?;
     let report = ck_build::build_kernel(&kernel, kernel.dir()).map_err(|e| anyhow!("{e}"))?;

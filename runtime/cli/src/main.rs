@@ -5,6 +5,7 @@ mod acl;
 mod authz;
 mod bench;
 mod bench_callout;
+mod bench_swap;
 mod bench_tasks;
 mod build;
 mod call;

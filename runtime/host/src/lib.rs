@@ -17,6 +17,7 @@ mod component;
 mod engine;
 mod imports;
 mod service;
+mod tool_events;
 mod versions;
 
 pub use cache::ArtifactCache;

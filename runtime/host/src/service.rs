@@ -16,6 +16,7 @@ use crate::component::{KernelComponent, LoadError};
 use crate::conceptkernel::kernel::types::{Context, KernelError};
 use crate::engine::HostEngine;
 use crate::imports::{CallInfo, MemoryCapExceeded, Shared, State};
+use crate::tool_events::{Outcome, ToolEvents};
 
 /// The protocol actions every kernel answers without running its guest.
 const PROTOCOL_ACTIONS: [&str; 2] = ["status", "check.identity"];
@@ -51,8 +52,6 @@ pub struct KernelService {
     warnings: Vec<Diagnostic>,
     idle: Mutex<Vec<Reusable>>,
     started: Instant,
-    /// Start time in microseconds since the epoch: with the call counter, unique event ids.
-    started_at: i64,
     ok: AtomicU64,
     errors: AtomicU64,
     instances: AtomicU64,
@@ -71,15 +70,6 @@ pub struct VersionLabel {
     pub ck: String,
     /// TOOL commit.
     pub tool: String,
-}
-
-/// The TOOL loop's per-call events: `tool.invoked` before the guest runs, `tool.completed` or
-/// `tool.failed` (with duration and error) after.
-struct ToolEvents {
-    invoked: String,
-    completed: String,
-    failed: String,
-    sequence: AtomicU64,
 }
 
 /// Proves who a caller is from the bearer token of a request (a JWT-SVID addressed to this
@@ -139,7 +129,6 @@ impl KernelService {
             warnings,
             idle: Mutex::new(Vec::new()),
             started: Instant::now(),
-            started_at: chrono::Utc::now().timestamp_micros(),
             ok: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             instances: AtomicU64::new(0),
@@ -156,16 +145,10 @@ impl KernelService {
         self
     }
 
-    /// Publishes `tool.invoked` / `tool.completed` / `tool.failed` for every call of the guest.
+    /// Publishes `tool.invoked` / `tool.completed` / `tool.failed` for every call of the guest
+    /// (call after [`KernelService::with_version`], whose label the events carry).
     pub fn with_tool_events(mut self) -> Self {
-        let subject = |e| ck_manifest::topics::loop_event_subject(&self.manifest.guid, e);
-        use ck_manifest::topics::LoopEvent;
-        self.tool_events = Some(ToolEvents {
-            invoked: subject(LoopEvent::ToolInvoked),
-            completed: subject(LoopEvent::ToolCompleted),
-            failed: subject(LoopEvent::ToolFailed),
-            sequence: AtomicU64::new(0),
-        });
+        self.tool_events = Some(ToolEvents::new(&self.manifest, self.version.as_ref()));
         self
     }
 
@@ -174,61 +157,22 @@ impl KernelService {
         self.version.as_ref()
     }
 
-    /// Publishes one TOOL event of a call: `outcome` is None before the guest runs, then its
-    /// duration and failure (if any).
+    /// Publishes one TOOL event of a call.
     async fn tool_event(
         &self,
         events: &ToolEvents,
         request: &Request,
         call: u64,
-        outcome: Option<(Duration, Option<&Failure>)>,
+        outcome: Outcome<'_>,
     ) {
-        let (subject, name) = match outcome {
-            None => (&events.invoked, "tool.invoked"),
-            Some((_, None)) => (&events.completed, "tool.completed"),
-            Some((_, Some(_))) => (&events.failed, "tool.failed"),
-        };
-        let m = &self.manifest;
-        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let mut data = json!({
-            "event": name,
-            "kernel": m.name,
-            "guid": m.guid,
-            "action": request.action,
-            "trace_id": request.trace_id,
-            "call": call,
-            "timestamp": time,
-        });
-        if let Some(v) = &self.version {
-            data["version"] = json!(v.name);
-            data["tool_commit"] = json!(v.tool);
-            data["ck_commit"] = json!(v.ck);
-        }
-        if let Some((duration, failure)) = outcome {
-            data["duration_us"] = json!(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX));
-            if let Some(f) = failure {
-                data["code"] = json!(f.code);
-                data["error"] = json!(f.error);
-                data["message"] = json!(f.message);
-            }
-        }
-        let body = json!({
-            "specversion": "1.0",
-            "id": format!("{}:{name}:{}:{call}", m.guid, self.started_at),
-            "source": m.urn,
-            "type": format!("ck.{name}"),
-            "time": time,
-            "datacontenttype": "application/json",
-            "data": data,
-        });
-        let publisher = &self.shared.publisher;
-        if let Err(e) = publisher
+        let (subject, body) = events.encode(&request.action, &request.trace_id, call, outcome);
+        // No headers: the body names the trace, the kernel and the call, and each header map
+        // is an allocation and more bytes for the server to parse, twice per call.
+        if let Err(e) = self
+            .shared
+            .publisher
             .client()
-            .publish_with_headers(
-                subject.clone(),
-                publisher.headers(&request.trace_id, &request.user),
-                bytes::Bytes::from(body.to_string()),
-            )
+            .publish(subject.clone(), body)
             .await
         {
             tracing::warn!(subject = %subject, error = %e, "tool.event-failed");
@@ -319,11 +263,12 @@ impl KernelService {
         let Some(events) = &self.tool_events else {
             return self.run_guest(&request).await;
         };
-        let call = events.sequence.fetch_add(1, Ordering::Relaxed);
-        self.tool_event(events, &request, call, None).await;
+        let call = events.next_call();
+        self.tool_event(events, &request, call, Outcome::Invoked)
+            .await;
         let started = Instant::now();
         let result = self.run_guest(&request).await;
-        let outcome = Some((started.elapsed(), result.as_ref().err()));
+        let outcome = Outcome::Finished(started.elapsed(), result.as_ref().err());
         self.tool_event(events, &request, call, outcome).await;
         result
     }

@@ -1,0 +1,177 @@
+//! The TOOL loop's per-call events: `ck.{guid}.tool.invoked` before the guest runs,
+//! `tool.completed` or `tool.failed` (with its duration, and the error) after — CloudEvents
+//! like every loop event. They are on the hot path of every call, so the parts that never
+//! change (subjects, source, kernel, version) are encoded once and each event only appends its
+//! own fields.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::Subject;
+use bytes::Bytes;
+use ck_bus::Failure;
+use ck_manifest::Kernel;
+use ck_manifest::topics::{LoopEvent, loop_event_subject};
+
+use crate::service::VersionLabel;
+
+/// What happened to one call, for its closing event.
+pub(crate) enum Outcome<'a> {
+    /// About to run.
+    Invoked,
+    /// Finished after this long, with this failure if it failed.
+    Finished(Duration, Option<&'a Failure>),
+}
+
+/// Encodes and names the TOOL events of one service.
+pub(crate) struct ToolEvents {
+    invoked: Subject,
+    completed: Subject,
+    failed: Subject,
+    /// `{"specversion":…,"source":…,"data":{"kernel":…,"guid":…,…` — everything fixed.
+    prefix: String,
+    /// `{guid}:{started}:` — with the call number, a unique CloudEvent id.
+    id_prefix: String,
+    sequence: AtomicU64,
+}
+
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a &str as JSON into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+impl ToolEvents {
+    /// The events of `kernel` served as `version`.
+    pub(crate) fn new(kernel: &Kernel, version: Option<&VersionLabel>) -> Self {
+        let subject = |e| Subject::from(loop_event_subject(&kernel.guid, e));
+        let mut prefix = Vec::with_capacity(512);
+        prefix.extend_from_slice(
+            br#"{"specversion":"1.0","datacontenttype":"application/json","source":"#,
+        );
+        json_str(&mut prefix, &kernel.urn);
+        prefix.extend_from_slice(br#","data":{"kernel":"#);
+        json_str(&mut prefix, &kernel.name);
+        prefix.extend_from_slice(br#","guid":"#);
+        json_str(&mut prefix, &kernel.guid);
+        if let Some(v) = version {
+            prefix.extend_from_slice(br#","version":"#);
+            json_str(&mut prefix, &v.name);
+            prefix.extend_from_slice(br#","tool_commit":"#);
+            json_str(&mut prefix, &v.tool);
+            prefix.extend_from_slice(br#","ck_commit":"#);
+            json_str(&mut prefix, &v.ck);
+        }
+        Self {
+            invoked: subject(LoopEvent::ToolInvoked),
+            completed: subject(LoopEvent::ToolCompleted),
+            failed: subject(LoopEvent::ToolFailed),
+            prefix: String::from_utf8(prefix).unwrap_or_default(),
+            id_prefix: format!("{}:{}:", kernel.guid, chrono::Utc::now().timestamp_micros()),
+            sequence: AtomicU64::new(0),
+        }
+    }
+
+    /// A number for a new call.
+    pub(crate) fn next_call(&self) -> u64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The subject and CloudEvent of call `call`'s `outcome`.
+    pub(crate) fn encode(
+        &self,
+        action: &str,
+        trace_id: &str,
+        call: u64,
+        outcome: Outcome<'_>,
+    ) -> (Subject, Bytes) {
+        let (subject, name) = match outcome {
+            Outcome::Invoked => (&self.invoked, "tool.invoked"),
+            Outcome::Finished(_, None) => (&self.completed, "tool.completed"),
+            Outcome::Finished(_, Some(_)) => (&self.failed, "tool.failed"),
+        };
+        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let mut out = Vec::with_capacity(self.prefix.len() + 320);
+        out.extend_from_slice(self.prefix.as_bytes());
+        out.extend_from_slice(br#","event":""#);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(br#"","action":"#);
+        json_str(&mut out, action);
+        out.extend_from_slice(br#","trace_id":"#);
+        json_str(&mut out, trace_id);
+        out.extend_from_slice(format!(r#","call":{call},"timestamp":"{time}""#).as_bytes());
+        if let Outcome::Finished(duration, failure) = outcome {
+            let us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+            out.extend_from_slice(format!(r#","duration_us":{us}"#).as_bytes());
+            if let Some(f) = failure {
+                out.extend_from_slice(format!(r#","code":{},"error":"#, f.code).as_bytes());
+                json_str(&mut out, &f.error);
+                out.extend_from_slice(br#","message":"#);
+                json_str(&mut out, &f.message);
+            }
+        }
+        out.extend_from_slice(
+            format!(
+                r#"}},"id":"{}{call}:{name}","type":"ck.{name}","time":"{time}"}}"#,
+                self.id_prefix
+            )
+            .as_bytes(),
+        );
+        (subject.clone(), Bytes::from(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_valid_cloudevents() {
+        let text = "apiVersion: conceptkernel/v3\nkernel_class: Demo.Q\nkernel_id: 0e1c4a5b-2d3f-4a6b-9c8d-7e6f5a4b3c2d\n";
+        let kernel = ck_manifest::parse_str(
+            text,
+            std::path::Path::new("k/conceptkernel.yaml"),
+            &Default::default(),
+        )
+        .kernel
+        .expect("a valid manifest");
+        let version = VersionLabel {
+            name: "canary".into(),
+            ck: "c".repeat(40),
+            tool: "t".repeat(40),
+        };
+        let events = ToolEvents::new(&kernel, Some(&version));
+        let failure = Failure::new(504, "deadline_exceeded", "too \"slow\"\n");
+        for (outcome, kind) in [
+            (Outcome::Invoked, "invoked"),
+            (
+                Outcome::Finished(Duration::from_micros(42), None),
+                "completed",
+            ),
+            (
+                Outcome::Finished(Duration::from_micros(7), Some(&failure)),
+                "failed",
+            ),
+        ] {
+            let (subject, body) = events.encode("echo\u{1}", "tx-\"1\"", 3, outcome);
+            assert!(subject.as_str().ends_with(&format!(".tool.{kind}")));
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["type"], format!("ck.tool.{kind}"));
+            assert_eq!(v["specversion"], "1.0");
+            assert_eq!(v["data"]["action"], "echo\u{1}");
+            assert_eq!(v["data"]["trace_id"], "tx-\"1\"");
+            assert_eq!(v["data"]["version"], "canary");
+            assert_eq!(v["data"]["call"], 3);
+            assert!(
+                v["id"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(&format!("3:tool.{kind}"))
+            );
+            if kind == "failed" {
+                assert_eq!(v["data"]["code"], 504);
+                assert_eq!(v["data"]["message"], "too \"slow\"\n");
+                assert_eq!(v["data"]["duration_us"], 7);
+            }
+        }
+    }
+}
