@@ -246,4 +246,21 @@ async fn saves_are_swapped_in_under_load_without_losing_a_request() {
         commits >= 2 * 20,
         "tool.commit and tool.ref-update for each reload: {commits}"
     );
+
+    // SIGTERM stops it cleanly, the nats-server it started with it.
+    let mut dev = dev;
+    let pid = dev.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::block_in_place(|| dev.child().wait()).unwrap();
+    assert!(status.success(), "{status:?}\n{}", dev.log());
+    assert!(dev.log().contains("\"dev.stopped\""));
+    let port = url.rsplit(':').next().unwrap().to_owned();
+    let still = std::net::TcpStream::connect(format!("127.0.0.1:{port}"));
+    assert!(still.is_err(), "the dev nats-server outlived ck dev");
 }
