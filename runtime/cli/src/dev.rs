@@ -420,11 +420,10 @@ async fn dev(args: &Args) -> Result<std::process::ExitCode> {
                 continue;
             }
         };
-        if reloaded.version.kernel.topics.input != endpoint.input {
-            println!(
-                "  the input topic changed to {}: restart ck dev to subscribe it (still on {})",
-                reloaded.version.kernel.topics.input, endpoint.input
-            );
+        if let Some(why) = crate::versions::topics_moved(&kernel, &reloaded.version.kernel) {
+            println!("reload {reloads} not swapped in: {why}; restart ck dev to serve it");
+            tracing::warn!(kernel = %kernel.name, reload = reloads, reason = %why, "dev.restart-needed");
+            continue;
         }
         let changed_permissions = reloaded.version.permissions != permissions;
         permissions = reloaded.version.permissions.clone();

@@ -249,11 +249,20 @@ pub async fn follow(
             tokio::task::spawn_blocking(move || l.load_record(&load_dir, &record_for_load)).await;
         let outcome = match loaded {
             Ok(Ok((stable, canary))) => {
-                let changed = stable.permissions != permissions;
-                let new_permissions = stable.permissions.clone();
-                parts
-                    .route(&loader.engine, stable, canary)
-                    .map(|route| (route, changed, new_permissions))
+                let moved = std::iter::once(&stable)
+                    .chain(canary.as_ref().map(|c| &c.0))
+                    .find_map(|v| topics_moved(&kernel, &v.kernel));
+                if let Some(why) = moved {
+                    Err(anyhow!(
+                        "{why}: a running host keeps its subscription, so this version needs a restart to be served"
+                    ))
+                } else {
+                    let changed = stable.permissions != permissions;
+                    let new_permissions = stable.permissions.clone();
+                    parts
+                        .route(&loader.engine, stable, canary)
+                        .map(|route| (route, changed, new_permissions))
+                }
             }
             Ok(Err(e)) => Err(e),
             Err(e) => Err(anyhow!("loading panicked: {e}")),
@@ -291,6 +300,19 @@ pub async fn follow(
     }
     // Whatever was journalled while serving goes out before the connection closes.
     let _ = publish_journal(&journal, &parts.publisher, &kernel.urn).await;
+}
+
+/// How `version`'s topics differ from those `served` is subscribed and answering on, if they do.
+pub fn topics_moved(served: &Kernel, version: &Kernel) -> Option<String> {
+    let (a, b) = (&served.topics, &version.topics);
+    [
+        ("input", &a.input, &b.input),
+        ("result", &a.result, &b.result),
+        ("event", &a.event, &b.event),
+    ]
+    .into_iter()
+    .find(|(_, x, y)| x != y)
+    .map(|(what, x, y)| format!("its {what} topic moves from {x} to {y}"))
 }
 
 /// Arguments naming one kernel.

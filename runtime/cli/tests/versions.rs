@@ -208,5 +208,25 @@ async fn a_running_host_follows_promote_canary_and_rollback() {
     assert_eq!(status["data"]["serving"]["name"], "stable");
     let versions = ck(&["versions", k]);
     assert!(versions.contains("serving revision"), "{versions}");
+
+    // A version the running host cannot take (its input topic moves) is refused, audited, and
+    // the current one keeps serving.
+    let manifest = std::fs::read_to_string(kernel.join("conceptkernel.yaml")).unwrap();
+    let moved = manifest.replace("spec:\n", "spec:\n  nats:\n    format: guid\n");
+    assert_ne!(moved, manifest);
+    std::fs::write(kernel.join("conceptkernel.yaml"), moved).unwrap();
+    ck_build(env!("CARGO_BIN_EXE_ck"), &[&kernel]);
+    ck(&["promote", k, "develop"]);
+    host.wait_for("\"serving.refused");
+    let why = format!("its input topic moves from input.Demo.Echo to ck.{GUID}.input");
+    assert!(host.log().contains(&why), "{}", host.log());
+    assert_eq!(versions_answering(&client, 50).await, [(2, 50)].into());
+    let audit = ck_audit::read(&kernel).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|l| l["action"] == "serve-version" && l["result"] == "deny"),
+        "{audit:?}"
+    );
     drop(host);
 }
