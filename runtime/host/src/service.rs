@@ -254,9 +254,11 @@ impl KernelService {
                     ),
                 ));
             };
+            // Boxed: the lifecycle's futures are large (7 KiB), and every message's task would
+            // otherwise carry and copy them, task action or not.
             let answer = match task_action {
-                Some(task_action) => lifecycle.handle(task_action, &request).await?,
-                None => lifecycle.amend(&request).await?,
+                Some(task_action) => Box::pin(lifecycle.handle(task_action, &request)).await?,
+                None => Box::pin(lifecycle.amend(&request)).await?,
             };
             return Ok(raw(&answer));
         }
