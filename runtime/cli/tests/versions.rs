@@ -209,6 +209,22 @@ async fn a_running_host_follows_promote_canary_and_rollback() {
     let versions = ck(&["versions", k]);
     assert!(versions.contains("serving revision"), "{versions}");
 
+    // A promotion that changes the kernel's own permissions (declaring task actions opens its
+    // JetStream subjects) renews the connection, so the server enforces the new ones; requests
+    // keep being answered meanwhile.
+    let manifest = std::fs::read_to_string(kernel.join("conceptkernel.yaml")).unwrap();
+    let with_tasks = manifest.replace(
+        "    unique:\n",
+        "    unique:\n      - {name: task.start, description: Start a task, access: anon}\n",
+    );
+    assert_ne!(with_tasks, manifest);
+    std::fs::write(kernel.join("conceptkernel.yaml"), with_tasks).unwrap();
+    ck_build(env!("CARGO_BIN_EXE_ck"), &[&kernel]);
+    ck(&["promote", k, "develop"]);
+    host.wait_for("\"serving.permissions-changed");
+    host.wait_for("\"credentials.rotated\"");
+    assert_eq!(versions_answering(&client, 50).await, [(2, 50)].into());
+
     // A version the running host cannot take (its input topic moves) is refused, audited, and
     // the current one keeps serving.
     let manifest = std::fs::read_to_string(kernel.join("conceptkernel.yaml")).unwrap();
