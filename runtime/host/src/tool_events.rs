@@ -89,32 +89,30 @@ impl ToolEvents {
             Outcome::Finished(_, None) => (&self.completed, "tool.completed"),
             Outcome::Finished(_, Some(_)) => (&self.failed, "tool.failed"),
         };
+        use std::io::Write as _;
         let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let mut out = Vec::with_capacity(self.prefix.len() + 320);
         out.extend_from_slice(self.prefix.as_bytes());
-        out.extend_from_slice(br#","event":""#);
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(br#"","action":"#);
+        // Writes into a Vec cannot fail; no intermediate strings on this path.
+        let _ = write!(out, r#","event":"{name}","action":"#);
         json_str(&mut out, action);
         out.extend_from_slice(br#","trace_id":"#);
         json_str(&mut out, trace_id);
-        out.extend_from_slice(format!(r#","call":{call},"timestamp":"{time}""#).as_bytes());
+        let _ = write!(out, r#","call":{call},"timestamp":"{time}""#);
         if let Outcome::Finished(duration, failure) = outcome {
             let us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
-            out.extend_from_slice(format!(r#","duration_us":{us}"#).as_bytes());
+            let _ = write!(out, r#","duration_us":{us}"#);
             if let Some(f) = failure {
-                out.extend_from_slice(format!(r#","code":{},"error":"#, f.code).as_bytes());
+                let _ = write!(out, r#","code":{},"error":"#, f.code);
                 json_str(&mut out, &f.error);
                 out.extend_from_slice(br#","message":"#);
                 json_str(&mut out, &f.message);
             }
         }
-        out.extend_from_slice(
-            format!(
-                r#"}},"id":"{}{call}:{name}","type":"ck.{name}","time":"{time}"}}"#,
-                self.id_prefix
-            )
-            .as_bytes(),
+        let _ = write!(
+            out,
+            r#"}},"id":"{}{call}:{name}","type":"ck.{name}","time":"{time}"}}"#,
+            self.id_prefix
         );
         (subject.clone(), Bytes::from(out))
     }
