@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use bytes::Bytes;
 use ck_host::{ArtifactCache, HostConfig, HostEngine, Route, Versioned};
 use serde::Serialize;
@@ -29,22 +29,10 @@ struct Report {
     failed_requests: u64,
 }
 
-/// Copies the echo kernel's manifest and sources to `to`.
-fn copy_echo(echo: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to.join("tool"))?;
-    std::fs::copy(
-        echo.join("conceptkernel.yaml"),
-        to.join("conceptkernel.yaml"),
-    )
-    .with_context(|| format!("{}", echo.display()))?;
-    std::fs::copy(echo.join("tool/echo.c"), to.join("tool/echo.c"))?;
-    Ok(())
-}
-
 pub async fn run(echo: &Path, reloads: usize, json: Option<&Path>) -> Result<()> {
     let work = tempfile::tempdir()?;
     let dir = work.path().join("echo");
-    copy_echo(echo, &dir)?;
+    crate::bench_tasks::copy_kernel(echo, &dir)?;
     let source = std::fs::read_to_string(dir.join("tool/echo.c"))?;
     let server = ck_natsd::NatsServer::start("")?;
     let url = server.url();

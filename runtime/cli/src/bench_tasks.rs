@@ -59,7 +59,7 @@ where
 }
 
 /// Copies a kernel's manifest and `tool/` into `to`, so the benchmark seals into a fresh tree.
-fn copy_kernel(from: &Path, to: &Path) -> Result<()> {
+pub(crate) fn copy_kernel(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to.join("tool"))?;
     std::fs::copy(
         from.join("conceptkernel.yaml"),
