@@ -420,16 +420,16 @@ pub async fn serve_all(
         let versioned = Arc::new(ck_host::Versioned::new(
             parts.route(engine, r.stable, r.canary)?,
         ));
-        followers.spawn(crate::versions::follow(
-            r.kernel.clone(),
-            r.loader,
+        let follower = crate::versions::Follower {
+            kernel: r.kernel.clone(),
+            loader: r.loader,
             parts,
-            versioned.clone(),
-            r.revision,
+            versioned: versioned.clone(),
+            revision: r.revision,
             permissions,
             renew,
-            shutdown.clone(),
-        ));
+        };
+        followers.spawn(follower.run(shutdown.clone()));
         let token = shutdown.clone();
         tracing::info!(kernel = %name, input = %endpoint.input, "ready");
         tasks.spawn(async move {

@@ -207,99 +207,119 @@ pub async fn publish_journal(journal: &Journal, publisher: &Publisher, urn: &str
     Ok(entries.len())
 }
 
-/// Follows a served kernel's state directory until `shutdown`: publishes new journal entries,
-/// and when the serving record changes, loads the versions it names and swaps them in. A
-/// version that cannot be loaded is refused (logged and audited) and the current ones keep
-/// serving. When the stable version's permissions change, `renew` is notified so the
-/// connection is renewed and the auth callout issues the new permissions.
-#[allow(clippy::too_many_arguments)]
-pub async fn follow(
-    kernel: Kernel,
-    loader: Loader,
-    parts: ServiceParts,
-    versioned: Arc<ck_host::Versioned>,
-    mut revision: u64,
-    mut permissions: Permissions,
-    renew: Arc<tokio::sync::Notify>,
-    shutdown: CancellationToken,
-) {
-    let dir = kernel.dir().to_path_buf();
-    let journal = Journal::new(&state::state_dir(&dir));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(FOLLOW_INTERVAL) => {}
-        }
-        if let Err(e) = publish_journal(&journal, &parts.publisher, &kernel.urn).await {
-            tracing::warn!(kernel = %kernel.name, error = %format!("{e:#}"), "loop.events-unpublished");
-        }
-        let record = match state::serving(&dir) {
-            Ok(Some(r)) if r.revision != revision => r,
-            Ok(_) => continue,
-            Err(e) => {
-                tracing::warn!(kernel = %kernel.name, error = %e, "serving.unreadable");
-                continue;
+/// A served kernel's state directory, followed while its host runs.
+pub struct Follower {
+    /// The kernel as served (its topics are the subscription's).
+    pub kernel: Kernel,
+    /// Loads the versions the serving record names.
+    pub loader: Loader,
+    /// Binds them to the kernel's connection.
+    pub parts: ServiceParts,
+    /// Where they are swapped in.
+    pub versioned: Arc<ck_host::Versioned>,
+    /// The serving record's revision being served.
+    pub revision: u64,
+    /// The stable version's permissions, as the connection has them.
+    pub permissions: Permissions,
+    /// Notified to renew the connection when those change.
+    pub renew: Arc<tokio::sync::Notify>,
+}
+
+impl Follower {
+    /// Follows until `shutdown`: publishes new journal entries, and when the serving record
+    /// changes, loads the versions it names and swaps them in. A version that cannot be served
+    /// is refused (logged and audited) and the current ones keep serving. When the stable
+    /// version's permissions change, the connection is renewed so the auth callout issues
+    /// them.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Follower {
+            kernel,
+            loader,
+            parts,
+            versioned,
+            mut revision,
+            mut permissions,
+            renew,
+        } = self;
+        let dir = kernel.dir().to_path_buf();
+        let journal = Journal::new(&state::state_dir(&dir));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(FOLLOW_INTERVAL) => {}
             }
-        };
-        revision = record.revision;
-        let started = std::time::Instant::now();
-        let (load_dir, l) = (dir.clone(), loader.clone());
-        let record_for_load = record.clone();
-        let loaded =
-            tokio::task::spawn_blocking(move || l.load_record(&load_dir, &record_for_load)).await;
-        let outcome = match loaded {
-            Ok(Ok((stable, canary))) => {
-                let moved = std::iter::once(&stable)
-                    .chain(canary.as_ref().map(|c| &c.0))
-                    .find_map(|v| topics_moved(&kernel, &v.kernel));
-                if let Some(why) = moved {
-                    Err(anyhow!(
-                        "{why}: a running host keeps its subscription, so this version needs a restart to be served"
-                    ))
-                } else {
-                    let changed = stable.permissions != permissions;
-                    let new_permissions = stable.permissions.clone();
-                    parts
-                        .route(&loader.engine, stable, canary)
-                        .map(|route| (route, changed, new_permissions))
+            if let Err(e) = publish_journal(&journal, &parts.publisher, &kernel.urn).await {
+                tracing::warn!(kernel = %kernel.name, error = %format!("{e:#}"), "loop.events-unpublished");
+            }
+            let record = match state::serving(&dir) {
+                Ok(Some(r)) if r.revision != revision => r,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(kernel = %kernel.name, error = %e, "serving.unreadable");
+                    continue;
+                }
+            };
+            revision = record.revision;
+            let started = std::time::Instant::now();
+            let (load_dir, l) = (dir.clone(), loader.clone());
+            let record_for_load = record.clone();
+            let loaded =
+                tokio::task::spawn_blocking(move || l.load_record(&load_dir, &record_for_load))
+                    .await;
+            let outcome = match loaded {
+                Ok(Ok((stable, canary))) => {
+                    let moved = std::iter::once(&stable)
+                        .chain(canary.as_ref().map(|c| &c.0))
+                        .find_map(|v| topics_moved(&kernel, &v.kernel));
+                    if let Some(why) = moved {
+                        Err(anyhow!(
+                            "{why}: a running host keeps its subscription, so this version needs a restart to be served"
+                        ))
+                    } else {
+                        let changed = stable.permissions != permissions;
+                        let new_permissions = stable.permissions.clone();
+                        parts
+                            .route(&loader.engine, stable, canary)
+                            .map(|route| (route, changed, new_permissions))
+                    }
+                }
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(anyhow!("loading panicked: {e}")),
+            };
+            match outcome {
+                Ok((route, changed, new_permissions)) => {
+                    versioned.swap(route);
+                    tracing::info!(
+                        kernel = %kernel.name,
+                        revision,
+                        stable = %record.stable.short(),
+                        canary = ?record.canary.as_ref().map(|c| (c.pin.short(), c.weight)),
+                        swap_ms = started.elapsed().as_secs_f64() * 1e3,
+                        "serving.changed"
+                    );
+                    if changed {
+                        permissions = new_permissions;
+                        tracing::info!(kernel = %kernel.name, "serving.permissions-changed; renewing the connection");
+                        renew.notify_one();
+                    }
+                }
+                Err(e) => {
+                    let reason = format!("serving record revision {revision} refused: {e:#}");
+                    tracing::error!(kernel = %kernel.name, error = %reason, "serving.refused; the current versions keep serving");
+                    let record = ck_audit::AuditRecord::now(
+                        "ck host",
+                        "serve-version",
+                        ck_audit::Verdict::Deny,
+                        reason,
+                        "ck host",
+                    );
+                    ck_audit::append_detached(dir.clone(), kernel.name.clone(), record);
                 }
             }
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(anyhow!("loading panicked: {e}")),
-        };
-        match outcome {
-            Ok((route, changed, new_permissions)) => {
-                versioned.swap(route);
-                tracing::info!(
-                    kernel = %kernel.name,
-                    revision,
-                    stable = %record.stable.short(),
-                    canary = ?record.canary.as_ref().map(|c| (c.pin.short(), c.weight)),
-                    swap_ms = started.elapsed().as_secs_f64() * 1e3,
-                    "serving.changed"
-                );
-                if changed {
-                    permissions = new_permissions;
-                    tracing::info!(kernel = %kernel.name, "serving.permissions-changed; renewing the connection");
-                    renew.notify_one();
-                }
-            }
-            Err(e) => {
-                let reason = format!("serving record revision {revision} refused: {e:#}");
-                tracing::error!(kernel = %kernel.name, error = %reason, "serving.refused; the current versions keep serving");
-                let record = ck_audit::AuditRecord::now(
-                    "ck host",
-                    "serve-version",
-                    ck_audit::Verdict::Deny,
-                    reason,
-                    "ck host",
-                );
-                ck_audit::append_detached(dir.clone(), kernel.name.clone(), record);
-            }
         }
+        // Whatever was journalled while serving goes out before the connection closes.
+        let _ = publish_journal(&journal, &parts.publisher, &kernel.urn).await;
     }
-    // Whatever was journalled while serving goes out before the connection closes.
-    let _ = publish_journal(&journal, &parts.publisher, &kernel.urn).await;
 }
 
 /// How `version`'s topics differ from those `served` is subscribed and answering on, if they do.
@@ -400,6 +420,18 @@ pub fn rollback(args: &KernelArg) -> Result<ExitCode> {
 
 /// `ck versions`: the serving record and the loops' branches.
 pub fn versions(args: &KernelArg) -> Result<ExitCode> {
+    let dir = if args.kernel.is_dir() {
+        args.kernel.clone()
+    } else {
+        args.kernel.parent().unwrap_or(Path::new(".")).to_owned()
+    };
+    if !state::state_dir(&dir).is_dir() {
+        println!(
+            "{}: nothing recorded yet (`ck build`, `ck run` or `ck dev` record the loops)",
+            dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let loops = open(&args.kernel)?;
     match loops.serving()? {
         Some(record) => print_record(&record),
