@@ -207,6 +207,12 @@ pub async fn publish_journal(journal: &Journal, publisher: &Publisher, urn: &str
     Ok(entries.len())
 }
 
+/// Size and modification time of a file, None when it does not exist.
+fn file_stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
 /// A served kernel's state directory, followed while its host runs.
 pub struct Follower {
     /// The kernel as served (its topics are the subscription's).
@@ -243,14 +249,30 @@ impl Follower {
         } = self;
         let dir = kernel.dir().to_path_buf();
         let journal = Journal::new(&state::state_dir(&dir));
+        let serving_path = state::serving_path(&dir);
+        // Both files are only ever appended to or replaced: while their size and time stay
+        // the same there is nothing to read, so the 100 ms tick costs two stats, not a parse
+        // of the whole (ever-growing) journal.
+        let (mut journal_seen, mut serving_seen) = (None, None);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(FOLLOW_INTERVAL) => {}
             }
-            if let Err(e) = publish_journal(&journal, &parts.publisher, &kernel.urn).await {
-                tracing::warn!(kernel = %kernel.name, error = %format!("{e:#}"), "loop.events-unpublished");
+            let journal_now = file_stamp(journal.path());
+            if journal_now != journal_seen {
+                match publish_journal(&journal, &parts.publisher, &kernel.urn).await {
+                    Ok(_) => journal_seen = journal_now,
+                    Err(e) => {
+                        tracing::warn!(kernel = %kernel.name, error = %format!("{e:#}"), "loop.events-unpublished")
+                    }
+                }
             }
+            let serving_now = file_stamp(&serving_path);
+            if serving_now == serving_seen {
+                continue;
+            }
+            serving_seen = serving_now;
             let record = match state::serving(&dir) {
                 Ok(Some(r)) if r.revision != revision => r,
                 Ok(_) => continue,
@@ -367,18 +389,7 @@ pub struct CanaryArgs {
 }
 
 fn open(path: &Path) -> Result<Loops> {
-    let manifest = if path.is_dir() {
-        path.join(ck_manifest::MANIFEST_FILE)
-    } else {
-        path.to_owned()
-    };
-    let loaded = ck_manifest::load_file(&manifest, chrono::Utc::now());
-    let Some(kernel) = loaded.kernel else {
-        for d in &loaded.diagnostics {
-            eprintln!("{d}");
-        }
-        bail!("{}: invalid manifest", manifest.display());
-    };
+    let kernel = crate::validate::load_one(path)?;
     Ok(Loops::open(&kernel)?)
 }
 
