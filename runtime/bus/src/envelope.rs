@@ -240,7 +240,7 @@ struct ResultBody<'a> {
     trace_id: &'a str,
     kernel: &'a str,
     kernel_urn: &'a str,
-    timestamp: String,
+    timestamp: &'a str,
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
@@ -259,13 +259,9 @@ struct EventBody<'a> {
     trace_id: &'a str,
     kernel: &'a str,
     kernel_urn: &'a str,
-    timestamp: String,
+    timestamp: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<u16>,
-}
-
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// The result body for an outcome. `data` must already be valid JSON.
@@ -274,6 +270,7 @@ pub fn result_body(
     trace_id: &str,
     action: Option<&str>,
     outcome: &Result<Box<RawValue>, Failure>,
+    timestamp: &str,
 ) -> Vec<u8> {
     let body = match outcome {
         Ok(data) => ResultBody {
@@ -282,7 +279,7 @@ pub fn result_body(
             trace_id,
             kernel: &who.kernel,
             kernel_urn: &who.kernel_urn,
-            timestamp: now(),
+            timestamp,
             status: "ok",
             error: None,
             code: None,
@@ -294,7 +291,7 @@ pub fn result_body(
             trace_id,
             kernel: &who.kernel,
             kernel_urn: &who.kernel_urn,
-            timestamp: now(),
+            timestamp,
             status: "error",
             error: Some(&f.error),
             code: Some(f.code),
@@ -310,6 +307,7 @@ pub fn event_body(
     trace_id: &str,
     action: Option<&str>,
     outcome: &Result<Box<RawValue>, Failure>,
+    timestamp: &str,
 ) -> Vec<u8> {
     let (kind, code) = match outcome {
         Ok(_) => ("action.completed", None),
@@ -321,7 +319,7 @@ pub fn event_body(
         trace_id,
         kernel: &who.kernel,
         kernel_urn: &who.kernel_urn,
-        timestamp: now(),
+        timestamp,
         code,
     };
     serde_json::to_vec(&body).unwrap_or_default()
@@ -409,17 +407,25 @@ mod tests {
             kernel_urn: "ckp://Kernel#CS.Voting:v1.0".into(),
         };
         let data = RawValue::from_string(r#"{"winner":"a"}"#.into()).unwrap();
-        let ok: Value =
-            serde_json::from_slice(&result_body(&who, "tx-1", Some("tally"), &Ok(data))).unwrap();
+        let ok: Value = serde_json::from_slice(&result_body(
+            &who,
+            "tx-1",
+            Some("tally"),
+            &Ok(data),
+            "2026-11-27T04:07:23.123Z",
+        ))
+        .unwrap();
         assert_eq!(ok["status"], "ok");
         assert_eq!(ok["data"]["winner"], "a");
         assert_eq!(ok["kernel"], "CS.Voting");
         assert_eq!(ok["trace_id"], "tx-1");
+        assert_eq!(ok["timestamp"], "2026-11-27T04:07:23.123Z");
         let err: Value = serde_json::from_slice(&result_body(
             &who,
             "tx-2",
             None,
             &Err(Failure::new(404, "unknown_action", "no action `x`")),
+            "2026-11-27T04:07:23.123Z",
         ))
         .unwrap();
         assert_eq!(err["status"], "error");

@@ -11,6 +11,7 @@
 //! It does not know what a kernel is made of: the answer comes from a [`Handler`]. It does not
 //! decide permissions either; callers check them before asking it to publish.
 
+pub mod clock;
 mod connection;
 pub mod envelope;
 pub mod outbox;

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use async_nats::{Client, HeaderMap, Message};
+use async_nats::{Client, HeaderMap, HeaderName, Message};
 use bytes::Bytes;
 use ck_manifest::Kernel;
 use ck_manifest::topics::TopicFormat;
@@ -18,6 +18,11 @@ use crate::envelope::{
     Failure, KERNEL_ID, Request, RequestHeaders, Responder, TRACE_ID, USER_ID, event_body,
     parse_request, result_body,
 };
+
+// Header names parsed once, not per answer.
+const TRACE_ID_NAME: HeaderName = HeaderName::from_static(TRACE_ID);
+const KERNEL_ID_NAME: HeaderName = HeaderName::from_static(KERNEL_ID);
+const USER_ID_NAME: HeaderName = HeaderName::from_static(USER_ID);
 
 /// How long stopping waits for the server to take the last messages (it may be gone).
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
@@ -150,7 +155,9 @@ pub(crate) async fn serve_signalling<H: Handler>(
         let _ = tx.send(());
     }
     tracing::info!(kernel = %endpoint.responder.kernel, topic = %endpoint.input, queue = ?endpoint.queue_group, "nats.subscribed");
-    let endpoint = Arc::new(endpoint);
+    // One handle for every message's task (a `Client` clone is several reference counts).
+    let shared = Arc::new((client.clone(), endpoint));
+    let endpoint = &shared.1;
     let slots = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
     let mut tasks = JoinSet::new();
     let mut report = ServeReport::default();
@@ -172,9 +179,9 @@ pub(crate) async fn serve_signalling<H: Handler>(
                 let Some(message) = message else { break };
                 let Ok(slot) = slots.clone().acquire_owned().await else { break };
                 report.answered += 1;
-                let (client, endpoint, handler) = (client.clone(), endpoint.clone(), handler.clone());
+                let (shared, handler) = (shared.clone(), handler.clone());
                 tasks.spawn(async move {
-                    answer(&client, &endpoint, handler.as_ref(), options, message).await;
+                    answer(&shared.0, &shared.1, handler.as_ref(), options, message).await;
                     drop(slot);
                 });
             }
@@ -204,7 +211,9 @@ async fn answer<H: Handler>(
             Ok(request) => {
                 tracing::Span::current().record("action", request.action.as_str());
                 let (action, user) = (request.action.clone(), request.user.clone());
-                (Some(action), user, handler.handle(request).await)
+                // Boxed: the handler's future is large, and the task that carries it is
+                // moved into place on every spawn.
+                (Some(action), user, Box::pin(handler.handle(request)).await)
             }
             Err(e) => (
                 None,
@@ -216,14 +225,16 @@ async fn answer<H: Handler>(
             tracing::warn!(code = f.code, error = %f.error, message = %f.message, "error.dispatch");
         }
         let mut headers = HeaderMap::new();
-        headers.insert(TRACE_ID, trace_id.as_str());
-        headers.insert(KERNEL_ID, endpoint.responder.kernel.as_str());
-        headers.insert(USER_ID, user.as_str());
+        headers.insert(TRACE_ID_NAME, trace_id.as_str());
+        headers.insert(KERNEL_ID_NAME, endpoint.responder.kernel.as_str());
+        headers.insert(USER_ID_NAME, user.as_str());
+        let timestamp = crate::clock::now(crate::clock::Precision::Millis);
         let body = Bytes::from(result_body(
             &endpoint.responder,
             &trace_id,
             action.as_deref(),
             &outcome,
+            &timestamp,
         ));
         if let Some(reply) = message.reply {
             send(client, reply.to_string(), headers.clone(), body.clone()).await;
@@ -234,6 +245,7 @@ async fn answer<H: Handler>(
                 &trace_id,
                 action.as_deref(),
                 &outcome,
+                &timestamp,
             ));
             send(client, endpoint.event.clone(), headers.clone(), event).await;
         }

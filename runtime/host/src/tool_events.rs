@@ -90,7 +90,6 @@ impl ToolEvents {
             Outcome::Finished(_, Some(_)) => (&self.failed, "tool.failed"),
         };
         use std::io::Write as _;
-        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let mut out = Vec::with_capacity(self.prefix.len() + 320);
         out.extend_from_slice(self.prefix.as_bytes());
         // Writes into a Vec cannot fail; no intermediate strings on this path.
@@ -98,7 +97,11 @@ impl ToolEvents {
         json_str(&mut out, action);
         out.extend_from_slice(br#","trace_id":"#);
         json_str(&mut out, trace_id);
-        let _ = write!(out, r#","call":{call},"timestamp":"{time}""#);
+        let _ = write!(out, r#","call":{call},"timestamp":""#);
+        let time_at = out.len();
+        ck_bus::clock::write_now(&mut out, ck_bus::clock::Precision::Micros);
+        let time = out[time_at..].to_vec();
+        out.push(b'"');
         if let Outcome::Finished(duration, failure) = outcome {
             let us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
             let _ = write!(out, r#","duration_us":{us}"#);
@@ -111,9 +114,11 @@ impl ToolEvents {
         }
         let _ = write!(
             out,
-            r#"}},"id":"{}{call}:{name}","type":"ck.{name}","time":"{time}"}}"#,
+            r#"}},"id":"{}{call}:{name}","type":"ck.{name}","time":""#,
             self.id_prefix
         );
+        out.extend_from_slice(&time);
+        out.extend_from_slice(b"\"}");
         (subject.clone(), Bytes::from(out))
     }
 }
@@ -159,6 +164,9 @@ mod tests {
             assert_eq!(v["data"]["trace_id"], "tx-\"1\"");
             assert_eq!(v["data"]["version"], "canary");
             assert_eq!(v["data"]["call"], 3);
+            let time = v["time"].as_str().unwrap();
+            assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{time}");
+            assert_eq!(v["data"]["timestamp"], time);
             assert!(
                 v["id"]
                     .as_str()
