@@ -35,11 +35,11 @@ pub struct Args {
     /// Do not publish the per-answer event on event.{K} (to see what it costs).
     #[arg(long)]
     no_events: bool,
-    /// Which targets to measure: baseline, fresh, reused, domain (all by default).
+    /// Which targets to measure: baseline, protocol, fresh, reused, domain (all by default).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "baseline,fresh,reused,domain"
+        default_value = "baseline,protocol,fresh,reused,domain"
     )]
     targets: Vec<String>,
     /// Measure the auth callout instead: connect latency through `ck authz` beside a static
@@ -81,6 +81,25 @@ struct Row {
     throughput_rps: f64,
     p50_us: f64,
     p99_us: f64,
+    /// CPU time of this process (load generator and responder or host) per request, µs.
+    cpu_us_per_request: f64,
+    /// CPU time of nats-server per request, µs.
+    server_cpu_us_per_request: f64,
+}
+
+/// CPU time used so far by a process (all its threads), from `/proc/{pid}/stat`.
+fn cpu_time(pid: &str) -> Duration {
+    // utime and stime are fields 14 and 15, counted in USER_HZ (100 on Linux) ticks; the
+    // command name (field 2) may hold spaces, so count from the closing parenthesis.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
 }
 
 #[derive(Serialize)]
@@ -92,6 +111,7 @@ struct Report {
     instantiate_p50_us: f64,
     instantiate_p99_us: f64,
     ratio_echo_fresh_vs_baseline_c64: Option<f64>,
+    ratio_echo_fresh_vs_protocol_c64: Option<f64>,
     tool_events_cost_c64: Option<f64>,
 }
 
@@ -148,21 +168,30 @@ async fn load(
     (all.len() as u64, errors, all)
 }
 
+struct Target<'a> {
+    client: &'a async_nats::Client,
+    /// The nats-server's process id (its CPU time is reported per request).
+    server_pid: String,
+}
+
 async fn measure(
     rows: &mut Vec<Row>,
-    client: &async_nats::Client,
+    on: &Target<'_>,
     target: &str,
     subject: &str,
     body: &Bytes,
     args: &Args,
 ) {
+    let client = on.client;
     // Warm up connections, caches and the pool before measuring.
     let _ = load(client, subject, body.clone(), 8, Duration::from_millis(300)).await;
     for &c in &args.concurrency {
         let duration = Duration::from_secs_f64(args.seconds);
+        let (cpu, server_cpu) = (cpu_time("self"), cpu_time(&on.server_pid));
         let started = Instant::now();
         let (requests, errors, latencies) = load(client, subject, body.clone(), c, duration).await;
         let elapsed = started.elapsed().as_secs_f64();
+        let per_request = |used: Duration| used.as_secs_f64() * 1e6 / requests.max(1) as f64;
         let row = Row {
             target: target.to_owned(),
             concurrency: c,
@@ -171,14 +200,20 @@ async fn measure(
             throughput_rps: requests as f64 / elapsed,
             p50_us: percentile(&latencies, 0.50),
             p99_us: percentile(&latencies, 0.99),
+            cpu_us_per_request: per_request(cpu_time("self").saturating_sub(cpu)),
+            server_cpu_us_per_request: per_request(
+                cpu_time(&on.server_pid).saturating_sub(server_cpu),
+            ),
         };
         println!(
-            "{:<34} c={:<3} {:>9.0} req/s   p50 {:>7.0} µs   p99 {:>7.0} µs   ({} ok, {} errors)",
+            "{:<38} c={:<3} {:>8.0} req/s   p50 {:>6.0} µs   p99 {:>6.0} µs   cpu/req {:>5.1} + server {:>4.1} µs   ({} ok, {} errors)",
             row.target,
             row.concurrency,
             row.throughput_rps,
             row.p50_us,
             row.p99_us,
+            row.cpu_us_per_request,
+            row.server_cpu_us_per_request,
             row.requests,
             row.errors
         );
@@ -302,14 +337,37 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
 
     let echo = load_one(&args.echo)?;
     let domain = load_one(&args.domain)?;
-    let mut rows = Vec::new();
     let wanted = |t: &str| args.targets.iter().any(|x| x == t);
+    let on = Target {
+        client: &client,
+        server_pid: server.pid().to_string(),
+    };
+    // (a') The messages the protocol asks for, without WebAssembly or ck's serving loop.
+    let protocol = if wanted("protocol") {
+        Some(tokio::spawn(protocol_responder(url.clone(), echo.clone())))
+    } else {
+        None
+    };
+    let mut rows = Vec::new();
     if wanted("baseline") {
         measure(
             &mut rows,
-            &client,
+            &on,
             "(a) plain async-nats responder",
             "bench.baseline",
+            &body,
+            args,
+        )
+        .await;
+    }
+
+    if protocol.is_some() {
+        client.flush().await?;
+        measure(
+            &mut rows,
+            &on,
+            "(a') responder + protocol publishes",
+            "bench.protocol",
             &body,
             args,
         )
@@ -332,7 +390,7 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
         client.flush().await?;
         measure(
             &mut rows,
-            &client,
+            &on,
             "(b) ck host, echo, fresh instance",
             &echo.topics.input,
             &body,
@@ -360,7 +418,7 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
         client.flush().await?;
         measure(
             &mut rows,
-            &client,
+            &on,
             "(b') ck host, echo, reused instance",
             &echo.topics.input,
             &body,
@@ -396,7 +454,7 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
         );
         measure(
             &mut rows,
-            &client,
+            &on,
             "(c) ck host, CS.Voting tally",
             &domain.topics.input,
             &tally,
@@ -406,6 +464,9 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
     }
     shutdown.cancel();
     baseline.abort();
+    if let Some(protocol) = protocol {
+        protocol.abort();
+    }
 
     let p50 = percentile(&instantiate, 0.5);
     let p99 = percentile(&instantiate, 0.99);
@@ -418,6 +479,10 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
     let ratio = at("(a)").zip(at("(b) ")).map(|(a, b)| b / a);
     if let Some(r) = ratio {
         println!("ratio (b)/(a) throughput at c=64: {r:.2}");
+    }
+    let ratio_protocol = at("(a')").zip(at("(b) ")).map(|(a, b)| b / a);
+    if let Some(r) = ratio_protocol {
+        println!("ratio (b)/(a') throughput at c=64: {r:.2} (against the protocol's own messages)");
     }
     let tool_events_cost = if args.tool_events_rounds > 0 && wanted("fresh") {
         Some(tool_events_cost(&engine, &url, &client, &echo, &body, args).await?)
@@ -435,6 +500,7 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
         instantiate_p50_us: p50,
         instantiate_p99_us: p99,
         ratio_echo_fresh_vs_baseline_c64: ratio,
+        ratio_echo_fresh_vs_protocol_c64: ratio_protocol,
         tool_events_cost_c64: tool_events_cost,
     };
     if let Some(path) = &args.json {
@@ -442,6 +508,81 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
     }
     drop(server);
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A plain async-nats responder that sends what the protocol asks of every answer, as the host
+/// sends it, and nothing more: the request parsed, the reply and `result.{K}` with the CKP
+/// headers, the event on `event.{K}`, and the two TOOL events. No WebAssembly, no serving
+/// machinery: the floor any CKP host on this server pays per message.
+async fn protocol_responder(url: String, kernel: Kernel) -> Result<()> {
+    use ck_bus::envelope::{Responder, event_body, parse_request, result_body};
+    let client = async_nats::connect(&url).await?;
+    let mut sub = client.subscribe("bench.protocol").await?;
+    client.flush().await?;
+    let who = Responder {
+        kernel: kernel.name.clone(),
+        kernel_urn: kernel.urn.clone(),
+    };
+    let subject = |event| ck_manifest::topics::loop_event_subject(&kernel.guid, event);
+    let (invoked, completed) = (
+        subject(ck_manifest::topics::LoopEvent::ToolInvoked),
+        subject(ck_manifest::topics::LoopEvent::ToolCompleted),
+    );
+    let tool_event = |name: &str, trace_id: &str| {
+        Bytes::from(format!(
+            r#"{{"specversion":"1.0","datacontenttype":"application/json","source":"{}","data":{{"kernel":"{}","guid":"{}","event":"{name}","action":"echo","trace_id":"{trace_id}","timestamp":"{}"}},"id":"{}:{name}","type":"ck.{name}","time":"{}"}}"#,
+            kernel.urn,
+            kernel.name,
+            kernel.guid,
+            ck_bus::clock::now(ck_bus::clock::Precision::Micros),
+            trace_id,
+            ck_bus::clock::now(ck_bus::clock::Precision::Micros),
+        ))
+    };
+    while let Some(message) = sub.next().await {
+        let (trace_id, request) = parse_request(&message.payload, Default::default(), 1 << 20);
+        let outcome = request.map_err(|e| e.failure()).and_then(|r| {
+            serde_json::value::RawValue::from_string(r.data)
+                .map_err(|e| ck_bus::Failure::new(500, "invalid_result", e.to_string()))
+        });
+        let _ = client
+            .publish(invoked.clone(), tool_event("tool.invoked", &trace_id))
+            .await;
+        let _ = client
+            .publish(completed.clone(), tool_event("tool.completed", &trace_id))
+            .await;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(ck_bus::envelope::TRACE_ID, trace_id.as_str());
+        headers.insert(ck_bus::envelope::KERNEL_ID, who.kernel.as_str());
+        headers.insert(ck_bus::envelope::USER_ID, ck_bus::envelope::ANONYMOUS);
+        let timestamp = ck_bus::clock::now(ck_bus::clock::Precision::Millis);
+        let body = Bytes::from(result_body(
+            &who,
+            &trace_id,
+            Some("echo"),
+            &outcome,
+            &timestamp,
+        ));
+        let event = Bytes::from(event_body(
+            &who,
+            &trace_id,
+            Some("echo"),
+            &outcome,
+            &timestamp,
+        ));
+        if let Some(reply) = message.reply {
+            let _ = client
+                .publish_with_headers(reply, headers.clone(), body.clone())
+                .await;
+        }
+        let _ = client
+            .publish_with_headers(kernel.topics.event.clone(), headers.clone(), event)
+            .await;
+        let _ = client
+            .publish_with_headers(kernel.topics.result.clone(), headers, body)
+            .await;
+    }
+    Ok(())
 }
 
 /// What the TOOL loop's per-call events cost: the same kernel served twice at once (input
