@@ -107,17 +107,35 @@ fn append_queue(path: &Path, events: &[LoopEventMessage]) -> std::io::Result<()>
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)?;
     let mut bytes = Vec::new();
+    if ends_torn(&mut file)? {
+        // End the line a crash cut short, or the first event appended now would be glued to
+        // it and be unreadable too.
+        bytes.push(b'\n');
+    }
     for event in events {
         serde_json::to_writer(&mut bytes, event)?;
         bytes.push(b'\n');
     }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
     file.write_all(&bytes)?;
     file.sync_data()
+}
+
+/// Whether `file` is not empty and its last line has no end (an append a crash cut short).
+fn ends_torn(file: &mut std::fs::File) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    if file.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
 }
 
 impl Outbox {
@@ -325,5 +343,41 @@ impl Outbox {
                 tracing::error!(path = %self.path.display(), error = %e, "event.replay-failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: u32) -> LoopEventMessage {
+        LoopEventMessage {
+            subject: format!("ck.g.data.e{n}"),
+            msg_id: format!("g:{n}"),
+            trace_id: "tx-1".into(),
+            user: "anonymous".into(),
+            body: Value::Null,
+        }
+    }
+
+    #[test]
+    fn an_append_after_a_torn_line_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pending.jsonl");
+        append_queue(&path, &[event(1), event(2)]).unwrap();
+        // A crash cut the next append short.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"subject\":\"ck.g.da")
+            .unwrap();
+        append_queue(&path, &[event(3)]).unwrap();
+        let ids: Vec<String> = read_queue(&path)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.msg_id)
+            .collect();
+        assert_eq!(ids, ["g:1", "g:2", "g:3"]);
     }
 }

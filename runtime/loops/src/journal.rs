@@ -68,9 +68,14 @@ impl Journal {
         if events.is_empty() {
             return Ok(());
         }
-        let last = self.entries()?.last().map_or(0, |e| e.seq);
+        let (last, torn) = self.tail()?;
         let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let mut bytes = Vec::new();
+        if torn {
+            // End the line a crash cut short, or the first new entry would be glued to it and
+            // be unreadable too.
+            bytes.push(b'\n');
+        }
         for (seq, (event, subject, msg_id, data)) in (last + 1..).zip(events) {
             let entry = JournalEntry {
                 seq,
@@ -89,6 +94,36 @@ impl Journal {
             .open(&self.path)?;
         file.write_all(&bytes)?;
         file.sync_data()
+    }
+
+    /// The sequence number of the last readable entry (0 when none), and whether the file
+    /// ends in a line cut short. Reads only the end of the journal, which only grows.
+    fn tail(&self) -> std::io::Result<(u64, bool)> {
+        use std::io::{Read, Seek, SeekFrom};
+        const CHUNK: u64 = 64 * 1024;
+        let mut file = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, false)),
+            Err(e) => return Err(e),
+        };
+        let len = file.metadata()?.len();
+        let start = len.saturating_sub(CHUNK);
+        file.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail)?;
+        let torn = tail.last().is_some_and(|&b| b != b'\n');
+        // The first line of a chunk that starts mid-file may be partial: never trust it.
+        let lines = tail.split(|&b| b == b'\n').skip(usize::from(start > 0));
+        let last = lines
+            .filter_map(|l| serde_json::from_slice::<JournalEntry>(l).ok())
+            .last()
+            .map(|e| e.seq);
+        match last {
+            Some(seq) => Ok((seq, torn)),
+            // No whole entry in the chunk (entries larger than it): read everything.
+            None if start > 0 => Ok((self.entries()?.last().map_or(0, |e| e.seq), torn)),
+            None => Ok((0, torn)),
+        }
     }
 
     /// The last sequence number a host published.
@@ -149,5 +184,43 @@ mod tests {
             .write_all(b"{\"seq\":4,\"ev")
             .unwrap();
         assert_eq!(journal.entries().unwrap().len(), 3);
+        // The next append is not lost to the torn line, and continues the numbering.
+        journal.append(vec![ev("tool.promote")]).unwrap();
+        let all = journal.entries().unwrap();
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert_eq!(all[3].event, "tool.promote");
+    }
+
+    #[test]
+    fn numbering_continues_past_a_long_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::new(dir.path());
+        // Entries well past the tail chunk, some larger than it.
+        for n in 0..300 {
+            let size = if n % 100 == 7 { 70_000 } else { 500 };
+            let data = Value::String("x".repeat(size));
+            journal
+                .append(vec![(
+                    "ck.commit".into(),
+                    "s".into(),
+                    format!("g:{n}"),
+                    data,
+                )])
+                .unwrap();
+        }
+        let big = Value::String("y".repeat(100_000));
+        journal
+            .append(vec![("ck.commit".into(), "s".into(), "g:big".into(), big)])
+            .unwrap();
+        journal
+            .append(vec![(
+                "ck.promote".into(),
+                "s".into(),
+                "g:last".into(),
+                Value::Null,
+            )])
+            .unwrap();
+        let seqs: Vec<u64> = journal.entries().unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=302).collect::<Vec<_>>());
     }
 }
