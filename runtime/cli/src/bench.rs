@@ -35,6 +35,10 @@ pub struct Args {
     /// Do not publish the per-answer event on event.{K} (to see what it costs).
     #[arg(long)]
     no_events: bool,
+    /// Do not publish the TOOL loop's per-call events (`tool.invoked`, `tool.completed`) in
+    /// (a'), (b), (b') and (c).
+    #[arg(long)]
+    no_tool_events: bool,
     /// Which targets to measure: baseline, protocol, fresh, reused, domain (all by default).
     #[arg(
         long,
@@ -344,7 +348,12 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
     };
     // (a') The messages the protocol asks for, without WebAssembly or ck's serving loop.
     let protocol = if wanted("protocol") {
-        Some(tokio::spawn(protocol_responder(url.clone(), echo.clone())))
+        Some(tokio::spawn(protocol_responder(
+            url.clone(),
+            echo.clone(),
+            !args.no_events,
+            !args.no_tool_events,
+        )))
     } else {
         None
     };
@@ -383,7 +392,7 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
             echo.clone(),
             0,
             !args.no_events,
-            true,
+            !args.no_tool_events,
             &shutdown,
         )
         .await?;
@@ -411,7 +420,7 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
             echo.clone(),
             1000,
             !args.no_events,
-            true,
+            !args.no_tool_events,
             &shutdown,
         )
         .await?;
@@ -438,7 +447,7 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
             domain.clone(),
             0,
             !args.no_events,
-            true,
+            !args.no_tool_events,
             &shutdown,
         )
         .await?;
@@ -514,7 +523,12 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
 /// sends it, and nothing more: the request parsed, the reply and `result.{K}` with the CKP
 /// headers, the event on `event.{K}`, and the two TOOL events. No WebAssembly, no serving
 /// machinery: the floor any CKP host on this server pays per message.
-async fn protocol_responder(url: String, kernel: Kernel) -> Result<()> {
+async fn protocol_responder(
+    url: String,
+    kernel: Kernel,
+    events: bool,
+    tool_events: bool,
+) -> Result<()> {
     use ck_bus::envelope::{Responder, event_body, parse_request, result_body};
     let client = async_nats::connect(&url).await?;
     let mut sub = client.subscribe("bench.protocol").await?;
@@ -545,12 +559,14 @@ async fn protocol_responder(url: String, kernel: Kernel) -> Result<()> {
             serde_json::value::RawValue::from_string(r.data)
                 .map_err(|e| ck_bus::Failure::new(500, "invalid_result", e.to_string()))
         });
-        let _ = client
-            .publish(invoked.clone(), tool_event("tool.invoked", &trace_id))
-            .await;
-        let _ = client
-            .publish(completed.clone(), tool_event("tool.completed", &trace_id))
-            .await;
+        if tool_events {
+            let _ = client
+                .publish(invoked.clone(), tool_event("tool.invoked", &trace_id))
+                .await;
+            let _ = client
+                .publish(completed.clone(), tool_event("tool.completed", &trace_id))
+                .await;
+        }
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(ck_bus::envelope::TRACE_ID, trace_id.as_str());
         headers.insert(ck_bus::envelope::KERNEL_ID, who.kernel.as_str());
@@ -575,9 +591,11 @@ async fn protocol_responder(url: String, kernel: Kernel) -> Result<()> {
                 .publish_with_headers(reply, headers.clone(), body.clone())
                 .await;
         }
-        let _ = client
-            .publish_with_headers(kernel.topics.event.clone(), headers.clone(), event)
-            .await;
+        if events {
+            let _ = client
+                .publish_with_headers(kernel.topics.event.clone(), headers.clone(), event)
+                .await;
+        }
         let _ = client
             .publish_with_headers(kernel.topics.result.clone(), headers, body)
             .await;
