@@ -255,6 +255,12 @@ async fn bad_input_is_answered_with_a_code() {
 async fn hostile_kernels_fail_alone() {
     let s = setup().await;
     let c = &s.client;
+    // Each failed call is also a `tool.failed` TOOL event, with the same code and error.
+    let mut failed = c
+        .subscribe("ck.6b5a4c3d-2e1f-4a0b-8c9d-0e1f2a3b4c5d.tool.failed")
+        .await
+        .unwrap();
+    c.flush().await.unwrap();
     let expectations = [
         ("spin", 504, "deadline_exceeded"),
         ("hog", 500, "memory_exhausted"),
@@ -275,6 +281,16 @@ async fn hostile_kernels_fail_alone() {
             (Some(code), Some(error)),
             "{action}: {answer}"
         );
+        let event = tokio::time::timeout(Duration::from_secs(5), failed.next())
+            .await
+            .unwrap_or_else(|_| panic!("no tool.failed for {action}"))
+            .unwrap();
+        let event: Value = serde_json::from_slice(&event.payload).unwrap();
+        assert_eq!(event["type"], "ck.tool.failed", "{event}");
+        assert_eq!(event["data"]["action"], action, "{event}");
+        assert_eq!(event["data"]["code"].as_u64(), Some(code), "{event}");
+        assert_eq!(event["data"]["error"], error, "{event}");
+        assert!(event["data"]["duration_us"].as_u64().is_some(), "{event}");
         assert_eq!(echo["data"]["during"], action);
         assert!(
             echo_time < Duration::from_millis(250),
