@@ -527,7 +527,7 @@ async fn protocol_responder(
     url: String,
     kernel: Kernel,
     events: bool,
-    tool_events: bool,
+    send_tool_events: bool,
 ) -> Result<()> {
     use ck_bus::envelope::{Responder, event_body, parse_request, result_body};
     let client = async_nats::connect(&url).await?;
@@ -537,35 +537,31 @@ async fn protocol_responder(
         kernel: kernel.name.clone(),
         kernel_urn: kernel.urn.clone(),
     };
-    let subject = |event| ck_manifest::topics::loop_event_subject(&kernel.guid, event);
-    let (invoked, completed) = (
-        subject(ck_manifest::topics::LoopEvent::ToolInvoked),
-        subject(ck_manifest::topics::LoopEvent::ToolCompleted),
+    // The host's own TOOL-event encoder, labelled like a served version (commit ids of the
+    // same length), so that the floor sends the same bytes.
+    let tool_events = ck_host::ToolEvents::new(
+        &kernel,
+        Some(&ck_host::VersionLabel {
+            name: "stable".into(),
+            ck: "c".repeat(40),
+            tool: "t".repeat(40),
+        }),
     );
-    let tool_event = |name: &str, trace_id: &str| {
-        Bytes::from(format!(
-            r#"{{"specversion":"1.0","datacontenttype":"application/json","source":"{}","data":{{"kernel":"{}","guid":"{}","event":"{name}","action":"echo","trace_id":"{trace_id}","timestamp":"{}"}},"id":"{}:{name}","type":"ck.{name}","time":"{}"}}"#,
-            kernel.urn,
-            kernel.name,
-            kernel.guid,
-            ck_bus::clock::now(ck_bus::clock::Precision::Micros),
-            trace_id,
-            ck_bus::clock::now(ck_bus::clock::Precision::Micros),
-        ))
-    };
     while let Some(message) = sub.next().await {
         let (trace_id, request) = parse_request(&message.payload, Default::default(), 1 << 20);
         let outcome = request.map_err(|e| e.failure()).and_then(|r| {
             serde_json::value::RawValue::from_string(r.data)
                 .map_err(|e| ck_bus::Failure::new(500, "invalid_result", e.to_string()))
         });
-        if tool_events {
-            let _ = client
-                .publish(invoked.clone(), tool_event("tool.invoked", &trace_id))
-                .await;
-            let _ = client
-                .publish(completed.clone(), tool_event("tool.completed", &trace_id))
-                .await;
+        if send_tool_events {
+            let call = tool_events.next_call();
+            for outcome in [
+                ck_host::Outcome::Invoked,
+                ck_host::Outcome::Finished(Duration::from_micros(1), None),
+            ] {
+                let (subject, body) = tool_events.encode("echo", &trace_id, call, outcome);
+                let _ = client.publish(subject, body).await;
+            }
         }
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(ck_bus::envelope::TRACE_ID, trace_id.as_str());

@@ -24,6 +24,7 @@ pub use cache::ArtifactCache;
 pub use component::{KernelComponent, LoadError};
 pub use engine::{HostConfig, HostEngine};
 pub use service::{CallerVerifier, KernelService, ServiceStats, VersionLabel};
+pub use tool_events::{Outcome, ToolEvents};
 pub use versions::{Route, Versioned};
 
 /// Host bindings generated from `kernels/wit/kernel.wit`.

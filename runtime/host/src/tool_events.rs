@@ -15,16 +15,16 @@ use ck_manifest::topics::{LoopEvent, loop_event_subject};
 
 use crate::service::VersionLabel;
 
-/// What happened to one call, for its closing event.
-pub(crate) enum Outcome<'a> {
+/// What happened to one call, for its event.
+pub enum Outcome<'a> {
     /// About to run.
     Invoked,
     /// Finished after this long, with this failure if it failed.
     Finished(Duration, Option<&'a Failure>),
 }
 
-/// Encodes and names the TOOL events of one service.
-pub(crate) struct ToolEvents {
+/// Encodes and names the TOOL events of one served version of a kernel.
+pub struct ToolEvents {
     invoked: Subject,
     completed: Subject,
     failed: Subject,
@@ -42,7 +42,7 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 
 impl ToolEvents {
     /// The events of `kernel` served as `version`.
-    pub(crate) fn new(kernel: &Kernel, version: Option<&VersionLabel>) -> Self {
+    pub fn new(kernel: &Kernel, version: Option<&VersionLabel>) -> Self {
         let subject = |e| Subject::from(loop_event_subject(&kernel.guid, e));
         let mut prefix = Vec::with_capacity(512);
         prefix.extend_from_slice(
@@ -72,12 +72,12 @@ impl ToolEvents {
     }
 
     /// A number for a new call.
-    pub(crate) fn next_call(&self) -> u64 {
+    pub fn next_call(&self) -> u64 {
         self.sequence.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The subject and CloudEvent of call `call`'s `outcome`.
-    pub(crate) fn encode(
+    pub fn encode(
         &self,
         action: &str,
         trace_id: &str,
@@ -98,9 +98,9 @@ impl ToolEvents {
         out.extend_from_slice(br#","trace_id":"#);
         json_str(&mut out, trace_id);
         let _ = write!(out, r#","call":{call},"timestamp":""#);
-        let time_at = out.len();
+        let time_from = out.len();
         ck_bus::clock::write_now(&mut out, ck_bus::clock::Precision::Micros);
-        let time = out[time_at..].to_vec();
+        let time = time_from..out.len();
         out.push(b'"');
         if let Outcome::Finished(duration, failure) = outcome {
             let us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
@@ -117,7 +117,7 @@ impl ToolEvents {
             r#"}},"id":"{}{call}:{name}","type":"ck.{name}","time":""#,
             self.id_prefix
         );
-        out.extend_from_slice(&time);
+        out.extend_from_within(time);
         out.extend_from_slice(b"\"}");
         (subject.clone(), Bytes::from(out))
     }
