@@ -325,6 +325,44 @@ pub fn event_body(
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
+// Header names parsed once, not per answer.
+const TRACE_ID_NAME: async_nats::HeaderName = async_nats::HeaderName::from_static(TRACE_ID);
+const KERNEL_ID_NAME: async_nats::HeaderName = async_nats::HeaderName::from_static(KERNEL_ID);
+const USER_ID_NAME: async_nats::HeaderName = async_nats::HeaderName::from_static(USER_ID);
+
+/// What is published for one answer: the CKP headers, the result body (for the reply and
+/// `result.{K}`) and, when asked for, the event body (for `event.{K}`), with one timestamp.
+#[derive(Debug, Clone)]
+pub struct AnswerMessages {
+    /// `Trace-Id`, `X-Kernel-ID`, `X-User-ID`.
+    pub headers: async_nats::HeaderMap,
+    /// The result body.
+    pub result: bytes::Bytes,
+    /// The event body, when events are published.
+    pub event: Option<bytes::Bytes>,
+}
+
+/// The messages answering a request of `user` within `trace_id` with `outcome`.
+pub fn answer_messages(
+    who: &Responder,
+    trace_id: &str,
+    user: &str,
+    action: Option<&str>,
+    outcome: &Result<Box<RawValue>, Failure>,
+    with_event: bool,
+) -> AnswerMessages {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(TRACE_ID_NAME, trace_id);
+    headers.insert(KERNEL_ID_NAME, who.kernel.as_str());
+    headers.insert(USER_ID_NAME, user);
+    let timestamp = crate::clock::now(crate::clock::Precision::Millis);
+    AnswerMessages {
+        headers,
+        result: result_body(who, trace_id, action, outcome, &timestamp).into(),
+        event: with_event.then(|| event_body(who, trace_id, action, outcome, &timestamp).into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,6 +436,33 @@ mod tests {
         let (trace, result) = parse_request(b"{", headers, 10);
         assert_eq!(trace, "tx-abc");
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn answer_messages_carry_the_headers_and_one_timestamp() {
+        let who = Responder {
+            kernel: "CS.Voting".into(),
+            kernel_urn: "ckp://Kernel#CS.Voting:v1.0".into(),
+        };
+        let data = RawValue::from_string("{}".into()).unwrap();
+        let m = answer_messages(&who, "tx-9", "spiffe://d/u", Some("tally"), &Ok(data), true);
+        assert_eq!(m.headers.get(TRACE_ID).unwrap().as_str(), "tx-9");
+        assert_eq!(m.headers.get(KERNEL_ID).unwrap().as_str(), "CS.Voting");
+        assert_eq!(m.headers.get(USER_ID).unwrap().as_str(), "spiffe://d/u");
+        let result: Value = serde_json::from_slice(&m.result).unwrap();
+        let event: Value = serde_json::from_slice(m.event.as_ref().unwrap()).unwrap();
+        assert_eq!(result["trace_id"], "tx-9");
+        assert_eq!(event["type"], "action.completed");
+        assert_eq!(result["timestamp"], event["timestamp"]);
+        let quiet = answer_messages(
+            &who,
+            "tx-9",
+            "u",
+            None,
+            &Err(Failure::new(400, "b", "m")),
+            false,
+        );
+        assert!(quiet.event.is_none());
     }
 
     #[test]

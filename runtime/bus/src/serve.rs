@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use async_nats::{Client, HeaderMap, HeaderName, Message};
+use async_nats::{Client, HeaderMap, Message};
 use bytes::Bytes;
 use ck_manifest::Kernel;
 use ck_manifest::topics::TopicFormat;
@@ -15,14 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::envelope::{
-    Failure, KERNEL_ID, Request, RequestHeaders, Responder, TRACE_ID, USER_ID, event_body,
-    parse_request, result_body,
+    AnswerMessages, Failure, Request, RequestHeaders, Responder, answer_messages, parse_request,
 };
-
-// Header names parsed once, not per answer.
-const TRACE_ID_NAME: HeaderName = HeaderName::from_static(TRACE_ID);
-const KERNEL_ID_NAME: HeaderName = HeaderName::from_static(KERNEL_ID);
-const USER_ID_NAME: HeaderName = HeaderName::from_static(USER_ID);
 
 /// How long stopping waits for the server to take the last messages (it may be gone).
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
@@ -224,32 +218,25 @@ async fn answer<H: Handler>(
         if let Err(f) = &outcome {
             tracing::warn!(code = f.code, error = %f.error, message = %f.message, "error.dispatch");
         }
-        let mut headers = HeaderMap::new();
-        headers.insert(TRACE_ID_NAME, trace_id.as_str());
-        headers.insert(KERNEL_ID_NAME, endpoint.responder.kernel.as_str());
-        headers.insert(USER_ID_NAME, user.as_str());
-        let timestamp = crate::clock::now(crate::clock::Precision::Millis);
-        let body = Bytes::from(result_body(
+        let AnswerMessages {
+            headers,
+            result,
+            event,
+        } = answer_messages(
             &endpoint.responder,
             &trace_id,
+            &user,
             action.as_deref(),
             &outcome,
-            &timestamp,
-        ));
+            options.publish_events,
+        );
         if let Some(reply) = message.reply {
-            send(client, reply.to_string(), headers.clone(), body.clone()).await;
+            send(client, reply.to_string(), headers.clone(), result.clone()).await;
         }
-        if options.publish_events {
-            let event = Bytes::from(event_body(
-                &endpoint.responder,
-                &trace_id,
-                action.as_deref(),
-                &outcome,
-                &timestamp,
-            ));
+        if let Some(event) = event {
             send(client, endpoint.event.clone(), headers.clone(), event).await;
         }
-        send(client, endpoint.result.clone(), headers, body).await;
+        send(client, endpoint.result.clone(), headers, result).await;
         tracing::debug!(code = outcome.as_ref().err().map(|f| f.code), "tx.complete");
     }
     .instrument(span)

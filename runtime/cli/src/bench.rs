@@ -529,7 +529,7 @@ async fn protocol_responder(
     events: bool,
     send_tool_events: bool,
 ) -> Result<()> {
-    use ck_bus::envelope::{Responder, event_body, parse_request, result_body};
+    use ck_bus::envelope::{ANONYMOUS, Responder, answer_messages, parse_request};
     let client = async_nats::connect(&url).await?;
     let mut sub = client.subscribe("bench.protocol").await?;
     client.flush().await?;
@@ -563,37 +563,19 @@ async fn protocol_responder(
                 let _ = client.publish(subject, body).await;
             }
         }
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(ck_bus::envelope::TRACE_ID, trace_id.as_str());
-        headers.insert(ck_bus::envelope::KERNEL_ID, who.kernel.as_str());
-        headers.insert(ck_bus::envelope::USER_ID, ck_bus::envelope::ANONYMOUS);
-        let timestamp = ck_bus::clock::now(ck_bus::clock::Precision::Millis);
-        let body = Bytes::from(result_body(
-            &who,
-            &trace_id,
-            Some("echo"),
-            &outcome,
-            &timestamp,
-        ));
-        let event = Bytes::from(event_body(
-            &who,
-            &trace_id,
-            Some("echo"),
-            &outcome,
-            &timestamp,
-        ));
+        let answer = answer_messages(&who, &trace_id, ANONYMOUS, Some("echo"), &outcome, events);
         if let Some(reply) = message.reply {
             let _ = client
-                .publish_with_headers(reply, headers.clone(), body.clone())
+                .publish_with_headers(reply, answer.headers.clone(), answer.result.clone())
                 .await;
         }
-        if events {
+        if let Some(event) = answer.event {
             let _ = client
-                .publish_with_headers(kernel.topics.event.clone(), headers.clone(), event)
+                .publish_with_headers(kernel.topics.event.clone(), answer.headers.clone(), event)
                 .await;
         }
         let _ = client
-            .publish_with_headers(kernel.topics.result.clone(), headers, body)
+            .publish_with_headers(kernel.topics.result.clone(), answer.headers, answer.result)
             .await;
     }
     Ok(())
