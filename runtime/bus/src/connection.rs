@@ -122,7 +122,7 @@ async fn renew_at(spec: &ConnectSpec) -> Option<SystemTime> {
         Some(source) => match source.credentials().await {
             Ok(c) => c.renew_at,
             Err(e) => {
-                tracing::warn!(connection = %spec.name, error = %e, "credentials.unavailable; retrying in 1 s");
+                tracing::warn!(connection = %spec.name, error = %e, retry_in_ms = 1000, "credentials.unavailable");
                 Some(SystemTime::now() + Duration::from_secs(1))
             }
         },
@@ -131,8 +131,11 @@ async fn renew_at(spec: &ConnectSpec) -> Option<SystemTime> {
 }
 
 /// Serves `endpoint` over `client`, moving to a fresh connection (see the module doc) whenever
-/// the credentials come due, until `shutdown`. `on_connection` is told of every new connection
-/// before the previous one starts draining (so publishes move over first).
+/// the credentials come due, until `shutdown`. `subscribed` is told once the first
+/// subscription is registered; `on_connection` is told of every new connection before the
+/// previous one starts draining (so publishes move over first). Every wait observes
+/// `shutdown`: with the server or the Workload API gone, stopping is not held up.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_rotating<H: Handler>(
     spec: ConnectSpec,
     client: Client,
@@ -140,6 +143,7 @@ pub async fn serve_rotating<H: Handler>(
     handler: Arc<H>,
     options: ServeOptions,
     shutdown: CancellationToken,
+    subscribed: Option<tokio::sync::oneshot::Sender<()>>,
     on_connection: impl Fn(&Client) + Send,
 ) -> Result<ServeReport, async_nats::SubscribeError> {
     let kernel = endpoint.responder.kernel.clone();
@@ -157,10 +161,20 @@ pub async fn serve_rotating<H: Handler>(
         (token, task, subscribed)
     };
     let mut total = ServeReport::default();
-    let (mut token, mut task, _) = start(client);
+    let (mut token, mut task, first) = start(client);
+    if let Some(tx) = subscribed {
+        tokio::spawn(async move {
+            if first.await.is_ok() {
+                let _ = tx.send(());
+            }
+        });
+    }
     let mut rotations = 0u64;
     loop {
-        let due = renew_at(&spec).await;
+        let due = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            due = renew_at(&spec) => due,
+        };
         let wait = due.map(|t| t.duration_since(SystemTime::now()).unwrap_or_default());
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -178,12 +192,16 @@ pub async fn serve_rotating<H: Handler>(
             } => {}
         }
         let started = std::time::Instant::now();
-        let fresh = match connect(&spec).await {
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            attempt = connect(&spec) => attempt,
+        };
+        let fresh = match attempt {
             Ok(c) => c,
             Err(e) => {
                 // Keep serving on the old connection (its credentials are still valid until
                 // they expire) and try again shortly.
-                tracing::warn!(kernel = %kernel, error = %e, "credentials.rotate-failed; retrying in 1 s");
+                tracing::warn!(kernel = %kernel, error = %e, retry_in_ms = 1000, "credentials.rotate-failed");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,

@@ -121,10 +121,10 @@ async fn serve(args: &ServeArgs) -> Result<std::process::ExitCode> {
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {
-        crate::run::shutdown_signal().await;
+        ck_serve::signal::terminated().await;
         trigger.cancel();
     });
-    let client = crate::run::retry_connect(&shutdown, &args.nats, || {
+    let client = ck_serve::retry_connect(&shutdown, &args.nats, || {
         async_nats::ConnectOptions::with_user_and_password(
             CALLOUT_USER.to_owned(),
             secrets.password.clone(),

@@ -7,13 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use bytes::Bytes;
-use ck_acl::{Policy, compile};
-use ck_bus::{Endpoint, Publisher, ServeOptions};
-use ck_host::{ArtifactCache, HostConfig, HostEngine, KernelComponent, KernelService};
-use ck_manifest::{Kernel, KernelSet};
+use ck_host::{HostConfig, HostEngine, KernelService};
+use ck_manifest::Kernel;
+use ck_serve::{Host, IdentityMode, ServeConfig};
 use futures::StreamExt;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use crate::validate::load_one;
 
@@ -225,16 +223,34 @@ async fn measure(
     }
 }
 
-/// Serves `kernel` as `ck run` does (behind a swappable route, with the TOOL loop's per-call
-/// events unless `tool_events` is false).
-pub(crate) async fn serve_kernel(
+/// A host for benchmarks: on a server without authentication, serving kernels as they stand
+/// in their directories, sharing `engine`.
+pub(crate) async fn bench_host(
     engine: &HostEngine,
     url: &str,
-    mut kernel: Kernel,
-    reuse: u64,
     events: bool,
     tool_events: bool,
-    shutdown: &CancellationToken,
+) -> Result<Host> {
+    Ok(Host::with_engine(
+        ServeConfig {
+            nats: url.to_owned(),
+            identity: IdentityMode::Insecure,
+            publish_events: events,
+            tool_events,
+            follow_serving_record: false,
+            ..ServeConfig::default()
+        },
+        engine.clone(),
+    )
+    .await?)
+}
+
+/// Serves `kernel` on `host` as it stands in its directory (built first when it is not), with
+/// warm instance reuse set to `reuse` (0: a fresh instance per message).
+pub(crate) async fn serve_kernel(
+    host: &Host,
+    mut kernel: Kernel,
+    reuse: u64,
 ) -> Result<Arc<KernelService>> {
     kernel.limits.reuse_instances = reuse;
     let dir = kernel.dir().to_path_buf();
@@ -246,43 +262,9 @@ pub(crate) async fn serve_kernel(
     {
         ck_build::build_kernel(&kernel, &dir)?;
     }
-    let path = dir.join(kernel.tool.component.clone().unwrap_or_default());
-    let cache = ArtifactCache::new(ArtifactCache::default_dir());
-    let component = KernelComponent::load(engine, &path, Some(&cache))?;
-    let (set, _) = KernelSet::new(vec![kernel.clone()]);
-    let acl = compile(&kernel, &set, chrono::Utc::now(), &Policy::default())?;
-    let client = async_nats::ConnectOptions::new()
-        .custom_inbox_prefix(ck_manifest::topics::inbox_prefix(&kernel.guid))
-        .connect(url)
-        .await?;
-    let endpoint = Endpoint::for_kernel(&kernel);
-    let publisher = Publisher::new(client.clone(), kernel.name.clone());
-    let mut service = KernelService::new(
-        engine,
-        kernel.clone(),
-        component,
-        acl.permissions,
-        publisher.clone(),
-        Vec::new(),
-    )?;
-    if let Some(lifecycle) = crate::run::lifecycle_for(&kernel, &publisher, url).await? {
-        lifecycle.spawn_committer();
-        service = service.with_lifecycle(lifecycle);
-    }
-    if tool_events {
-        service = service.with_tool_events();
-    }
-    let service = Arc::new(service);
-    let svc = Arc::new(ck_host::Versioned::new(ck_host::Route::stable(
-        service.clone(),
-    )));
-    let token = shutdown.clone();
-    let options = ServeOptions {
-        publish_events: events,
-        ..ServeOptions::default()
-    };
-    tokio::spawn(async move { ck_bus::serve(client, endpoint, svc, options, token).await });
-    Ok(service)
+    let name = kernel.name.clone();
+    host.add(host.plan_working(kernel, Vec::new())?).await?;
+    Ok(host.service(&name).await?)
 }
 
 pub fn run(args: &Args) -> Result<std::process::ExitCode> {
@@ -321,7 +303,6 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
         profile()
     );
     let engine = HostEngine::new(HostConfig::default()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let shutdown = CancellationToken::new();
     let client = async_nats::connect(&url).await?;
     let payload =
         serde_json::json!({"action": "echo", "data": {"pad": "x".repeat(59)}}).to_string();
@@ -386,16 +367,8 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
     // (b) The echo kernel through the host, fresh instance per message (the default).
     let mut instantiate = Vec::new();
     if wanted("fresh") {
-        let fresh = serve_kernel(
-            &engine,
-            &url,
-            echo.clone(),
-            0,
-            !args.no_events,
-            !args.no_tool_events,
-            &shutdown,
-        )
-        .await?;
+        let host = bench_host(&engine, &url, !args.no_events, !args.no_tool_events).await?;
+        let fresh = serve_kernel(&host, echo.clone(), 0).await?;
         client.flush().await?;
         measure(
             &mut rows,
@@ -407,23 +380,13 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
         )
         .await;
         instantiate = fresh.instantiate_timings(2000).await;
-        shutdown.cancel();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        host.shutdown().await;
     }
 
     // (b') The same with warm instance reuse.
     if wanted("reused") {
-        let shutdown = CancellationToken::new();
-        serve_kernel(
-            &engine,
-            &url,
-            echo.clone(),
-            1000,
-            !args.no_events,
-            !args.no_tool_events,
-            &shutdown,
-        )
-        .await?;
+        let host = bench_host(&engine, &url, !args.no_events, !args.no_tool_events).await?;
+        serve_kernel(&host, echo.clone(), 1000).await?;
         client.flush().await?;
         measure(
             &mut rows,
@@ -434,23 +397,13 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
             args,
         )
         .await;
-        shutdown.cancel();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        host.shutdown().await;
     }
 
     // (c) The domain kernel doing real work (tally 20 ballots), fresh instances.
-    let shutdown = CancellationToken::new();
+    let host = bench_host(&engine, &url, !args.no_events, !args.no_tool_events).await?;
     if wanted("domain") {
-        serve_kernel(
-            &engine,
-            &url,
-            domain.clone(),
-            0,
-            !args.no_events,
-            !args.no_tool_events,
-            &shutdown,
-        )
-        .await?;
+        serve_kernel(&host, domain.clone(), 0).await?;
         client.flush().await?;
         let ballots: Vec<&str> = ["ada", "grace", "linus", "barbara"]
             .iter()
@@ -471,7 +424,7 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
         )
         .await;
     }
-    shutdown.cancel();
+    host.shutdown().await;
     baseline.abort();
     if let Some(protocol) = protocol {
         protocol.abort();
@@ -592,31 +545,15 @@ async fn tool_events_cost(
     body: &Bytes,
     args: &Args,
 ) -> Result<f64> {
-    let shutdown = CancellationToken::new();
     let mut quiet = echo.clone();
     quiet.topics.input = format!("{}.quiet", echo.topics.input);
     quiet.topics.result = format!("{}.quiet", echo.topics.result);
     quiet.topics.event = format!("{}.quiet", echo.topics.event);
-    serve_kernel(
-        engine,
-        url,
-        echo.clone(),
-        0,
-        !args.no_events,
-        true,
-        &shutdown,
-    )
-    .await?;
-    serve_kernel(
-        engine,
-        url,
-        quiet.clone(),
-        0,
-        !args.no_events,
-        false,
-        &shutdown,
-    )
-    .await?;
+    // Two hosts on one engine: one kernel served with the events and without them at once.
+    let loud = bench_host(engine, url, !args.no_events, true).await?;
+    serve_kernel(&loud, echo.clone(), 0).await?;
+    let silent = bench_host(engine, url, !args.no_events, false).await?;
+    serve_kernel(&silent, quiet.clone(), 0).await?;
     client.flush().await?;
     let duration = Duration::from_secs_f64(args.seconds);
     let _ = load(
@@ -651,7 +588,8 @@ async fn tool_events_cost(
             }
         }
     }
-    shutdown.cancel();
+    loud.shutdown().await;
+    silent.shutdown().await;
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -663,7 +601,6 @@ async fn tool_events_cost(
         args.tool_events_rounds,
         cost * 100.0
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
     Ok(cost)
 }
 

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use bytes::Bytes;
-use ck_host::{ArtifactCache, HostConfig, HostEngine, Route, Versioned};
+use ck_host::{HostConfig, HostEngine};
+use ck_serve::{Host, IdentityMode, ServeConfig};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::bench::percentile;
-use crate::versions::{Loader, ServiceParts};
 
 #[derive(Serialize)]
 struct Report {
@@ -37,38 +37,25 @@ pub async fn run(echo: &Path, reloads: usize, json: Option<&Path>) -> Result<()>
     let server = ck_natsd::NatsServer::start("")?;
     let url = server.url();
     let engine = HostEngine::new(HostConfig::default()).map_err(|e| anyhow!("{e:#}"))?;
-    let loader = Loader {
-        engine: engine.clone(),
-        cache: Some(ArtifactCache::new(work.path().join("cache"))),
-        others: Vec::new(),
-    };
+    let host = Host::with_engine(
+        ServeConfig {
+            nats: url.clone(),
+            identity: IdentityMode::Insecure,
+            cache_dir: Some(work.path().join("cache")),
+            follow_serving_record: false,
+            ..ServeConfig::default()
+        },
+        engine,
+    )
+    .await?;
+    let loader = host.loader(Vec::new());
     let first = {
         let (d, l) = (dir.clone(), loader.clone());
-        tokio::task::spawn_blocking(move || crate::dev::build_version(&d, &l, "bench: first"))
-            .await??
+        tokio::task::spawn_blocking(move || ck_dev::build_version(&d, &l, "bench: first")).await??
     };
     let kernel = first.version.kernel.clone();
-    let client = async_nats::ConnectOptions::new()
-        .custom_inbox_prefix(ck_manifest::topics::inbox_prefix(&kernel.guid))
-        .connect(&url)
+    host.add(Host::plan_version(first.version, loader.clone()))
         .await?;
-    let parts = ServiceParts {
-        publisher: ck_bus::Publisher::new(client.clone(), kernel.name.clone()),
-        verifier: None,
-        lifecycle: None,
-        tool_events: true,
-    };
-    let versioned = Arc::new(Versioned::new(Route::stable(
-        parts.service(&engine, first.version)?,
-    )));
-    let shutdown = CancellationToken::new();
-    {
-        let (v, t) = (versioned.clone(), shutdown.clone());
-        let endpoint = ck_bus::Endpoint::for_kernel(&kernel);
-        tokio::spawn(async move {
-            ck_bus::serve(client, endpoint, v, ck_bus::ServeOptions::default(), t).await
-        });
-    }
     // Requests keep flowing during every reload (8 in flight); they stop before serving does.
     let stop_callers = CancellationToken::new();
     let caller = async_nats::connect(&url).await?;
@@ -116,10 +103,9 @@ pub async fn run(echo: &Path, reloads: usize, json: Option<&Path>) -> Result<()>
         let (d, l) = (dir.clone(), loader.clone());
         let reason = format!("bench: reload {i}");
         let reloaded =
-            tokio::task::spawn_blocking(move || crate::dev::build_version(&d, &l, &reason))
-                .await??;
+            tokio::task::spawn_blocking(move || ck_dev::build_version(&d, &l, &reason)).await??;
         let build = reloaded.build;
-        versioned.swap(Route::stable(parts.service(&engine, reloaded.version)?));
+        host.swap(&kernel.name, reloaded.version, None).await?;
         let swap = reloaded.started_swap.elapsed();
         builds.push(build);
         swaps.push(swap);
@@ -134,7 +120,7 @@ pub async fn run(echo: &Path, reloads: usize, json: Option<&Path>) -> Result<()>
     for c in callers {
         let _ = c.await;
     }
-    shutdown.cancel();
+    host.shutdown().await;
     for v in [&mut builds, &mut swaps, &mut totals] {
         v.sort();
     }

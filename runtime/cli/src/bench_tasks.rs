@@ -11,9 +11,8 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use ck_host::{HostConfig, HostEngine};
 use futures::StreamExt;
-use tokio_util::sync::CancellationToken;
 
-use crate::bench::{percentile, serve_kernel};
+use crate::bench::{bench_host, percentile, serve_kernel};
 
 fn row(
     label: &str,
@@ -104,8 +103,8 @@ pub async fn run(kernel_src: &Path, n: usize, levels: &[usize], json: Option<&Pa
     copy_kernel(kernel_src, &kernel_dir)?;
     let kernel = crate::validate::load_one(&kernel_dir)?;
     let engine = HostEngine::new(HostConfig::default()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let shutdown = CancellationToken::new();
-    serve_kernel(&engine, &url, kernel.clone(), 0, true, true, &shutdown).await?;
+    let host = bench_host(&engine, &url, true, true).await?;
+    serve_kernel(&host, kernel.clone(), 0).await?;
     client.flush().await?;
 
     let output = serde_json::json!({"winner": "ada", "votes": {"ada": 3, "grace": 2, "linus": 1}});
@@ -228,7 +227,7 @@ pub async fn run(kernel_src: &Path, n: usize, levels: &[usize], json: Option<&Pa
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    shutdown.cancel();
+    host.shutdown().await;
     let commits = git2::Repository::open(kernel_dir.join("data"))
         .and_then(|repo| {
             let mut walk = repo.revwalk()?;

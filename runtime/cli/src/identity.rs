@@ -76,7 +76,7 @@ async fn serve(args: &ServeArgs) -> Result<std::process::ExitCode> {
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {
-        crate::run::shutdown_signal().await;
+        ck_serve::signal::terminated().await;
         trigger.cancel();
     });
     provider.serve(&args.socket, shutdown).await?;

@@ -1,0 +1,77 @@
+//! What a [`crate::Host`] is built from: a plain struct, no command-line types. `ck run`,
+//! `ck dev`, `ck bench` and tests each fill one in; the defaults are `ck run`'s.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the host's kernels prove who they are to NATS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityMode {
+    /// Each kernel connects as its SPIFFE ID with a JWT-SVID from this Workload API socket
+    /// (SPIRE's agent, or the dev identity provider); callers of `auth`/`owner` actions are
+    /// verified against the trust bundles it streams.
+    Spiffe {
+        /// The Workload API socket (a path or a `unix://` URL).
+        socket: String,
+    },
+    /// No identity source: only `LOCAL.*` kernels connect (as their name, with
+    /// [`ServeConfig::allow_local`]); any other kernel is refused when added.
+    None,
+    /// No identity at all, for a nats-server without authentication (tests, benchmarks).
+    /// Never for a production server.
+    Insecure,
+}
+
+/// Everything a serving host needs besides the kernels it serves.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// NATS server URL(s), comma-separated.
+    pub nats: String,
+    /// How kernels connect.
+    pub identity: IdentityMode,
+    /// Kernels named `LOCAL.*` connect as their name, without proof.
+    pub allow_local: bool,
+    /// The compiled-component cache directory; `None` serves without a cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Messages handled at once per kernel.
+    pub max_in_flight: usize,
+    /// Kernel instances that may exist at once across all kernels.
+    pub max_instances: u32,
+    /// Largest linear memory a kernel may ask for, in MiB.
+    pub max_memory_mb: u64,
+    /// Count fuel, so kernels with `spec.limits.fuel` can be served (costs every kernel some
+    /// speed). A kernel asking for fuel on a host without it is refused when added.
+    pub fuel: bool,
+    /// Publish an event on the kernel's event topic for every answer.
+    pub publish_events: bool,
+    /// Publish the TOOL loop's per-call events (`tool.invoked`, `tool.completed`,
+    /// `tool.failed`).
+    pub tool_events: bool,
+    /// Follow each kernel's serving record (promote / canary / rollback) while serving.
+    pub follow_serving_record: bool,
+    /// How long stopping may take in any state (serving, reconnecting, NATS gone, mid-swap,
+    /// mid-seal) before what is left is abandoned; durable queues stay for the next start.
+    pub grace: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            nats: "nats://127.0.0.1:4222".into(),
+            identity: IdentityMode::Insecure,
+            allow_local: false,
+            cache_dir: Some(ck_host::ArtifactCache::default_dir()),
+            max_in_flight: 256,
+            max_instances: 1000,
+            max_memory_mb: 512,
+            fuel: false,
+            publish_events: true,
+            tool_events: true,
+            follow_serving_record: true,
+            grace: DEFAULT_GRACE,
+        }
+    }
+}
+
+/// The default grace period of a stop: well inside the 30 s an orchestrator gives a pod.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
