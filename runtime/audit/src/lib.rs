@@ -7,8 +7,6 @@
 //! say what happened. Every line is also emitted as a `ck::audit` tracing event, so a deny is
 //! visible even where the kernel directory is not writable.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{SecondsFormat, Utc};
@@ -77,7 +75,7 @@ impl AuditRecord {
 
 /// Where a kernel's audit ledger lives.
 pub fn ledger_path(kernel_dir: &Path) -> PathBuf {
-    kernel_dir.join("data").join("ledger").join("audit.jsonl")
+    ck_fs::layout::DataLayout::of_kernel(kernel_dir).audit_ledger()
 }
 
 /// The `prev_hash` of the first line of a ledger.
@@ -92,43 +90,12 @@ fn line_hash(line: &serde_json::Map<String, serde_json::Value>) -> String {
     format!("blake3:{}", blake3::hash(&bytes).to_hex())
 }
 
-/// Cuts a last line a crash left unfinished (no newline): it was never a whole record, and a
-/// chain cannot continue from it.
-fn drop_torn_tail(file: &mut std::fs::File, path: &Path) -> std::io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    let len = file.metadata()?.len();
-    if len == 0 {
-        return Ok(());
-    }
-    let from = len.saturating_sub(64 << 10);
-    file.seek(SeekFrom::Start(from))?;
-    let mut tail = Vec::new();
-    file.read_to_end(&mut tail)?;
-    if tail.last() == Some(&b'\n') {
-        return Ok(());
-    }
-    let keep = tail
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .map_or(from, |i| from + i as u64 + 1);
-    tracing::warn!(target: "ck::audit", path = %path.display(), bytes = len - keep, "audit.torn-tail: dropping an unfinished last line");
-    file.set_len(keep)?;
-    file.sync_data()
-}
-
-/// The last line's `seq` and `hash` (`None` for an empty ledger).
+/// The last line's `seq` and `hash` (`None` for an empty ledger), however long the line.
 fn last_link(file: &mut std::fs::File) -> std::io::Result<Option<(u64, String)>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let len = file.metadata()?.len();
-    // Lines are short; the last one is within the final 64 KiB.
-    let from = len.saturating_sub(64 << 10);
-    file.seek(SeekFrom::Start(from))?;
-    let mut tail = String::new();
-    file.read_to_string(&mut tail)?;
-    let Some(last) = tail.lines().rev().find(|l| !l.trim().is_empty()) else {
+    let Some(last) = ck_fs::jsonl::last_line(file)? else {
         return Ok(None);
     };
-    let value: serde_json::Value = serde_json::from_str(last).map_err(std::io::Error::other)?;
+    let value: serde_json::Value = serde_json::from_slice(&last).map_err(std::io::Error::other)?;
     Ok(Some((
         value["seq"].as_u64().unwrap_or(0),
         value["hash"].as_str().unwrap_or_default().to_owned(),
@@ -165,16 +132,11 @@ pub fn append_all(kernel_dir: &Path, kernel: &str, records: &[AuditRecord]) -> s
     }
     let path = ledger_path(kernel_dir);
     let write = || -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)?;
+        let mut file = ck_fs::jsonl::open_for_append(&path)?;
         file.lock()?;
-        drop_torn_tail(&mut file, &path)?;
+        // A last line a crash left unfinished was never a whole record: a chain cannot
+        // continue from it.
+        ck_fs::jsonl::cut_torn_tail(&mut file, &path)?;
         let (mut seq, mut prev) = match last_link(&mut file)? {
             Some((seq, hash)) => (seq, hash),
             None => (0, GENESIS.to_owned()),
@@ -196,8 +158,7 @@ pub fn append_all(kernel_dir: &Path, kernel: &str, records: &[AuditRecord]) -> s
             prev = hash;
         }
         // One write: a crash leaves whole lines or none of this group's.
-        file.write_all(&bytes)?;
-        file.sync_data()?;
+        ck_fs::jsonl::append_bytes(&mut file, &bytes)?;
         file.unlock()
     };
     write().inspect_err(|e| {

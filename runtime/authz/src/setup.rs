@@ -1,8 +1,6 @@
 //! `ck authz init`: the callout's secrets and the nats-server configuration that trusts it,
 //! rendered from `policies/nats/auth-callout.conf`.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nkeys::KeyPair;
@@ -106,16 +104,7 @@ pub fn render_server_config(
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    ck_fs::write_atomic_private(path, text.as_bytes())
 }
 
 /// Writes fresh secrets and the rendered server configuration into `dir`; refuses to overwrite

@@ -276,17 +276,10 @@ fn tempdir() -> Result<PathBuf, BuildError> {
     Ok(dir)
 }
 
-/// Writes `bytes` to `path` via a temporary file and a rename.
+/// Writes `bytes` to `path` atomically and durably (`ck_fs::write_atomic`), creating its
+/// directory.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    ck_fs::write_atomic(path, bytes).map_err(io(path))
 }

@@ -7,7 +7,6 @@
 //! Above [`DEGRADED_AT`] queued events the kernel is degraded; the first replay after that
 //! announces `ck.{guid}.data.nats-degraded`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -43,10 +42,7 @@ pub struct LoopEventMessage {
 
 /// Where a kernel's unconfirmed events wait.
 pub fn pending_path(kernel_dir: &Path) -> PathBuf {
-    kernel_dir
-        .join("data")
-        .join("ledger")
-        .join("pending_events.jsonl")
+    ck_fs::layout::DataLayout::of_kernel(kernel_dir).pending_events()
 }
 
 struct State {
@@ -71,71 +67,19 @@ impl std::fmt::Debug for Outbox {
     }
 }
 
+/// The queue, in order (a line a crash cut short is skipped: its event was never confirmed
+/// and is produced again by recovery).
 fn read_queue(path: &Path) -> std::io::Result<Vec<LoopEventMessage>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    // A line cut short by a crash during its append is the only unreadable one there can be:
-    // its event was never confirmed and will be produced again by recovery, so it is skipped.
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
+    ck_fs::jsonl::read(path)
 }
 
-/// Replaces the queue file with `events` (temp file, fsync, rename).
+/// Replaces the queue file with `events` atomically (removed when empty).
 fn rewrite_queue(path: &Path, events: &[LoopEventMessage]) -> std::io::Result<()> {
-    if events.is_empty() {
-        return match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        };
-    }
-    let tmp = path.with_extension("jsonl.tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    for event in events {
-        serde_json::to_writer(&mut file, event)?;
-        file.write_all(b"\n")?;
-    }
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    ck_fs::jsonl::rewrite(path, events)
 }
 
 fn append_queue(path: &Path, events: &[LoopEventMessage]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .read(true)
-        .append(true)
-        .open(path)?;
-    let mut bytes = Vec::new();
-    if ends_torn(&mut file)? {
-        // End the line a crash cut short, or the first event appended now would be glued to
-        // it and be unreadable too.
-        bytes.push(b'\n');
-    }
-    for event in events {
-        serde_json::to_writer(&mut bytes, event)?;
-        bytes.push(b'\n');
-    }
-    file.write_all(&bytes)?;
-    file.sync_data()
-}
-
-/// Whether `file` is not empty and its last line has no end (an append a crash cut short).
-fn ends_torn(file: &mut std::fs::File) -> std::io::Result<bool> {
-    use std::io::{Read, Seek, SeekFrom};
-    if file.metadata()?.len() == 0 {
-        return Ok(false);
-    }
-    file.seek(SeekFrom::End(-1))?;
-    let mut last = [0u8; 1];
-    file.read_exact(&mut last)?;
-    Ok(last[0] != b'\n')
+    ck_fs::jsonl::append(path, events)
 }
 
 impl Outbox {
@@ -349,6 +293,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn event(n: u32) -> LoopEventMessage {
         LoopEventMessage {

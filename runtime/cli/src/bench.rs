@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use bytes::Bytes;
-use ck_host::{HostConfig, HostEngine, KernelService};
+use ck_host::{HostConfig, HostEngine};
 use ck_manifest::Kernel;
 use ck_serve::{Host, IdentityMode, ServeConfig};
 use futures::StreamExt;
@@ -251,7 +251,7 @@ pub(crate) async fn serve_kernel(
     host: &Host,
     mut kernel: Kernel,
     reuse: u64,
-) -> Result<Arc<KernelService>> {
+) -> Result<Arc<ck_serve::VersionService>> {
     kernel.limits.reuse_instances = reuse;
     let dir = kernel.dir().to_path_buf();
     if kernel
@@ -379,7 +379,7 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
             args,
         )
         .await;
-        instantiate = fresh.instantiate_timings(2000).await;
+        instantiate = fresh.guest().instantiate_timings(2000).await;
         host.shutdown().await;
     }
 

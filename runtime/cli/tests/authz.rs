@@ -518,6 +518,36 @@ fn callers_of_auth_actions_prove_who_they_are() {
     let stack = Stack::start(1, 300);
     stack.register("Test.A", A_GUID, "");
     let _host = stack.serve_echo();
+    auth_callers_prove_who_they_are(&stack);
+}
+
+/// The same under `ck dev` (dev/prod parity): it verifies bearer SVIDs exactly as `ck run`.
+#[test]
+fn callers_of_auth_actions_prove_who_they_are_under_ck_dev() {
+    let stack = Stack::start(1, 300);
+    stack.register("Test.A", A_GUID, "");
+    let dir = stack.kernel_dir("Demo.Echo");
+    copy_kernel("echo", &dir);
+    let dev = ck_proc(
+        &[
+            "dev",
+            dir.to_str().unwrap(),
+            "--nats",
+            &stack.server.url(),
+            "--spiffe-socket",
+            &stack.socket(),
+            "--cache-dir",
+            stack.root().join("cache").to_str().unwrap(),
+        ],
+        stack.root().join("dev.log"),
+    );
+    dev.wait_for("\"dev.ready\"");
+    auth_callers_prove_who_they_are(&stack);
+}
+
+/// Bearer JWT-SVIDs sent to the served echo kernel's `whoami.verified` (an `auth` action):
+/// none, a valid one, a NATS token and one from a foreign trust domain.
+fn auth_callers_prove_who_they_are(stack: &Stack) {
     let echo_id = spiffe("Demo.Echo", "0e1c4a5b-2d3f-4a6b-9c8d-7e6f5a4b3c2d");
     let a = spiffe("Test.A", A_GUID);
     let for_echo = stack.svid(&a, Some(&echo_id));

@@ -264,3 +264,107 @@ async fn saves_are_swapped_in_under_load_without_losing_a_request() {
     let still = std::net::TcpStream::connect(format!("127.0.0.1:{port}"));
     assert!(still.is_err(), "the dev nats-server outlived ck dev");
 }
+
+/// `ck dev` serves a task kernel exactly as `ck run` does: a completed task is sealed, and its
+/// audit line, its DATA commit and its `data.written` event follow; `ck verify` proves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_completed_under_ck_dev_is_sealed_committed_and_announced() {
+    const GUID: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+    let tmp = tempfile::tempdir().unwrap();
+    let kernel = tmp.path().join("tasks");
+    ck_tests::copy_kernel("tasks", &kernel);
+    let mut dev = Proc::spawn(
+        CK,
+        &[
+            "dev".as_ref(),
+            kernel.as_os_str(),
+            "--cache-dir".as_ref(),
+            tmp.path().join("cache").as_os_str(),
+        ],
+        &tmp.path().join("dev.log"),
+    );
+    dev.wait_for("\"dev.ready\"");
+    let log = dev.log();
+    let client = async_nats::ConnectOptions::with_user_and_password(
+        field(&log, "dev.ready", "user"),
+        field(&log, "dev.ready", "password"),
+    )
+    .connect(field(&log, "dev.ready", "url"))
+    .await
+    .unwrap();
+    let mut written = client
+        .subscribe(format!("ck.{GUID}.data.written"))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let call = |action: &'static str, data: Value| {
+        let client = client.clone();
+        async move {
+            let body = serde_json::json!({"action": action, "data": data});
+            let request = async_nats::Request::new()
+                .payload(Bytes::from(body.to_string()))
+                .timeout(Some(Duration::from_secs(20)));
+            let reply = client
+                .send_request("input.Demo.Tasks", request)
+                .await
+                .unwrap();
+            serde_json::from_slice::<Value>(&reply.payload).unwrap()
+        }
+    };
+    let started = call("task.start", serde_json::json!({"task_id": "dev-1"})).await;
+    assert_eq!(started["status"], "ok", "{started}");
+    let completed = call(
+        "task.complete",
+        serde_json::json!({"task_id": "dev-1", "output": {"winner": "ada"}}),
+    )
+    .await;
+    assert_eq!(completed["status"], "ok", "{completed}");
+    let instance = completed["data"]["instance_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{completed}"))
+        .to_owned();
+
+    // The announcement names the instance and the commit that holds it.
+    let event = tokio::time::timeout(Duration::from_secs(20), written.next())
+        .await
+        .unwrap_or_else(|_| panic!("no data.written under ck dev\n{}", dev.log()))
+        .unwrap();
+    let event: Value = serde_json::from_slice(&event.payload).unwrap();
+    assert_eq!(event["data"]["instance_id"], instance.as_str(), "{event}");
+    let commit = event["data"]["commit"].as_str().unwrap().to_owned();
+    let repo = git2::Repository::open(kernel.join("data")).unwrap();
+    let head = repo.head().unwrap().peel_to_commit().unwrap();
+    assert_eq!(head.id().to_string(), commit);
+    assert!(
+        head.tree()
+            .unwrap()
+            .get_path(&Path::new("instances").join(&instance).join("data.json"))
+            .is_ok(),
+        "the DATA commit holds the sealed instance"
+    );
+    let audit = std::fs::read_to_string(kernel.join("data/ledger/audit.jsonl")).unwrap();
+    assert!(
+        audit.contains(&instance),
+        "audit line for {instance}: {audit}"
+    );
+
+    let pid = dev.id();
+    assert!(
+        Command::new("kill")
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = dev.child().wait().unwrap();
+    assert!(status.success(), "ck dev exits 0 on SIGTERM: {status:?}");
+    let verify = Command::new(CK)
+        .arg("verify")
+        .arg(&kernel)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{out}");
+    assert!(out.contains("1 sealed instance"), "{out}");
+    assert!(!out.contains("not committed"), "{out}");
+}

@@ -36,8 +36,19 @@ struct Host {
 
 impl Host {
     fn start(server: &NatsServer, kernel: &Path, logs: &Path, name: &str) -> Host {
+        Host::start_with(server, kernel, logs, name, &[])
+    }
+
+    /// [`Host::start`] with more arguments for `ck run`.
+    fn start_with(
+        server: &NatsServer,
+        kernel: &Path,
+        logs: &Path,
+        name: &str,
+        extra: &[&str],
+    ) -> Host {
         let (cache, url) = (logs.join("cache"), server.url());
-        let args: [&std::ffi::OsStr; 7] = [
+        let mut args: Vec<&std::ffi::OsStr> = vec![
             "run".as_ref(),
             kernel.as_os_str(),
             "--nats".as_ref(),
@@ -46,6 +57,7 @@ impl Host {
             cache.as_os_str(),
             "--insecure-no-identity".as_ref(),
         ];
+        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
         let proc = Proc::spawn(
             env!("CARGO_BIN_EXE_ck"),
             &args,
@@ -794,4 +806,119 @@ async fn events_cut_off_by_an_outage_are_replayed_in_order() {
     );
     assert!(host.log().contains("event.replayed"), "{}", host.log());
     assert!(!kernel.join("data/ledger/pending_events.jsonl").exists());
+}
+
+/// SIGTERM while the NATS server is gone: `ck run` does not wait for a reconnect that may never
+/// come — it exits 0 within its grace period — and nothing it acknowledged is lost: the next
+/// start, with the server back, has every completion sealed, committed and announced.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_with_nats_gone_exits_within_the_grace_period_and_loses_nothing() {
+    let grace = Duration::from_secs(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = jetstream_server(&tmp.path().join("js"));
+    let kernel = built_kernel(&tmp.path().join("tasks"));
+    let mut host = Host::start_with(&server, &kernel, tmp.path(), "first", &["--grace", "3"]);
+    let c = async_nats::ConnectOptions::new()
+        .max_reconnects(None)
+        .connect(server.url())
+        .await
+        .unwrap();
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let t = format!("g-{i}");
+        task(&c, "task.start", json!({"task_id": t})).await;
+        let answer = task(
+            &c,
+            "task.complete",
+            json!({"task_id": t, "output": {"i": i}}),
+        )
+        .await;
+        assert_eq!(answer["status"], "ok", "{answer}");
+        acknowledged.push(answer["data"]["instance_id"].as_str().unwrap().to_owned());
+    }
+    // The server goes away while the last seals are being committed and announced.
+    server.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = host.proc.id();
+    let asked = Instant::now();
+    assert!(
+        Command::new("kill")
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = loop {
+        if let Some(status) = host.proc.child().try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(30),
+            "ck run still running 30 s after SIGTERM with NATS gone\n{}",
+            host.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = asked.elapsed();
+    eprintln!("ck run exited {took:?} after SIGTERM with the server gone");
+    assert!(status.success(), "{status:?}\n{}", host.log());
+    // The grace period, plus the process's own start-to-exit slack (runtime teardown).
+    assert!(
+        took < grace + Duration::from_secs(2),
+        "took {took:?} with a {grace:?} grace period\n{}",
+        host.log()
+    );
+
+    server.restart().unwrap();
+    let restarted = Host::start(&server, &kernel, tmp.path(), "second");
+    for id in &acknowledged {
+        assert!(
+            kernel
+                .join("data/instances")
+                .join(id)
+                .join("proof.json")
+                .is_file(),
+            "{id}: acknowledged but not sealed"
+        );
+    }
+    let js = async_nats::jetstream::new(c.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut announced = std::collections::HashSet::new();
+        if let Ok(stream) = js
+            .get_stream(format!("ck_data_{}", GUID.replace('-', "_")))
+            .await
+        {
+            let last = stream
+                .get_info()
+                .await
+                .map(|i| i.state.last_sequence)
+                .unwrap_or(0);
+            for seq in 1..=last {
+                if let Ok(m) = stream.get_raw_message(seq).await
+                    && m.subject.as_str() == format!("ck.{GUID}.data.written")
+                {
+                    let body: Value = serde_json::from_slice(&m.payload).unwrap();
+                    announced.insert(body["data"]["instance_id"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+        if acknowledged.iter().all(|id| announced.contains(id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} acknowledged completions announced after the restart\n{}",
+            acknowledged
+                .iter()
+                .filter(|id| announced.contains(*id))
+                .count(),
+            acknowledged.len(),
+            restarted.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (ok, out) = ck_verify(&kernel);
+    assert!(ok, "{out}");
+    assert!(!out.contains("not committed"), "{out}");
 }

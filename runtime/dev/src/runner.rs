@@ -194,11 +194,7 @@ pub async fn run(
     let mut reloads = 0u32;
     while watcher.next_change(config.debounce, &shutdown).await {
         reloads += 1;
-        let current = host
-            .service(&name)
-            .await
-            .ok()
-            .and_then(|s| s.version().cloned());
+        let current = host.service(&name).await.ok().map(|s| s.version().clone());
         let serving = current
             .as_ref()
             .map(|v| format!("tool@{}", ck_loops::serving::short(&v.tool)))

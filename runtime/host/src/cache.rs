@@ -7,8 +7,7 @@
 //! that `serialize` produced.
 
 use std::hash::{Hash, Hasher};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -83,12 +82,11 @@ impl ArtifactCache {
         let payload = component.serialize().map_err(std::io::Error::other)?;
         std::fs::create_dir_all(&self.dir)?;
         let path = self.entry_path(engine, digest);
-        let mut tmp = tempfile_in(&self.dir)?;
-        tmp.1.write_all(MAGIC)?;
-        tmp.1.write_all(blake3::hash(&payload).as_bytes())?;
-        tmp.1.write_all(&payload)?;
-        tmp.1.sync_all()?;
-        std::fs::rename(&tmp.0, &path)
+        let mut bytes = Vec::with_capacity(MAGIC.len() + 32 + payload.len());
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(blake3::hash(&payload).as_bytes());
+        bytes.extend_from_slice(&payload);
+        ck_fs::write_atomic(&path, &bytes)
     }
 }
 
@@ -99,27 +97,6 @@ fn verified_payload(bytes: &[u8]) -> Option<&[u8]> {
     }
     let (sum, payload) = rest.split_at(32);
     (blake3::hash(payload).as_bytes() == sum).then_some(payload)
-}
-
-fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    for attempt in 0..16u32 {
-        let path = dir.join(format!(".tmp-{}-{nanos}-{attempt}", std::process::id()));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(file) => return Ok((path, file)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::other(
-        "could not create a temporary file in the cache directory",
-    ))
 }
 
 #[cfg(test)]

@@ -298,19 +298,15 @@ impl host::Host for State {
     }
 
     async fn read_instance(&mut self, instance_id: String) -> Result<String, String> {
-        let valid = !instance_id.is_empty()
-            && instance_id.len() <= 200
-            && !instance_id.starts_with('.')
-            && instance_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !valid {
+        if !ck_fs::layout::valid_instance_id(&instance_id) {
             return Err(format!("'{instance_id}' is not an instance id"));
         }
         let Some(dir) = &self.shared.data_dir else {
             return Err("this kernel has no DATA directory".into());
         };
-        let path = dir.join("instances").join(&instance_id).join("data.json");
+        let path = ck_fs::layout::DataLayout::at(dir)
+            .instance(&instance_id)
+            .join("data.json");
         let meta = tokio::fs::metadata(&path)
             .await
             .map_err(|_| format!("no sealed instance '{instance_id}'"))?;

@@ -4,13 +4,12 @@
 //! compiled-artifact cache ([`ArtifactCache`]), loading a kernel's component
 //! ([`KernelComponent`]), the host side of the kernel contract in `kernels/wit` (publish and
 //! request checked against the kernel's compiled permissions, logging, reading its own sealed
-//! instances), per-call limits, and the dispatch of one request ([`KernelService`], a
-//! [`ck_bus::Handler`]): protocol actions, unknown actions, access levels, then the guest, with
-//! the TOOL loop's per-call events; and serving several versions of a kernel at once
-//! ([`Versioned`]: stable plus a weighted canary, swapped without touching the subscription).
+//! instances), per-call limits, and calling the guest for one request ([`KernelService`], a
+//! [`ck_bus::Handler`]) with the TOOL loop's per-call events.
 //!
-//! It does not open NATS connections or subscriptions (that is `ck-bus`), compile permissions
-//! (that is `ck-acl`; it receives the result), or write the DATA loop.
+//! It does not open NATS connections or subscriptions (that is `ck-bus`), route actions or
+//! check who may call them (`ck-serve`), compile permissions (that is `ck-acl`; it receives
+//! the result), or write the DATA loop.
 
 mod cache;
 mod component;
@@ -18,14 +17,12 @@ mod engine;
 mod imports;
 mod service;
 mod tool_events;
-mod versions;
 
 pub use cache::ArtifactCache;
 pub use component::{KernelComponent, LoadError};
 pub use engine::{HostConfig, HostEngine};
-pub use service::{CallerVerifier, KernelService, ServiceStats, VersionLabel};
+pub use service::{ENGINE, KernelService, ServiceStats, VersionLabel};
 pub use tool_events::{Outcome, ToolEvents};
-pub use versions::{Route, Versioned};
 
 /// Host bindings generated from `kernels/wit/kernel.wit`.
 mod bindings {

@@ -1,14 +1,14 @@
-//! Dispatching one request of one kernel: protocol actions, unknown actions, access levels, then
-//! the guest under its limits.
+//! Calling one kernel's guest for one request under its limits (deadline, memory, fuel,
+//! result size), with the TOOL loop's per-call events. Which actions reach the guest, and who
+//! may call them, is decided in front of it (`ck-serve`'s router).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ck_bus::{Failure, Publisher, Request};
-use ck_manifest::{Access, Diagnostic, GrantIdentity, Kernel as Manifest, Limits};
+use ck_manifest::{Kernel as Manifest, Limits};
 use ck_subject::Permissions;
-use serde_json::json;
 use serde_json::value::RawValue;
 use wasmtime::{Store, UpdateDeadline};
 
@@ -18,18 +18,18 @@ use crate::engine::HostEngine;
 use crate::imports::{CallInfo, MemoryCapExceeded, Shared, State};
 use crate::tool_events::{Outcome, ToolEvents};
 
-/// The protocol actions every kernel answers without running its guest.
-const PROTOCOL_ACTIONS: [&str; 2] = ["status", "check.identity"];
+/// The engine every component runs on (reported by `status`).
+pub const ENGINE: &str = "wasmtime 48.0.8";
 /// Extra wall-clock time allowed past a call's deadline before the call is abandoned (the epoch
 /// trap normally fires first; this catches guests blocked in a host call).
 const DEADLINE_GRACE: Duration = Duration::from_millis(50);
 
-/// Counters of one kernel.
+/// Counters of one kernel's guest.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct ServiceStats {
-    /// Requests answered with data.
+    /// Guest calls that returned data.
     pub ok: u64,
-    /// Requests answered with an error.
+    /// Guest calls that failed.
     pub errors: u64,
     /// Guest instances created.
     pub instances: u64,
@@ -41,7 +41,7 @@ struct Reusable {
     uses: u64,
 }
 
-/// One kernel, served: implements [`ck_bus::Handler`].
+/// One kernel's guest: implements [`ck_bus::Handler`] for the actions routed to it.
 pub struct KernelService {
     manifest: Arc<Manifest>,
     component: KernelComponent,
@@ -49,14 +49,10 @@ pub struct KernelService {
     shared: Arc<Shared>,
     limits: Limits,
     memory_cap: usize,
-    warnings: Vec<Diagnostic>,
     idle: Mutex<Vec<Reusable>>,
-    started: Instant,
     ok: AtomicU64,
     errors: AtomicU64,
     instances: AtomicU64,
-    verifier: Option<Arc<dyn CallerVerifier>>,
-    lifecycle: Option<Arc<ck_task::Lifecycle>>,
     version: Option<VersionLabel>,
     tool_events: Option<ToolEvents>,
 }
@@ -72,24 +68,15 @@ pub struct VersionLabel {
     pub tool: String,
 }
 
-/// Proves who a caller is from the bearer token of a request (a JWT-SVID addressed to this
-/// kernel). Implemented over the SPIFFE trust bundles by the composing binary.
-pub trait CallerVerifier: Send + Sync + 'static {
-    /// The SPIFFE ID `token` proves for `audience`, or why it proves nothing.
-    fn verify(&self, token: &str, audience: &str) -> Result<String, String>;
-}
-
 impl KernelService {
     /// Serves `manifest` with `component`. `permissions` are the kernel's compiled permissions
-    /// (every guest publish is checked against them); `publisher` sends on its connection;
-    /// `warnings` are the manifest's diagnostics, reported by `check.identity`.
+    /// (every guest publish is checked against them); `publisher` sends on its connection.
     pub fn new(
         engine: &HostEngine,
         manifest: Manifest,
         component: KernelComponent,
         permissions: Permissions,
         publisher: Publisher,
-        warnings: Vec<Diagnostic>,
     ) -> Result<Self, LoadError> {
         let limits = manifest.limits;
         if limits.memory_mb > engine.config.max_memory_mb {
@@ -106,7 +93,11 @@ impl KernelService {
                 manifest.manifest_path.display()
             )));
         }
-        let data_dir = Some(manifest.dir().join("data"));
+        let data_dir = Some(
+            ck_fs::layout::DataLayout::of_kernel(manifest.dir())
+                .dir()
+                .to_path_buf(),
+        );
         let shared = Arc::new(Shared {
             kernel: manifest.name.clone(),
             permissions,
@@ -126,14 +117,10 @@ impl KernelService {
             engine: engine.clone(),
             shared,
             limits,
-            warnings,
             idle: Mutex::new(Vec::new()),
-            started: Instant::now(),
             ok: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             instances: AtomicU64::new(0),
-            verifier: None,
-            lifecycle: None,
             version: None,
             tool_events: None,
         })
@@ -223,45 +210,7 @@ impl KernelService {
         timings
     }
 
-    async fn dispatch(&self, request: Request) -> Result<Box<RawValue>, Failure> {
-        match request.action.as_str() {
-            "status" => return Ok(raw(&self.status())),
-            "check.identity" => return Ok(raw(&self.check_identity())),
-            _ => {}
-        }
-        let Some(action) = self.manifest.action(&request.action) else {
-            return Err(Failure::new(
-                404,
-                "unknown_action",
-                format!("{} has no action `{}`", self.manifest.name, request.action),
-            ));
-        };
-        let mut request = request;
-        if action.access != Access::Anon {
-            request.user = self.authorize(&request, action.access)?;
-        }
-        // Lifecycle actions the kernel declares are the host's: the guest returns data, the
-        // host alone moves task state and writes the DATA loop.
-        let task_action = ck_task::TaskAction::parse(&request.action);
-        if task_action.is_some() || request.action == ck_manifest::AMEND_ACTION {
-            let Some(lifecycle) = &self.lifecycle else {
-                return Err(Failure::new(
-                    503,
-                    "no_task_lifecycle",
-                    format!(
-                        "{} declares `{}` but this host serves no task lifecycle for it (it needs JetStream on the NATS server)",
-                        self.manifest.name, request.action
-                    ),
-                ));
-            };
-            // Boxed: the lifecycle's futures are large (7 KiB), and every message's task would
-            // otherwise carry and copy them, task action or not.
-            let answer = match task_action {
-                Some(task_action) => Box::pin(lifecycle.handle(task_action, &request)).await?,
-                None => Box::pin(lifecycle.amend(&request)).await?,
-            };
-            return Ok(raw(&answer));
-        }
+    async fn call(&self, request: Request) -> Result<Box<RawValue>, Failure> {
         let Some(events) = &self.tool_events else {
             return self.run_guest(&request).await;
         };
@@ -296,109 +245,6 @@ impl KernelService {
                 format!("the kernel returned invalid JSON: {e}"),
             )
         })
-    }
-
-    /// Checks the caller of an `auth`/`owner` action: a JWT-SVID for this kernel's SPIFFE ID in
-    /// `Authorization: Bearer …`, and a grant (or, for `auth`, the same trust domain). Returns
-    /// the proven SPIFFE ID; every refusal is a 401/403 and an audit line.
-    fn authorize(&self, request: &Request, access: Access) -> Result<String, Failure> {
-        let m = &self.manifest;
-        let audience = m.spiffe_id().unwrap_or_default();
-        let deny = |code: u16, error: &str, caller: &str, reason: String| {
-            let record = ck_audit::AuditRecord::now(
-                caller,
-                request.action.clone(),
-                ck_audit::Verdict::Deny,
-                reason.clone(),
-                "ck host",
-            )
-            .subject(m.topics.input.clone());
-            self.shared.audit(record);
-            Failure::new(code, error, reason)
-        };
-        let token = request
-            .authorization
-            .as_deref()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim);
-        let Some(token) = token else {
-            return Err(deny(
-                401,
-                "unauthenticated",
-                &request.user,
-                format!(
-                    "action `{}` requires `{access}` access: send a JWT-SVID for audience '{audience}' as `Authorization: Bearer <svid>`",
-                    request.action
-                ),
-            ));
-        };
-        let Some(verifier) = &self.verifier else {
-            return Err(deny(
-                401,
-                "unauthenticated",
-                &request.user,
-                "this host verifies no callers (it was started without a SPIFFE Workload API)"
-                    .into(),
-            ));
-        };
-        let caller = verifier
-            .verify(token, &audience)
-            .map_err(|why| deny(401, "unauthenticated", &request.user, why))?;
-        let now = chrono::Utc::now();
-        let granted = m.grants.iter().find(|g| {
-            !g.expires.is_expired(now)
-                && g.actions.contains(&request.action)
-                && match &g.identity {
-                    GrantIdentity::Spiffe(id) => *id == caller,
-                    GrantIdentity::Auth => access == Access::Auth,
-                    GrantIdentity::Anon | GrantIdentity::Owner => false,
-                }
-        });
-        let same_domain = m
-            .domain
-            .as_deref()
-            .is_some_and(|d| caller.starts_with(&format!("spiffe://{d}/")));
-        match granted {
-            Some(grant) => {
-                if grant.audit {
-                    self.shared.audit(
-                        ck_audit::AuditRecord::now(
-                            &caller,
-                            request.action.clone(),
-                            ck_audit::Verdict::Allow,
-                            format!("granted (line {})", grant.line),
-                            "ck host",
-                        )
-                        .subject(m.topics.input.clone()),
-                    );
-                }
-                Ok(caller)
-            }
-            None if access == Access::Auth && same_domain => Ok(caller),
-            None => Err(deny(
-                403,
-                "forbidden",
-                &caller,
-                format!(
-                    "{caller} has no grant for `{}` on {} (access `{access}`)",
-                    request.action, m.name
-                ),
-            )),
-        }
-    }
-
-    /// Serves the kernel's declared `task.*` actions with `lifecycle` (without one they are
-    /// answered 503).
-    pub fn with_lifecycle(mut self, lifecycle: Arc<ck_task::Lifecycle>) -> Self {
-        self.lifecycle = Some(lifecycle);
-        self
-    }
-
-    /// Verifies the callers of `auth`/`owner` actions with `verifier` (without one, such
-    /// actions are refused 401).
-    pub fn with_verifier(mut self, verifier: Arc<dyn CallerVerifier>) -> Self {
-        self.verifier = Some(verifier);
-        self
     }
 
     fn new_instance_store(&self) -> Store<State> {
@@ -515,92 +361,6 @@ impl KernelService {
         }
         result
     }
-
-    fn status(&self) -> serde_json::Value {
-        let m = &self.manifest;
-        json!({
-            "kernel": m.name,
-            "guid": m.guid,
-            "urn": m.urn,
-            "version": m.version,
-            "spiffe_id": m.spiffe_id(),
-            "state": "ready",
-            "serving": self.version,
-            "uptime_ms": u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            "component": {
-                "path": self.component.path,
-                "digest": format!("blake3:{}", self.component.digest),
-                "wasi": self.component.uses_wasi,
-            },
-            "runtime": { "host": concat!("ck ", env!("CARGO_PKG_VERSION")), "engine": "wasmtime 48.0.8" },
-            "limits": self.limits,
-            "topics": m.topics,
-            "stats": self.stats(),
-        })
-    }
-
-    /// The v3.7 manifest rules (ckp-spec §1.1) as observed on the loaded manifest.
-    fn check_identity(&self) -> serde_json::Value {
-        let m = &self.manifest;
-        let declared = |name: &str| m.action(name).is_some();
-        let checks = vec![
-            check(
-                "manifest-valid",
-                true,
-                format!("{} loaded without errors", m.manifest_path.display()),
-            ),
-            check(
-                "api-version",
-                m.api_version
-                    .as_deref()
-                    .is_some_and(|v| v.starts_with("conceptkernel/v3")),
-                format!("apiVersion {:?}", m.api_version),
-            ),
-            check("guid-is-uuid", is_uuid(&m.guid), format!("guid {}", m.guid)),
-            check(
-                "common-actions",
-                PROTOCOL_ACTIONS.iter().all(|a| declared(a)),
-                "spec.actions.common declares status and check.identity".to_owned(),
-            ),
-            check(
-                "spiffe-identity",
-                m.spiffe_id().is_some(),
-                m.spiffe_id()
-                    .unwrap_or_else(|| "no trust domain: no SPIFFE ID".into()),
-            ),
-            check(
-                "component-digest",
-                true,
-                format!("blake3:{}", self.component.digest),
-            ),
-        ];
-        let passed = checks.iter().all(|c| c["passed"] == true);
-        json!({
-            "kernel": m.name,
-            "urn": m.urn,
-            "passed": passed,
-            "checks": checks,
-            "warnings": self.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        })
-    }
-}
-
-fn check(name: &str, passed: bool, detail: String) -> serde_json::Value {
-    json!({ "name": name, "passed": passed, "detail": detail })
-}
-
-fn is_uuid(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    parts.len() == 5
-        && parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
-        && parts
-            .iter()
-            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
-fn raw(value: &serde_json::Value) -> Box<RawValue> {
-    RawValue::from_string(value.to_string())
-        .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap_or_default())
 }
 
 /// Maps a wasmtime failure to the error answered for that message only.
@@ -636,7 +396,7 @@ fn classify(error: wasmtime::Error) -> Failure {
 
 impl ck_bus::Handler for KernelService {
     async fn handle(&self, request: Request) -> Result<Box<RawValue>, Failure> {
-        let result = self.dispatch(request).await;
+        let result = self.call(request).await;
         match &result {
             Ok(_) => self.ok.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.errors.fetch_add(1, Ordering::Relaxed),

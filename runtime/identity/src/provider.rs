@@ -7,8 +7,7 @@
 //! needs and what production must not use.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -314,17 +313,7 @@ fn bind_socket(socket: &Path) -> Result<tokio::net::UnixListener, IdentityError>
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
-    let tmp = path.with_extension("pem.tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io(&tmp, e))?;
-    file.write_all(bytes).map_err(|e| io(&tmp, e))?;
-    file.sync_all().map_err(|e| io(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| io(path, e))?;
-    Ok(())
+    ck_fs::write_atomic_private(path, bytes).map_err(|e| io(path, e))
 }
 
 fn io(path: &Path, e: std::io::Error) -> IdentityError {

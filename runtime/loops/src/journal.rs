@@ -5,7 +5,6 @@
 //! an event recorded while no host runs is published when one starts. Every entry carries a
 //! deterministic message id, so publishing an entry twice is recognisable downstream.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -52,15 +51,7 @@ impl Journal {
     /// Every entry, in order. A last line cut short by a crash is skipped (its change was not
     /// completed either: entries are appended after the change they report).
     pub fn entries(&self) -> std::io::Result<Vec<JournalEntry>> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        Ok(text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect())
+        ck_fs::jsonl::read(&self.path)
     }
 
     /// Appends events (event name, subject, message id, data); the caller holds the state lock.
@@ -68,62 +59,29 @@ impl Journal {
         if events.is_empty() {
             return Ok(());
         }
-        let (last, torn) = self.tail()?;
+        let mut file = ck_fs::jsonl::open_for_append(&self.path)?;
+        ck_fs::jsonl::cut_torn_tail(&mut file, &self.path)?;
+        // Numbering continues from the last whole entry (only the end of the file is read).
+        let last = match ck_fs::jsonl::last_line(&mut file)? {
+            Some(line) => {
+                serde_json::from_slice::<JournalEntry>(&line)
+                    .map_err(std::io::Error::other)?
+                    .seq
+            }
+            None => 0,
+        };
         let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let mut bytes = Vec::new();
-        if torn {
-            // End the line a crash cut short, or the first new entry would be glued to it and
-            // be unreadable too.
-            bytes.push(b'\n');
-        }
-        for (seq, (event, subject, msg_id, data)) in (last + 1..).zip(events) {
-            let entry = JournalEntry {
+        let entries = (last + 1..)
+            .zip(events)
+            .map(|(seq, (event, subject, msg_id, data))| JournalEntry {
                 seq,
                 event,
                 subject,
                 msg_id,
                 time: time.clone(),
                 data,
-            };
-            serde_json::to_writer(&mut bytes, &entry)?;
-            bytes.push(b'\n');
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
-        file.write_all(&bytes)?;
-        file.sync_data()
-    }
-
-    /// The sequence number of the last readable entry (0 when none), and whether the file
-    /// ends in a line cut short. Reads only the end of the journal, which only grows.
-    fn tail(&self) -> std::io::Result<(u64, bool)> {
-        use std::io::{Read, Seek, SeekFrom};
-        const CHUNK: u64 = 64 * 1024;
-        let mut file = match std::fs::File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, false)),
-            Err(e) => return Err(e),
-        };
-        let len = file.metadata()?.len();
-        let start = len.saturating_sub(CHUNK);
-        file.seek(SeekFrom::Start(start))?;
-        let mut tail = Vec::new();
-        file.read_to_end(&mut tail)?;
-        let torn = tail.last().is_some_and(|&b| b != b'\n');
-        // The first line of a chunk that starts mid-file may be partial: never trust it.
-        let lines = tail.split(|&b| b == b'\n').skip(usize::from(start > 0));
-        let last = lines
-            .filter_map(|l| serde_json::from_slice::<JournalEntry>(l).ok())
-            .last()
-            .map(|e| e.seq);
-        match last {
-            Some(seq) => Ok((seq, torn)),
-            // No whole entry in the chunk (entries larger than it): read everything.
-            None if start > 0 => Ok((self.entries()?.last().map_or(0, |e| e.seq), torn)),
-            None => Ok((0, torn)),
-        }
+            });
+        ck_fs::jsonl::append_bytes(&mut file, &ck_fs::jsonl::encode(entries)?)
     }
 
     /// The last sequence number a host published.
@@ -146,13 +104,14 @@ impl Journal {
 
     /// Records that every entry up to `seq` was published.
     pub fn mark_published(&self, seq: u64) -> std::io::Result<()> {
-        crate::state::write_atomically(&self.cursor, seq.to_string().as_bytes())
+        ck_fs::write_atomic(&self.cursor, seq.to_string().as_bytes())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn entries_are_numbered_and_the_cursor_moves() {

@@ -13,7 +13,6 @@
 //! New snapshots land on the `develop` branch; `stable` and `canary` move only by promote,
 //! canary and rollback. Every commit and ref move is journalled as its loop event.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ck_manifest::Kernel;
@@ -68,15 +67,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LoopError + '_ {
         path: path.to_owned(),
         source,
     }
-}
-
-/// Writes `bytes` to `path` so a reader sees the old content or the whole new one.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// The state directory of the kernel in `kernel_dir`.
@@ -360,7 +350,7 @@ impl Loops {
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = dir.join(format!("{hex}.wasm"));
         if !path.is_file() {
-            write_atomically(&path, &bytes).map_err(io(&path))?;
+            ck_fs::write_atomic(&path, &bytes).map_err(io(&path))?;
         }
         Ok((format!("blake3:{hex}"), bytes.len() as u64))
     }
@@ -405,7 +395,7 @@ impl Loops {
         record.updated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let path = serving_path(&self.kernel_dir);
         let bytes = serde_json::to_vec_pretty(&record).unwrap_or_default();
-        write_atomically(&path, &bytes).map_err(io(&path))?;
+        ck_fs::write_atomic(&path, &bytes).map_err(io(&path))?;
         Ok(record)
     }
 

@@ -10,6 +10,7 @@ use ck_manifest::Kernel;
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::{CallerRejected, CallerVerifier};
 use crate::error::{ServeError, ServeErrorKind};
 
 /// Presents a kernel's SPIFFE ID and current JWT-SVID.
@@ -204,14 +205,14 @@ impl SvidVerifier {
     }
 }
 
-impl ck_host::CallerVerifier for SvidVerifier {
-    fn verify(&self, token: &str, audience: &str) -> Result<String, String> {
+impl CallerVerifier for SvidVerifier {
+    fn verify(&self, token: &str, audience: &str) -> Result<String, CallerRejected> {
         let domains = self
             .trust_domains
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         ck_identity::verify_bearer(token, audience, &domains, &self.bundles)
             .map(|v| v.spiffe_id.to_string())
-            .map_err(|r| r.to_string())
+            .map_err(|r| CallerRejected(r.to_string()))
     }
 }

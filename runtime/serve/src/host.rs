@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ck_bus::{Endpoint, Publisher, ServeOptions, ServeReport};
-use ck_host::{
-    ArtifactCache, HostEngine, KernelComponent, KernelService, ServiceStats, VersionLabel,
-};
+use ck_host::{ArtifactCache, HostEngine, KernelComponent, VersionLabel};
 use ck_loops::state::Loops;
 use ck_manifest::Kernel;
 use serde::Serialize;
@@ -20,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{IdentityMode, ServeConfig};
 use crate::connection::{SvidVerifier, connect_spec, retry_connect};
+use crate::dispatch::{VersionService, VersionStats};
 use crate::error::{Kinded, ServeError, ServeErrorKind};
 use crate::follower::Follower;
 use crate::lifecycle::RunningLifecycle;
@@ -63,13 +62,13 @@ pub struct KernelReport {
     /// The topic it is subscribed on.
     pub input: String,
     /// The stable version.
-    pub stable: Option<VersionLabel>,
+    pub stable: VersionLabel,
     /// The canary and its weight.
-    pub canary: Option<(Option<VersionLabel>, u8)>,
+    pub canary: Option<(VersionLabel, u8)>,
     /// Health.
     pub health: Health,
     /// Counters of the versions serving now (stable and canary together).
-    pub stats: ServiceStats,
+    pub stats: VersionStats,
     /// Seconds since it was added.
     pub uptime_s: f64,
 }
@@ -314,7 +313,7 @@ impl Host {
             verifier: self
                 .verifier
                 .clone()
-                .map(|v| v as Arc<dyn ck_host::CallerVerifier>),
+                .map(|v| v as Arc<dyn crate::access::CallerVerifier>),
             lifecycle: lifecycle.as_ref().map(|l| l.lifecycle.clone()),
             tool_events: self.config.tool_events,
         };
@@ -408,8 +407,8 @@ impl Host {
         self.kernels.lock().await.keys().cloned().collect()
     }
 
-    /// The current stable service of `name` (its counters, its component).
-    pub async fn service(&self, name: &str) -> Result<Arc<KernelService>, ServeError> {
+    /// The current stable version of `name` (its label, counters, guest).
+    pub async fn service(&self, name: &str) -> Result<Arc<VersionService>, ServeError> {
         Ok(self.served(name).await?.versioned.current().stable.clone())
     }
 
@@ -440,11 +439,11 @@ impl Host {
                     name: name.clone(),
                     guid: served.swapper.kernel.guid.clone(),
                     input: served.swapper.kernel.topics.input.clone(),
-                    stable: route.stable.version().cloned(),
+                    stable: route.stable.version().clone(),
                     canary: route
                         .canary
                         .as_ref()
-                        .map(|(c, w)| (c.version().cloned(), *w)),
+                        .map(|(c, w)| (c.version().clone(), *w)),
                     health,
                     stats,
                     uptime_s: served.added.elapsed().as_secs_f64(),

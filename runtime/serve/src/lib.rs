@@ -24,22 +24,29 @@
 //! (`ck dev`'s stack does), build components (`ck-build`), or hold the wasm host, the wire
 //! format or the lifecycle's rules (`ck-host`, `ck-bus`, `ck-task`): it composes them.
 
+mod access;
 mod config;
 mod connection;
+mod dispatch;
 mod error;
 mod follower;
 mod host;
 mod journal;
 mod lifecycle;
+mod protocol;
 pub mod signal;
 mod swap;
 mod version;
+mod versioned;
 
+pub use access::{CallerRejected, CallerVerifier};
 pub use config::{DEFAULT_GRACE, IdentityMode, ServeConfig};
 pub use connection::retry_connect;
+pub use dispatch::{VersionService, VersionStats};
 pub use error::{ServeError, ServeErrorKind};
 pub use follower::FOLLOW_INTERVAL;
 pub use host::{Health, Host, KernelPlan, KernelReport, Removed};
 pub use journal::publish_journal;
 pub use swap::Swapped;
 pub use version::{Loader, PreparedVersion, topics_moved};
+pub use versioned::{Route, Versioned};

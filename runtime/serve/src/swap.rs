@@ -7,12 +7,15 @@
 use std::sync::{Arc, Mutex};
 
 use ck_bus::Publisher;
-use ck_host::{HostEngine, KernelService, Route, VersionLabel, Versioned};
+use ck_host::{HostEngine, KernelService, VersionLabel};
 use ck_manifest::Kernel;
 use ck_subject::Permissions;
 
+use crate::access::CallerVerifier;
+use crate::dispatch::VersionService;
 use crate::error::{Kinded, ServeError, ServeErrorKind};
 use crate::version::{PreparedVersion, topics_moved};
+use crate::versioned::{Route, Versioned};
 
 /// Everything a service of a kernel needs besides its version.
 #[derive(Clone)]
@@ -20,7 +23,7 @@ pub(crate) struct ServiceParts {
     /// The kernel's connection.
     pub(crate) publisher: Publisher,
     /// Verifies callers of `auth`/`owner` actions.
-    pub(crate) verifier: Option<Arc<dyn ck_host::CallerVerifier>>,
+    pub(crate) verifier: Option<Arc<dyn CallerVerifier>>,
     /// The kernel's task lifecycle.
     pub(crate) lifecycle: Option<Arc<ck_task::Lifecycle>>,
     /// Publish `tool.invoked` / `tool.completed` / `tool.failed` per call.
@@ -28,35 +31,35 @@ pub(crate) struct ServiceParts {
 }
 
 impl ServiceParts {
-    /// A service for `version`.
+    /// A service for `version`: its guest, behind the router.
     pub(crate) fn service(
         &self,
         engine: &HostEngine,
         version: PreparedVersion,
-    ) -> Result<Arc<KernelService>, ServeError> {
+    ) -> Result<Arc<VersionService>, ServeError> {
         let name = version.kernel.name.clone();
-        let mut service = KernelService::new(
+        let mut guest = KernelService::new(
             engine,
-            version.kernel,
+            version.kernel.clone(),
             version.component,
             version.permissions,
             self.publisher.clone(),
-            version.warnings,
         )
         .kinded(ServeErrorKind::Engine, || {
             format!("{name}: building its service")
         })?
-        .with_version(version.label);
+        .with_version(version.label.clone());
         if self.tool_events {
-            service = service.with_tool_events();
+            guest = guest.with_tool_events();
         }
-        if let Some(v) = &self.verifier {
-            service = service.with_verifier(v.clone());
-        }
-        if let Some(l) = &self.lifecycle {
-            service = service.with_lifecycle(l.clone());
-        }
-        Ok(Arc::new(service))
+        Ok(Arc::new(VersionService::new(
+            version.kernel,
+            version.label,
+            version.warnings,
+            guest,
+            self.lifecycle.clone(),
+            self.verifier.clone(),
+        )))
     }
 
     /// A route for a stable version and an optional canary.
@@ -144,7 +147,7 @@ impl Swapper {
         let new_permissions = stable.permissions.clone();
         let current = stable.label.clone();
         let route = self.parts.route(&self.engine, stable, canary)?;
-        let previous = self.versioned.swap(route).stable.version().cloned();
+        let previous = Some(self.versioned.swap(route).stable.version().clone());
         let permissions_changed = {
             let mut held = self
                 .permissions

@@ -138,14 +138,15 @@ pub fn instance_id(record: &TaskRecord) -> String {
 /// The host's identity for one kernel directory, created once: the sealer of a completion is
 /// recorded by it, so a restarted host recognises the seals it still owes.
 fn host_id(dir: &Path) -> std::io::Result<String> {
-    let path = dir.join("data").join(".host-id");
+    let layout = ck_fs::layout::DataLayout::of_kernel(dir);
+    let path = layout.host_id();
     if let Ok(id) = std::fs::read_to_string(&path) {
         let id = id.trim();
         if !id.is_empty() {
             return Ok(id.to_owned());
         }
     }
-    std::fs::create_dir_all(dir.join("data"))?;
+    std::fs::create_dir_all(layout.dir())?;
     let id = format!("host-{}", uuid::Uuid::new_v4());
     match std::fs::OpenOptions::new()
         .write(true)

@@ -106,7 +106,7 @@ impl std::fmt::Display for Finding {
 
 /// `data/instances/{instance_id}` of a kernel.
 pub fn instance_dir(kernel_dir: &Path, instance_id: &str) -> PathBuf {
-    kernel_dir.join("data").join("instances").join(instance_id)
+    ck_fs::layout::DataLayout::of_kernel(kernel_dir).instance(instance_id)
 }
 
 /// `sha256:{hex}` of a file's bytes, the form every proof records.
@@ -261,14 +261,7 @@ pub(crate) fn pretty(value: &Value) -> Vec<u8> {
     bytes
 }
 
-pub(crate) fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 200
-        && !id.starts_with('.')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
+pub(crate) use ck_fs::layout::valid_instance_id as valid_id;
 
 /// Seals an instance: `data.json` (once), then `manifest.json` (PROV-O fields, data hash),
 /// `proof.json` (data and manifest hashes, SHA-256 as the CKP docs require, blake3 beside),

@@ -40,7 +40,7 @@ impl std::fmt::Debug for DataRepo {
 fn instance_of(path: &Path) -> Option<String> {
     let mut parts = path.components();
     match (parts.next(), parts.next()) {
-        (Some(first), Some(id)) if first.as_os_str() == "instances" => {
+        (Some(first), Some(id)) if first.as_os_str() == ck_fs::layout::INSTANCES_DIR => {
             Some(id.as_os_str().to_string_lossy().into_owned())
         }
         _ => None,
@@ -49,13 +49,14 @@ fn instance_of(path: &Path) -> Option<String> {
 
 /// The files of a sealed instance (never a crash's staging leftovers), sorted.
 fn instance_files(data_dir: &Path, id: &str) -> Vec<String> {
-    let mut files: Vec<String> = std::fs::read_dir(data_dir.join("instances").join(id))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".json") && super::instance::staging_pid(n).is_none())
-        .collect();
+    let mut files: Vec<String> =
+        std::fs::read_dir(data_dir.join(ck_fs::layout::INSTANCES_DIR).join(id))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".json") && super::instance::staging_pid(n).is_none())
+            .collect();
     files.sort();
     files
 }
@@ -63,7 +64,9 @@ fn instance_files(data_dir: &Path, id: &str) -> Vec<String> {
 impl DataRepo {
     /// Opens the repository in `kernel_dir/data`, creating it (with its ignore list) if needed.
     pub fn open_or_init(kernel_dir: &Path) -> Result<Self, RepoError> {
-        let dir = kernel_dir.join("data");
+        let dir = ck_fs::layout::DataLayout::of_kernel(kernel_dir)
+            .dir()
+            .to_path_buf();
         let err = |error| RepoError {
             dir: dir.clone(),
             error,
@@ -94,26 +97,29 @@ impl DataRepo {
     /// since.
     pub fn uncommitted_instances(&self) -> Result<InstanceFiles, RepoError> {
         let head = self.repo.head().ok().and_then(|h| h.peel_to_tree().ok());
-        let mut found: Vec<(String, Vec<String>)> = std::fs::read_dir(self.dir.join("instances"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.path().join("proof.json").is_file())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .map(|id| {
-                let missing: Vec<String> = instance_files(&self.dir, &id)
-                    .into_iter()
-                    .filter(|f| {
-                        head.as_ref().is_none_or(|t| {
-                            t.get_path(&Path::new("instances").join(&id).join(f))
+        let mut found: Vec<(String, Vec<String>)> =
+            std::fs::read_dir(self.dir.join(ck_fs::layout::INSTANCES_DIR))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.path().join("proof.json").is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .map(|id| {
+                    let missing: Vec<String> = instance_files(&self.dir, &id)
+                        .into_iter()
+                        .filter(|f| {
+                            head.as_ref().is_none_or(|t| {
+                                t.get_path(
+                                    &Path::new(ck_fs::layout::INSTANCES_DIR).join(&id).join(f),
+                                )
                                 .is_err()
+                            })
                         })
-                    })
-                    .collect();
-                (id, missing)
-            })
-            .filter(|(_, missing)| !missing.is_empty())
-            .collect();
+                        .collect();
+                    (id, missing)
+                })
+                .filter(|(_, missing)| !missing.is_empty())
+                .collect();
         found.sort();
         Ok(found)
     }
@@ -135,7 +141,7 @@ impl DataRepo {
             paths.extend(
                 instance_files(&self.dir, id)
                     .into_iter()
-                    .map(|f| Path::new("instances").join(id).join(f)),
+                    .map(|f| Path::new(ck_fs::layout::INSTANCES_DIR).join(id).join(f)),
             );
         }
         let add = |index: &mut git2::Index, path: &Path| {
@@ -219,7 +225,9 @@ impl DataRepo {
 /// Instances not committed yet are returned separately (a seal not yet committed is not a
 /// failure; the host commits it).
 pub fn verify_history(kernel_dir: &Path) -> (Vec<Finding>, Vec<String>) {
-    let dir = kernel_dir.join("data");
+    let dir = ck_fs::layout::DataLayout::of_kernel(kernel_dir)
+        .dir()
+        .to_path_buf();
     let mut findings = Vec::new();
     let mut uncommitted = Vec::new();
     let Ok(repo) = Repository::open(&dir) else {
@@ -268,7 +276,7 @@ pub fn verify_history(kernel_dir: &Path) -> (Vec<Finding>, Vec<String>) {
         }
         // What is on disk must be what was committed.
         let head = repo.head()?.peel_to_tree()?;
-        for entry in std::fs::read_dir(dir.join("instances"))
+        for entry in std::fs::read_dir(dir.join(ck_fs::layout::INSTANCES_DIR))
             .into_iter()
             .flatten()
             .flatten()
@@ -278,14 +286,20 @@ pub fn verify_history(kernel_dir: &Path) -> (Vec<Finding>, Vec<String>) {
                 continue;
             }
             if head
-                .get_path(&Path::new("instances").join(&id).join("proof.json"))
+                .get_path(
+                    &Path::new(ck_fs::layout::INSTANCES_DIR)
+                        .join(&id)
+                        .join("proof.json"),
+                )
                 .is_err()
             {
                 uncommitted.push(id);
                 continue;
             }
             for file in instance_files(&dir, &id) {
-                let rel = Path::new("instances").join(&id).join(&file);
+                let rel = Path::new(ck_fs::layout::INSTANCES_DIR)
+                    .join(&id)
+                    .join(&file);
                 let on_disk = std::fs::read(dir.join(&rel)).unwrap_or_default();
                 let committed = head
                     .get_path(&rel)

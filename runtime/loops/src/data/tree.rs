@@ -42,7 +42,7 @@ pub fn kernel_dir_of(path: &Path) -> PathBuf {
 /// of the kernel in `kernel_dir`.
 pub fn verify_tree(kernel_dir: &Path) -> TreeReport {
     let mut report = TreeReport::default();
-    let instances = kernel_dir.join("data").join("instances");
+    let instances = ck_fs::layout::DataLayout::of_kernel(kernel_dir).instances();
     let mut dirs: Vec<PathBuf> = match fs::read_dir(&instances) {
         Ok(entries) => entries
             .filter_map(Result::ok)
@@ -95,7 +95,7 @@ pub fn verify_tree(kernel_dir: &Path) -> TreeReport {
             instances.join(id).display()
         ));
     }
-    let ledger = kernel_dir.join("data").join("ledger").join("audit.jsonl");
+    let ledger = ck_fs::layout::DataLayout::of_kernel(kernel_dir).audit_ledger();
     match fs::read_to_string(&ledger) {
         Ok(text) => report.ledger_lines = text.lines().count(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -123,7 +123,7 @@ pub fn verify_tree(kernel_dir: &Path) -> TreeReport {
 /// removed.
 pub fn remove_leftovers(kernel_dir: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
-    let instances = kernel_dir.join("data").join("instances");
+    let instances = ck_fs::layout::DataLayout::of_kernel(kernel_dir).instances();
     for dir in fs::read_dir(&instances).into_iter().flatten().flatten() {
         for entry in fs::read_dir(dir.path()).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();

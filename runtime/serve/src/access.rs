@@ -1,0 +1,113 @@
+//! Who may call an action: access levels `auth` and `owner` need a caller proven by a JWT-SVID
+//! addressed to the kernel (`Authorization: Bearer …`) and a grant (or, for `auth`, the
+//! kernel's own trust domain). Every refusal is a 401/403 answer and an audit line.
+
+use std::sync::Arc;
+
+use ck_bus::{Failure, Request};
+use ck_manifest::{Access, GrantIdentity, Kernel};
+
+/// Proves who a caller is from the bearer token of a request.
+pub trait CallerVerifier: Send + Sync + 'static {
+    /// The SPIFFE ID `token` proves for `audience`, or why it proves nothing.
+    fn verify(&self, token: &str, audience: &str) -> Result<String, CallerRejected>;
+}
+
+/// Why a bearer token proves nothing (the reason is answered to the caller and audited).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct CallerRejected(pub String);
+
+/// The access check of one kernel version.
+pub(crate) struct AccessCheck {
+    pub(crate) kernel: Arc<Kernel>,
+    pub(crate) verifier: Option<Arc<dyn CallerVerifier>>,
+}
+
+impl AccessCheck {
+    /// Checks the caller of an `auth`/`owner` action; returns the proven SPIFFE ID.
+    pub(crate) fn authorize(&self, request: &Request, access: Access) -> Result<String, Failure> {
+        let m = &self.kernel;
+        let audience = m.spiffe_id().unwrap_or_default();
+        let deny = |code: u16, error: &str, caller: &str, reason: String| {
+            let record = ck_audit::AuditRecord::now(
+                caller,
+                request.action.clone(),
+                ck_audit::Verdict::Deny,
+                reason.clone(),
+                "ck host",
+            )
+            .subject(m.topics.input.clone());
+            ck_audit::append_detached(m.dir().to_path_buf(), m.name.clone(), record);
+            Failure::new(code, error, reason)
+        };
+        let token = request
+            .authorization
+            .as_deref()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some(token) = token else {
+            return Err(deny(
+                401,
+                "unauthenticated",
+                &request.user,
+                format!(
+                    "action `{}` requires `{access}` access: send a JWT-SVID for audience '{audience}' as `Authorization: Bearer <svid>`",
+                    request.action
+                ),
+            ));
+        };
+        let Some(verifier) = &self.verifier else {
+            return Err(deny(
+                401,
+                "unauthenticated",
+                &request.user,
+                "this host verifies no callers (it was started without a SPIFFE Workload API)"
+                    .into(),
+            ));
+        };
+        let caller = verifier
+            .verify(token, &audience)
+            .map_err(|why| deny(401, "unauthenticated", &request.user, why.0))?;
+        let now = chrono::Utc::now();
+        let granted = m.grants.iter().find(|g| {
+            !g.expires.is_expired(now)
+                && g.actions.contains(&request.action)
+                && match &g.identity {
+                    GrantIdentity::Spiffe(id) => *id == caller,
+                    GrantIdentity::Auth => access == Access::Auth,
+                    GrantIdentity::Anon | GrantIdentity::Owner => false,
+                }
+        });
+        let same_domain = m
+            .domain
+            .as_deref()
+            .is_some_and(|d| caller.starts_with(&format!("spiffe://{d}/")));
+        match granted {
+            Some(grant) => {
+                if grant.audit {
+                    let record = ck_audit::AuditRecord::now(
+                        &caller,
+                        request.action.clone(),
+                        ck_audit::Verdict::Allow,
+                        format!("granted (line {})", grant.line),
+                        "ck host",
+                    )
+                    .subject(m.topics.input.clone());
+                    ck_audit::append_detached(m.dir().to_path_buf(), m.name.clone(), record);
+                }
+                Ok(caller)
+            }
+            None if access == Access::Auth && same_domain => Ok(caller),
+            None => Err(deny(
+                403,
+                "forbidden",
+                &caller,
+                format!(
+                    "{caller} has no grant for `{}` on {} (access `{access}`)",
+                    request.action, m.name
+                ),
+            )),
+        }
+    }
+}
