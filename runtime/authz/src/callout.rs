@@ -279,7 +279,7 @@ impl Authorizer {
                     ),
                     RECORDED_BY,
                 )
-                .subject(format!("ck.{}.>", grant.grantor_guid));
+                .subject(ck_manifest::topics::kernel_namespace(&grant.grantor_guid));
                 let _ = ck_audit::append(grantor.dir(), &grantor.name, &record);
             }
         }

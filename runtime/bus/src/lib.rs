@@ -6,18 +6,20 @@
 //! message exactly once ([`serve`]), publishing on behalf of a kernel ([`Publisher`]), and the
 //! kernel's connection with credentials fetched on every connect and rotated make-before-break
 //! ([`connect`], [`serve_rotating`]), and loop events confirmed by JetStream or queued on disk
-//! until they can be ([`outbox`]).
+//! until they can be ([`outbox`]), all built by the one CloudEvents builder ([`cloudevent`]).
 //!
 //! It does not know what a kernel is made of: the answer comes from a [`Handler`]. It does not
 //! decide permissions either; callers check them before asking it to publish.
 
 pub mod clock;
+pub mod cloudevent;
 mod connection;
 pub mod envelope;
 pub mod outbox;
 mod publisher;
 mod serve;
 
+pub use cloudevent::LoopCloudEvent;
 pub use connection::{ConnectSpec, CredentialSource, Credentials, connect, serve_rotating};
 pub use envelope::{Failure, Request, RequestError};
 pub use outbox::{LoopEventMessage, Outbox};

@@ -16,6 +16,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use ck_manifest::topics::LoopEvent;
+
 use crate::Publisher;
 use crate::envelope::{KERNEL_ID, MSG_ID, TRACE_ID, USER_ID};
 
@@ -246,21 +248,22 @@ impl Outbox {
         );
         if state.queued == 0 && state.degraded {
             state.degraded = false;
-            let subject = format!("ck.{}.data.nats-degraded", self.guid);
-            let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-            let id = format!("{}:data.nats-degraded:{at}", self.guid);
-            let body = serde_json::json!({
-                "specversion": "1.0", "id": id, "source": self.kernel_urn,
-                "type": "ck.data.nats-degraded", "time": at,
-                "datacontenttype": "application/json",
-                "data": {"event": "data.nats-degraded", "guid": self.guid, "replayed": sent, "timestamp": at},
-            });
+            let at = crate::cloudevent::now();
+            let degraded = crate::cloudevent::LoopCloudEvent {
+                guid: &self.guid,
+                source: &self.kernel_urn,
+                event: LoopEvent::DataNatsDegraded,
+                key: &at,
+                about: None,
+                time: &at,
+                data: serde_json::json!({"event": LoopEvent::DataNatsDegraded.to_string(), "guid": self.guid, "replayed": sent, "timestamp": at}),
+            };
             let event = LoopEventMessage {
-                subject,
-                msg_id: id,
+                subject: degraded.nats_subject(),
+                msg_id: degraded.id(),
                 trace_id: "nats-degraded".into(),
                 user: "ck host".into(),
-                body,
+                body: degraded.body(),
             };
             if self.publish(&js, &event).await.is_err() {
                 self.enqueue_locked(state, std::slice::from_ref(&event))?;

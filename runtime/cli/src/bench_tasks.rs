@@ -168,7 +168,10 @@ pub async fn run(kernel_src: &Path, n: usize, levels: &[usize], json: Option<&Pa
         // End to end means announced: the clock stops at the n-th data.written of this level,
         // which follows the seal's git commit.
         let mut announced = client
-            .subscribe(format!("ck.{}.data.written", kernel.guid))
+            .subscribe(ck_manifest::topics::loop_event_subject(
+                &kernel.guid,
+                ck_manifest::topics::LoopEvent::DataWritten,
+            ))
             .await?;
         client.flush().await?;
         let started = Instant::now();

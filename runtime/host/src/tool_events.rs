@@ -2,7 +2,8 @@
 //! `tool.completed` or `tool.failed` (with its duration, and the error) after — CloudEvents
 //! like every loop event. They are on the hot path of every call, so the parts that never
 //! change (subjects, source, kernel, version) are encoded once and each event only appends its
-//! own fields.
+//! own fields — to the shape `ck_bus::cloudevent` gives every loop event (a test checks that
+//! both agree), with its id `{guid}:tool.{event}:{started}:{call}` (`topics::loop_event_id`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use async_nats::Subject;
 use bytes::Bytes;
 use ck_bus::Failure;
 use ck_manifest::Kernel;
-use ck_manifest::topics::{LoopEvent, loop_event_subject};
+use ck_manifest::topics::{LoopEvent, loop_event_id, loop_event_subject};
 
 use crate::service::VersionLabel;
 
@@ -30,8 +31,9 @@ pub struct ToolEvents {
     failed: Subject,
     /// `{"specversion":…,"source":…,"data":{"kernel":…,"guid":…,…` — everything fixed.
     prefix: String,
-    /// `{guid}:{started}:` — with the call number, a unique CloudEvent id.
-    id_prefix: String,
+    /// `{guid}:tool.{event}:{started}:` per event (invoked, completed, failed) — with the call
+    /// number, a unique CloudEvent id.
+    id_prefixes: [String; 3],
     sequence: AtomicU64,
 }
 
@@ -66,7 +68,16 @@ impl ToolEvents {
             completed: subject(LoopEvent::ToolCompleted),
             failed: subject(LoopEvent::ToolFailed),
             prefix: String::from_utf8(prefix).unwrap_or_default(),
-            id_prefix: format!("{}:{}:", kernel.guid, chrono::Utc::now().timestamp_micros()),
+            id_prefixes: {
+                // The host's start: call numbers restart with every served version.
+                let started = format!("{}:", chrono::Utc::now().timestamp_micros());
+                [
+                    LoopEvent::ToolInvoked,
+                    LoopEvent::ToolCompleted,
+                    LoopEvent::ToolFailed,
+                ]
+                .map(|e| loop_event_id(&kernel.guid, e, &started))
+            },
             sequence: AtomicU64::new(0),
         }
     }
@@ -84,10 +95,10 @@ impl ToolEvents {
         call: u64,
         outcome: Outcome<'_>,
     ) -> (Subject, Bytes) {
-        let (subject, name) = match outcome {
-            Outcome::Invoked => (&self.invoked, "tool.invoked"),
-            Outcome::Finished(_, None) => (&self.completed, "tool.completed"),
-            Outcome::Finished(_, Some(_)) => (&self.failed, "tool.failed"),
+        let (subject, name, id_prefix) = match outcome {
+            Outcome::Invoked => (&self.invoked, "tool.invoked", &self.id_prefixes[0]),
+            Outcome::Finished(_, None) => (&self.completed, "tool.completed", &self.id_prefixes[1]),
+            Outcome::Finished(_, Some(_)) => (&self.failed, "tool.failed", &self.id_prefixes[2]),
         };
         use std::io::Write as _;
         let mut out = Vec::with_capacity(self.prefix.len() + 320);
@@ -114,8 +125,7 @@ impl ToolEvents {
         }
         let _ = write!(
             out,
-            r#"}},"id":"{}{call}:{name}","type":"ck.{name}","time":""#,
-            self.id_prefix
+            r#"}},"id":"{id_prefix}{call}","type":"ck.{name}","time":""#
         );
         out.extend_from_within(time);
         out.extend_from_slice(b"\"}");
@@ -167,17 +177,62 @@ mod tests {
             let time = v["time"].as_str().unwrap();
             assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{time}");
             assert_eq!(v["data"]["timestamp"], time);
+            // The one id scheme of loop events, `{guid}:{event}:{key}` (the key: the host's
+            // start and the call number).
+            let id = v["id"].as_str().unwrap();
             assert!(
-                v["id"]
-                    .as_str()
-                    .unwrap()
-                    .ends_with(&format!("3:tool.{kind}"))
+                id.starts_with(&format!("{}:tool.{kind}:", kernel.guid)),
+                "{id}"
             );
+            assert!(id.ends_with(":3"), "{id}");
             if kind == "failed" {
                 assert_eq!(v["data"]["code"], 504);
                 assert_eq!(v["data"]["message"], "too \"slow\"\n");
                 assert_eq!(v["data"]["duration_us"], 7);
             }
+        }
+    }
+
+    #[test]
+    fn the_fast_encoding_is_what_the_cloudevents_builder_makes() {
+        let text = "apiVersion: conceptkernel/v3\nkernel_class: Demo.Q\nkernel_id: 0e1c4a5b-2d3f-4a6b-9c8d-7e6f5a4b3c2d\n";
+        let kernel = ck_manifest::parse_str(
+            text,
+            std::path::Path::new("k/conceptkernel.yaml"),
+            &Default::default(),
+        )
+        .kernel
+        .expect("a valid manifest");
+        let events = ToolEvents::new(&kernel, None);
+        let failure = Failure::new(500, "kernel_trap", "boom");
+        for (outcome, event) in [
+            (Outcome::Invoked, LoopEvent::ToolInvoked),
+            (
+                Outcome::Finished(Duration::from_micros(9), None),
+                LoopEvent::ToolCompleted,
+            ),
+            (
+                Outcome::Finished(Duration::from_micros(9), Some(&failure)),
+                LoopEvent::ToolFailed,
+            ),
+        ] {
+            let (subject, body) = events.encode("echo", "tx-1", 5, outcome);
+            let fast: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let id = fast["id"].as_str().unwrap();
+            let key = id
+                .strip_prefix(&format!("{}:{event}:", kernel.guid))
+                .unwrap();
+            let built = ck_bus::LoopCloudEvent {
+                guid: &kernel.guid,
+                source: &kernel.urn,
+                event,
+                key,
+                about: None,
+                time: fast["time"].as_str().unwrap(),
+                data: fast["data"].clone(),
+            };
+            assert_eq!(fast, built.body(), "{event}");
+            assert_eq!(subject.as_str(), built.nats_subject());
         }
     }
 }

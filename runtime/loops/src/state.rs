@@ -192,7 +192,7 @@ impl Loops {
         (
             name.clone(),
             loop_event_subject(&self.guid, event),
-            format!("{}:{name}:{key}", self.guid),
+            ck_manifest::topics::loop_event_id(&self.guid, event, key),
             body,
         )
     }

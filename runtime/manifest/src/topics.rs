@@ -256,6 +256,34 @@ impl fmt::Display for LoopEvent {
     }
 }
 
+/// A name that is not one of the 22 loop events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownLoopEvent(pub String);
+
+impl fmt::Display for UnknownLoopEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` is not a loop event", self.0)
+    }
+}
+
+impl std::error::Error for UnknownLoopEvent {}
+
+impl std::str::FromStr for LoopEvent {
+    type Err = UnknownLoopEvent;
+
+    /// Parses the display form, `{loop}.{event}` (e.g. `ck.ref-update`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        LoopEvent::ALL
+            .iter()
+            .copied()
+            .find(|e| {
+                s.split_once('.')
+                    .is_some_and(|(l, n)| l == e.loop_().as_str() && n == e.name())
+            })
+            .ok_or_else(|| UnknownLoopEvent(s.to_owned()))
+    }
+}
+
 /// `ck.{guid}.{loop}.{event}` — per-loop subjects are always GUID-form, even for name-based
 /// kernels, because they refer to one kernel instance.
 pub fn loop_event_subject(guid: &str, event: LoopEvent) -> String {
@@ -266,9 +294,37 @@ pub fn loop_event_subject(guid: &str, event: LoopEvent) -> String {
     )
 }
 
+/// The id of a loop event — its CloudEvent `id` and its `Nats-Msg-Id` —
+/// `{guid}:{loop}.{event}:{key}`, where `key` makes it unique among the kernel's events of that
+/// kind (an instance, a commit, a serving revision, a call).
+pub fn loop_event_id(guid: &str, event: LoopEvent, key: &str) -> String {
+    format!("{guid}:{event}:{key}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loop_event_ids_name_the_kernel_the_event_and_the_occurrence() {
+        assert_eq!(
+            loop_event_id("g1", LoopEvent::DataWritten, "i-1"),
+            "g1:data.written:i-1"
+        );
+        assert_eq!(
+            loop_event_id("g1", LoopEvent::CkRefUpdate, "develop:abc"),
+            "g1:ck.ref-update:develop:abc"
+        );
+    }
+
+    #[test]
+    fn every_loop_event_parses_back_from_its_name() {
+        for e in LoopEvent::ALL {
+            assert_eq!(e.to_string().parse::<LoopEvent>(), Ok(*e));
+        }
+        assert!("data.nope".parse::<LoopEvent>().is_err());
+        assert!("written".parse::<LoopEvent>().is_err());
+    }
 
     #[test]
     fn twenty_two_loop_subjects() {

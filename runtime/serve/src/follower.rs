@@ -54,7 +54,7 @@ impl Follower {
             if journal_now != journal_seen {
                 let published = tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    p = publish_journal(&journal, &publisher, &kernel.urn) => p,
+                    p = publish_journal(&journal, &publisher, &kernel.guid, &kernel.urn) => p,
                 };
                 match published {
                     Ok(_) => journal_seen = journal_now,
@@ -75,7 +75,7 @@ impl Follower {
         }
         // Whatever was journalled while serving goes out before the connection closes
         // (bounded: with the server gone the cursor stays and the next start sends them).
-        let _ = publish_journal(&journal, &publisher, &kernel.urn).await;
+        let _ = publish_journal(&journal, &publisher, &kernel.guid, &kernel.urn).await;
     }
 
     /// Loads the serving record's versions if its revision changed, and swaps them in.

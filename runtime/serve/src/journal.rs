@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use anyhow::anyhow;
-use ck_bus::Publisher;
+use ck_bus::{LoopCloudEvent, Publisher};
 use ck_loops::journal::Journal;
+use ck_manifest::topics::LoopEvent;
 
 /// How long publishing the journal may wait for the server to take the events (it may be
 /// gone; the cursor then stays and the next attempt sends them again).
@@ -17,6 +18,7 @@ const FLUSH_BOUND: Duration = Duration::from_secs(2);
 pub async fn publish_journal(
     journal: &Journal,
     publisher: &Publisher,
+    guid: &str,
     urn: &str,
 ) -> anyhow::Result<usize> {
     let entries = journal.unpublished()?;
@@ -25,21 +27,37 @@ pub async fn publish_journal(
     };
     let client = publisher.client();
     for entry in &entries {
+        let event = LoopCloudEvent {
+            guid,
+            source: urn,
+            event: entry.event.parse::<LoopEvent>()?,
+            key: entry
+                .msg_id
+                .strip_prefix(&format!("{guid}:{}:", entry.event))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "journal entry {}: id {} is not of this kernel's {}",
+                        entry.seq,
+                        entry.msg_id,
+                        entry.event
+                    )
+                })?,
+            about: None,
+            time: &entry.time,
+            data: {
+                let mut data = entry.data.clone();
+                data["timestamp"] = serde_json::json!(entry.time);
+                data
+            },
+        };
         let mut headers = publisher.headers(&format!("loop-{}", entry.seq), "ck host");
-        headers.insert(ck_bus::envelope::MSG_ID, entry.msg_id.as_str());
-        let mut data = entry.data.clone();
-        data["timestamp"] = serde_json::json!(entry.time);
-        let body = serde_json::json!({
-            "specversion": "1.0",
-            "id": entry.msg_id,
-            "source": urn,
-            "type": format!("ck.{}", entry.event),
-            "time": entry.time,
-            "datacontenttype": "application/json",
-            "data": data,
-        });
+        headers.insert(ck_bus::envelope::MSG_ID, event.id().as_str());
         client
-            .publish_with_headers(entry.subject.clone(), headers, body.to_string().into())
+            .publish_with_headers(
+                event.nats_subject(),
+                headers,
+                event.body().to_string().into(),
+            )
             .await
             .map_err(|e| anyhow!("publishing {}: {e}", entry.subject))?;
     }

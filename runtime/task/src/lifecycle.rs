@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use ck_bus::{Failure, LoopEventMessage, Outbox, Publisher, Request};
+use ck_bus::{Failure, LoopCloudEvent, LoopEventMessage, Outbox, Publisher, Request};
 use ck_loops::data::{AmendError, DataRepo, InstanceMutability};
 use ck_loops::data::{SealRequest, Transition};
 use ck_manifest::Kernel;
@@ -664,7 +664,7 @@ impl Lifecycle {
     /// instance of `commit` through the outbox, each with the message id
     /// `{guid}:{event}:{instance}`.
     async fn announce(&self, batch: &[Committed], commit: &str) {
-        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let at = ck_bus::cloudevent::now();
         let events: Vec<LoopEventMessage> = batch
             .iter()
             .flat_map(|sealed| {
@@ -679,26 +679,18 @@ impl Lifecycle {
                 events.iter().map(move |event| (sealed, *event))
             })
             .map(|(sealed, event)| {
-                let id = match &sealed.amendment {
-                    None => format!("{}:{}:{}", self.guid, event, sealed.instance_id),
-                    Some(file) => {
-                        format!("{}:{}:{}:{file}", self.guid, event, sealed.instance_id)
-                    }
+                let key = match &sealed.amendment {
+                    None => sealed.instance_id.clone(),
+                    Some(file) => format!("{}:{file}", sealed.instance_id),
                 };
-                LoopEventMessage {
-                    subject: topics::loop_event_subject(&self.guid, event),
-                    msg_id: id.clone(),
-                    trace_id: sealed.trace_id.clone(),
-                    user: sealed.user.clone(),
-                    body: json!({
-                        "specversion": "1.0",
-                        "id": id,
-                        "source": self.kernel_urn,
-                        "type": format!("ck.{event}"),
-                        "subject": sealed.instance_id,
-                        "time": at,
-                        "datacontenttype": "application/json",
-                        "data": {
+                let cloud_event = LoopCloudEvent {
+                    guid: &self.guid,
+                    source: &self.kernel_urn,
+                    event,
+                    key: &key,
+                    about: Some(&sealed.instance_id),
+                    time: &at,
+                    data: json!({
                             "event": event.to_string(),
                             "kernel": self.kernel,
                             "kernel_urn": self.kernel_urn,
@@ -712,8 +704,14 @@ impl Lifecycle {
                             "data_hash": sealed.data_hash,
                             "manifest_hash": sealed.manifest_hash,
                             "proof": format!("data/instances/{}/proof.json", sealed.instance_id),
-                        },
                     }),
+                };
+                LoopEventMessage {
+                    subject: cloud_event.nats_subject(),
+                    msg_id: cloud_event.id(),
+                    trace_id: sealed.trace_id.clone(),
+                    user: sealed.user.clone(),
+                    body: cloud_event.body(),
                 }
             })
             .collect();
