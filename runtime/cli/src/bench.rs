@@ -13,6 +13,7 @@ use ck_serve::{Host, IdentityMode, ServeConfig};
 use futures::StreamExt;
 use serde::Serialize;
 
+use crate::bench_load::{External, load};
 use crate::validate::load_one;
 
 /// Arguments of `ck bench`.
@@ -69,6 +70,14 @@ pub struct Args {
     /// The task kernel (with --tasks).
     #[arg(long, default_value = "kernels/tasks")]
     tasks_kernel: PathBuf,
+    /// Run the load generator as its own process (`ck bench-load`): the CPU reported for this
+    /// process is then the host's (or the baseline responder's) alone.
+    #[arg(long)]
+    external: bool,
+    /// Worker threads of this process's runtime, which serves the hosts (1: a current-thread
+    /// runtime, no cross-thread hand-offs; 0: one per core).
+    #[arg(long, default_value_t = 0)]
+    host_threads: usize,
     /// Write the results as JSON to this file too.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -83,7 +92,8 @@ struct Row {
     throughput_rps: f64,
     p50_us: f64,
     p99_us: f64,
-    /// CPU time of this process (load generator and responder or host) per request, µs.
+    /// CPU time of this process (responder or host, and the load generator unless it is
+    /// external) per request, µs.
     cpu_us_per_request: f64,
     /// CPU time of nats-server per request, µs.
     server_cpu_us_per_request: f64,
@@ -126,52 +136,18 @@ pub(crate) fn percentile(sorted: &[Duration], q: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e6
 }
 
-/// Runs `concurrency` clients doing sequential requests for `duration`.
-async fn load(
-    client: &async_nats::Client,
-    subject: &str,
-    body: Bytes,
-    concurrency: usize,
-    duration: Duration,
-) -> (u64, u64, Vec<Duration>) {
-    let deadline = Instant::now() + duration;
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (client, subject, body) = (client.clone(), subject.to_owned(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0u64;
-            while Instant::now() < deadline {
-                let started = Instant::now();
-                match client.request(subject.clone(), body.clone()).await {
-                    Ok(reply)
-                        if !reply
-                            .payload
-                            .windows(16)
-                            .any(|w| w == b"\"status\":\"error") =>
-                    {
-                        latencies.push(started.elapsed())
-                    }
-                    _ => errors += 1,
-                }
-            }
-            (latencies, errors)
-        }));
+/// The `q` quantile of sorted microseconds (0 when empty).
+fn quantile_us(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
     }
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        if let Ok((l, e)) = t.await {
-            all.extend(l);
-            errors += e;
-        }
-    }
-    all.sort();
-    (all.len() as u64, errors, all)
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
 }
 
 struct Target<'a> {
     client: &'a async_nats::Client,
+    /// The server's URL (for an external load generator).
+    url: String,
     /// The nats-server's process id (its CPU time is reported per request).
     server_pid: String,
 }
@@ -185,23 +161,45 @@ async fn measure(
     args: &Args,
 ) {
     let client = on.client;
-    // Warm up connections, caches and the pool before measuring.
-    let _ = load(client, subject, body.clone(), 8, Duration::from_millis(300)).await;
+    let warmup = Duration::from_millis(300);
+    if !args.external {
+        // Warm up connections, caches and the pool before measuring.
+        let _ = load(client, subject, body.clone(), 8, warmup).await;
+    }
     for &c in &args.concurrency {
         let duration = Duration::from_secs_f64(args.seconds);
+        // An external generator warms up before the CPU times are taken.
+        let generator = match args.external {
+            true => match External::warm(&on.url, subject, body, c, duration, warmup).await {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    eprintln!("{target} c={c}: {e:#}");
+                    continue;
+                }
+            },
+            false => None,
+        };
         let (cpu, server_cpu) = (cpu_time("self"), cpu_time(&on.server_pid));
-        let started = Instant::now();
-        let (requests, errors, latencies) = load(client, subject, body.clone(), c, duration).await;
-        let elapsed = started.elapsed().as_secs_f64();
+        let result = match generator {
+            Some(g) => match g.run().await {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{target} c={c}: {e:#}");
+                    continue;
+                }
+            },
+            None => load(client, subject, body.clone(), c, duration).await,
+        };
+        let requests = result.requests;
         let per_request = |used: Duration| used.as_secs_f64() * 1e6 / requests.max(1) as f64;
         let row = Row {
             target: target.to_owned(),
             concurrency: c,
             requests,
-            errors,
-            throughput_rps: requests as f64 / elapsed,
-            p50_us: percentile(&latencies, 0.50),
-            p99_us: percentile(&latencies, 0.99),
+            errors: result.errors,
+            throughput_rps: requests as f64 / result.elapsed_s,
+            p50_us: quantile_us(&result.latencies_us, 0.50),
+            p99_us: quantile_us(&result.latencies_us, 0.99),
             cpu_us_per_request: per_request(cpu_time("self").saturating_sub(cpu)),
             server_cpu_us_per_request: per_request(
                 cpu_time(&on.server_pid).saturating_sub(server_cpu),
@@ -268,7 +266,7 @@ pub(crate) async fn serve_kernel(
 }
 
 pub fn run(args: &Args) -> Result<std::process::ExitCode> {
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = ck_serve::runtime::build(args.host_threads)?;
     if args.callout {
         runtime.block_on(crate::bench_callout::run(
             args.connects,
@@ -297,10 +295,19 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
     let server = ck_natsd::NatsServer::start("")?;
     let url = server.url();
     println!(
-        "nats-server {} on {url}; {} s per run; host built {}",
+        "nats-server {} on {url}; {} s per run; host built {}; load generator {}; host threads {}",
         nats_version(),
         args.seconds,
-        profile()
+        profile(),
+        if args.external {
+            "in its own process"
+        } else {
+            "in this process"
+        },
+        match args.host_threads {
+            0 => "one per core".to_owned(),
+            n => n.to_string(),
+        }
     );
     let engine = HostEngine::new(HostConfig::default()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let client = async_nats::connect(&url).await?;
@@ -325,6 +332,7 @@ async fn bench(args: &Args) -> Result<std::process::ExitCode> {
     let wanted = |t: &str| args.targets.iter().any(|x| x == t);
     let on = Target {
         client: &client,
+        url: url.clone(),
         server_pid: server.pid().to_string(),
     };
     // (a') The messages the protocol asks for, without WebAssembly or ck's serving loop.
@@ -579,7 +587,9 @@ async fn tool_events_cost(
                 &quiet.topics.input
             };
             let started = Instant::now();
-            let (requests, _, _) = load(client, subject, body.clone(), 64, duration).await;
+            let requests = load(client, subject, body.clone(), 64, duration)
+                .await
+                .requests;
             let rps = requests as f64 / started.elapsed().as_secs_f64();
             if events {
                 with.push(rps)

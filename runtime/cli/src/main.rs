@@ -5,6 +5,7 @@ mod acl;
 mod authz;
 mod bench;
 mod bench_callout;
+mod bench_load;
 mod bench_swap;
 mod bench_tasks;
 mod build;
@@ -58,6 +59,9 @@ enum Command {
     /// Measure request/reply through the kernel host beside a plain async-nats responder, on a
     /// nats-server it starts itself. Build with --release for representative figures.
     Bench(bench::Args),
+    /// The external load generator of `ck bench --external` (prints one JSON result).
+    #[command(hide = true)]
+    BenchLoad(bench_load::Args),
     /// SPIFFE identities: the dev identity provider (a Workload API on a unix socket) and an
     /// SVID probe.
     Identity(identity::Args),
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Call(args) => call::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::BenchLoad(args) => bench_load::run(&args),
         Command::Identity(args) => identity::run(&args),
         Command::Authz(args) => authz::run(&args),
         Command::Verify(args) => verify::run(&args),

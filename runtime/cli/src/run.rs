@@ -55,6 +55,10 @@ pub struct Args {
     /// benchmarks). Never use it against a production server.
     #[arg(long, conflicts_with = "spiffe_socket")]
     pub insecure_no_identity: bool,
+    /// Worker threads serving the kernels (0: one per core; 1: a current-thread runtime, no
+    /// cross-thread hand-off per message).
+    #[arg(long, default_value_t = 0)]
+    pub worker_threads: usize,
     /// Seconds stopping may take (draining, committing the last seals) before what is left
     /// is abandoned to the durable queues; keep it under the orchestrator's kill timeout.
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
@@ -125,7 +129,7 @@ fn load(args: &Args) -> Result<(Vec<Kernel>, Vec<Kernel>)> {
 pub fn run(args: &Args) -> Result<std::process::ExitCode> {
     let (served, known) = load(args)?;
     let config = args.config(&served)?;
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = ck_serve::runtime::build(args.worker_threads)?;
     let outcome = runtime.block_on(async {
         let host = Host::start(config).await?;
         let all: Vec<Kernel> = served.iter().chain(&known).cloned().collect();

@@ -34,6 +34,7 @@ mod host;
 mod journal;
 mod lifecycle;
 mod protocol;
+pub mod runtime;
 pub mod signal;
 mod swap;
 mod version;
