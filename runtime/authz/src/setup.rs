@@ -56,9 +56,28 @@ impl CalloutSecrets {
     }
 
     /// The issuing key pair.
-    pub fn issuer(&self) -> Result<KeyPair, String> {
-        KeyPair::from_seed(&self.issuer_seed).map_err(|e| format!("{ISSUER_FILE}: {e}"))
+    pub fn issuer(&self) -> Result<KeyPair, SetupError> {
+        KeyPair::from_seed(&self.issuer_seed).map_err(|e| SetupError::Issuer(e.to_string()))
     }
+}
+
+/// Why the callout's secrets or server configuration cannot be made or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A file or directory cannot be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// Which.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The secrets exist already (overwriting them would lock out every running server).
+    #[error("{} already exists; remove it to start over", .0.display())]
+    Exists(PathBuf),
+    /// The issuer seed is not an account nkey seed.
+    #[error("{ISSUER_FILE}: {0}")]
+    Issuer(String),
 }
 
 /// A user that bypasses the callout with a password (operator tools, load generators).
@@ -77,7 +96,7 @@ pub fn render_server_config(
     listen: &str,
     static_users: &[StaticUser],
     store_dir: &Path,
-) -> Result<String, String> {
+) -> Result<String, SetupError> {
     let issuer = secrets.issuer()?.public_key();
     let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
     let users: Vec<String> = static_users
@@ -109,28 +128,25 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 
 /// Writes fresh secrets and the rendered server configuration into `dir`; refuses to overwrite
 /// existing secrets (that would lock out every running server).
-pub fn init(dir: &Path, listen: &str, static_users: &[StaticUser]) -> Result<PathBuf, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+pub fn init(dir: &Path, listen: &str, static_users: &[StaticUser]) -> Result<PathBuf, SetupError> {
+    let io = |p: &Path| {
+        let path = p.to_path_buf();
+        move |source| SetupError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
     if dir.join(ISSUER_FILE).exists() {
-        return Err(format!(
-            "{} already exists; remove it to start over",
-            dir.join(ISSUER_FILE).display()
-        ));
+        return Err(SetupError::Exists(dir.join(ISSUER_FILE)));
     }
     let secrets = CalloutSecrets::generate();
-    let store = dir
-        .canonicalize()
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .join(STORE_DIR);
+    let store = dir.canonicalize().map_err(io(dir))?.join(STORE_DIR);
     let config = render_server_config(&secrets, listen, static_users, &store)?;
-    let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
     for (name, text) in [
         (ISSUER_FILE, secrets.issuer_seed.as_str()),
         (PASSWORD_FILE, secrets.password.as_str()),
         (SERVER_CONFIG_FILE, config.as_str()),
     ] {
         let path = dir.join(name);
-        write_private(&path, text).map_err(|e| io(&path, e))?;
+        write_private(&path, text).map_err(io(&path))?;
     }
     Ok(dir.join(SERVER_CONFIG_FILE))
 }

@@ -29,10 +29,22 @@ pub struct Credentials {
     pub renew_at: Option<SystemTime>,
 }
 
+/// Why a kernel's credentials cannot be produced now (the Workload API is down, the SVID was
+/// refused, …), with its cause.
+#[derive(Debug, thiserror::Error)]
+#[error("no credentials for {identity}: {source}")]
+pub struct CredentialsUnavailable {
+    /// Whose credentials.
+    pub identity: String,
+    /// Why.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
 /// Produces the current credentials of one kernel.
 pub trait CredentialSource: Send + Sync + 'static {
     /// The credentials to present now.
-    fn credentials(&self) -> BoxFuture<'static, Result<Credentials, String>>;
+    fn credentials(&self) -> BoxFuture<'static, Result<Credentials, CredentialsUnavailable>>;
 }
 
 /// How to connect as one kernel.
@@ -78,7 +90,7 @@ pub async fn connect(spec: &ConnectSpec) -> Result<Client, async_nats::ConnectEr
                     let credentials = fetch
                         .await
                         .map_err(|e| async_nats::AuthError::new(e.to_string()))?
-                        .map_err(async_nats::AuthError::new)?;
+                        .map_err(|e| async_nats::AuthError::new(e.to_string()))?;
                     let mut auth = async_nats::Auth::new();
                     auth.username = Some(credentials.user);
                     auth.password = credentials.password;

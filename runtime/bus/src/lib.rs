@@ -20,7 +20,9 @@ mod publisher;
 mod serve;
 
 pub use cloudevent::LoopCloudEvent;
-pub use connection::{ConnectSpec, CredentialSource, Credentials, connect, serve_rotating};
+pub use connection::{
+    ConnectSpec, CredentialSource, Credentials, CredentialsUnavailable, connect, serve_rotating,
+};
 pub use envelope::{Failure, Request, RequestError};
 pub use outbox::{LoopEventMessage, Outbox};
 pub use publisher::{PublishFailure, Publisher};

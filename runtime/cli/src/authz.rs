@@ -86,14 +86,10 @@ fn init(args: &InitArgs) -> Result<std::process::ExitCode> {
             _ => bail!("--static-user '{u}': expected NAME:PASSWORD"),
         })
         .collect::<Result<Vec<_>>>()?;
-    let config =
-        ck_authz::setup::init(&args.dir, &args.listen, &users).map_err(anyhow::Error::msg)?;
+    let config = ck_authz::setup::init(&args.dir, &args.listen, &users)?;
     let secrets = CalloutSecrets::load(&args.dir)?;
     println!("wrote {}", config.display());
-    println!(
-        "issuer {}",
-        secrets.issuer().map_err(anyhow::Error::msg)?.public_key()
-    );
+    println!("issuer {}", secrets.issuer()?.public_key());
     println!("start the server:  nats-server -c {}", config.display());
     println!(
         "start the callout: ck authz serve --dir {} --registry <kernels> --trust-domain <domain> --spiffe-socket <socket>",
@@ -104,7 +100,7 @@ fn init(args: &InitArgs) -> Result<std::process::ExitCode> {
 
 async fn serve(args: &ServeArgs) -> Result<std::process::ExitCode> {
     let secrets = CalloutSecrets::load(&args.dir)?;
-    let issuer = secrets.issuer().map_err(anyhow::Error::msg)?;
+    let issuer = secrets.issuer()?;
     let bundles = ck_identity::bundle_source(&args.spiffe_socket).await?;
     let registry = Registry::open(args.registry.clone());
     let authorizer = Arc::new(Authorizer::new(

@@ -79,8 +79,7 @@ pub async fn run(connects: usize, storm: usize, json: Option<&std::path::Path>) 
             password: "bench".into(),
         }],
         &dir.path().join("jetstream"),
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let body: Vec<&str> = config
         .lines()
         .filter(|l| !l.starts_with("listen:"))
@@ -100,7 +99,7 @@ pub async fn run(connects: usize, storm: usize, json: Option<&std::path::Path>) 
     let identity = identity.context("the dev identity provider did not come up")?;
     let authorizer = Arc::new(Authorizer::new(
         AuthorizerConfig {
-            issuer: secrets.issuer().map_err(anyhow::Error::msg)?,
+            issuer: secrets.issuer()?,
             account: "APP".into(),
             trust_domains: vec![TrustDomain::new(DOMAIN)?],
             allow_local: false,

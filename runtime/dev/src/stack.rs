@@ -53,8 +53,7 @@ pub async fn start(kernel: &Kernel, shutdown: &CancellationToken) -> Result<Stac
             name: user.0.clone(),
             password: user.1.clone(),
         }],
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     // The rendered configuration without its listen line: the server picks a free port.
     let body: String = std::fs::read_to_string(&config)?
         .lines()
@@ -77,7 +76,7 @@ pub async fn start(kernel: &Kernel, shutdown: &CancellationToken) -> Result<Stac
     let registry = ck_authz::Registry::open(vec![kernel.dir().to_path_buf()]);
     let authorizer = Arc::new(ck_authz::Authorizer::new(
         ck_authz::AuthorizerConfig {
-            issuer: secrets.issuer().map_err(anyhow::Error::msg)?,
+            issuer: secrets.issuer()?,
             account: "APP".into(),
             trust_domains: vec![trust_domain],
             allow_local: kernel.is_local(),

@@ -15,13 +15,15 @@ mod cache;
 mod component;
 mod engine;
 mod imports;
+mod label;
 mod service;
 mod tool_events;
 
 pub use cache::ArtifactCache;
 pub use component::{KernelComponent, LoadError};
 pub use engine::{HostConfig, HostEngine};
-pub use service::{ENGINE, KernelService, ServiceStats, VersionLabel};
+pub use label::VersionLabel;
+pub use service::{ENGINE, KernelService, ServiceStats};
 pub use tool_events::{Outcome, ToolEvents};
 
 /// Host bindings generated from `kernels/wit/kernel.wit`.

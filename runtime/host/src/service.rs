@@ -16,6 +16,7 @@ use crate::component::{KernelComponent, LoadError};
 use crate::conceptkernel::kernel::types::{Context, KernelError};
 use crate::engine::HostEngine;
 use crate::imports::{CallInfo, MemoryCapExceeded, Shared, State};
+use crate::label::VersionLabel;
 use crate::tool_events::{Outcome, ToolEvents};
 
 /// The engine every component runs on (reported by `status`).
@@ -55,17 +56,6 @@ pub struct KernelService {
     instances: AtomicU64,
     version: Option<VersionLabel>,
     tool_events: Option<ToolEvents>,
-}
-
-/// Which version of its kernel a service is (reported by `status` and in TOOL events).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct VersionLabel {
-    /// `stable`, `canary`, `develop`.
-    pub name: String,
-    /// CK commit.
-    pub ck: String,
-    /// TOOL commit.
-    pub tool: String,
 }
 
 impl KernelService {

@@ -14,7 +14,7 @@ use ck_bus::Failure;
 use ck_manifest::Kernel;
 use ck_manifest::topics::{LoopEvent, loop_event_id, loop_event_subject};
 
-use crate::service::VersionLabel;
+use crate::label::VersionLabel;
 
 /// What happened to one call, for its event.
 pub enum Outcome<'a> {

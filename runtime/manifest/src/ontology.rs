@@ -40,25 +40,31 @@ impl std::fmt::Display for InstanceMutability {
     }
 }
 
+/// Why `ontology.yaml` cannot be read: the message names the file and, where it can, the line
+/// and column at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OntologyError(pub String);
+
 /// Reads `instance_mutability` from `kernel_dir/ontology.yaml`: `Sealed` when the file or the
 /// key is absent; an error naming file, line and the allowed values for anything else.
-pub fn instance_mutability(kernel_dir: &Path) -> Result<InstanceMutability, String> {
+pub fn instance_mutability(kernel_dir: &Path) -> Result<InstanceMutability, OntologyError> {
     let path = kernel_dir.join(ONTOLOGY_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(InstanceMutability::Sealed);
         }
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(e) => return Err(OntologyError(format!("{}: {e}", path.display()))),
     };
     let root = yaml::parse(&text).map_err(|e| {
-        format!(
+        OntologyError(format!(
             "{}:{}:{}: {}",
             path.display(),
             e.loc.line,
             e.loc.column,
             e.message
-        )
+        ))
     })?;
     let Some(entry) = root.as_ref().and_then(|r| r.get("instance_mutability")) else {
         return Ok(InstanceMutability::Sealed);
@@ -67,7 +73,7 @@ pub fn instance_mutability(kernel_dir: &Path) -> Result<InstanceMutability, Stri
         Value::Str(s) if s == "sealed" => Ok(InstanceMutability::Sealed),
         Value::Str(s) if s == "amendments_allowed" => Ok(InstanceMutability::AmendmentsAllowed),
         Value::Str(s) if s == "full_versioning" => Ok(InstanceMutability::FullVersioning),
-        other => Err(format!(
+        other => Err(OntologyError(format!(
             "{}:{}:{}: instance_mutability must be one of sealed, amendments_allowed, full_versioning (found {})",
             path.display(),
             entry.value.loc.line,
@@ -76,7 +82,7 @@ pub fn instance_mutability(kernel_dir: &Path) -> Result<InstanceMutability, Stri
                 Value::Str(s) => format!("'{s}'"),
                 v => v.kind().to_owned(),
             }
-        )),
+        ))),
     }
 }
 
@@ -110,7 +116,7 @@ mod tests {
             "classes: {}\ninstance_mutability: mutable\n",
         )
         .unwrap();
-        let e = instance_mutability(dir.path()).unwrap_err();
+        let e = instance_mutability(dir.path()).unwrap_err().to_string();
         assert!(
             e.contains("ontology.yaml:2:22") && e.contains("'mutable'"),
             "{e}"

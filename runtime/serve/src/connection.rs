@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ck_bus::{ConnectSpec, CredentialSource, Credentials};
+use ck_bus::{ConnectSpec, CredentialSource, Credentials, CredentialsUnavailable};
 use ck_manifest::Kernel;
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,7 @@ struct SpiffeCredentials {
 }
 
 impl CredentialSource for SpiffeCredentials {
-    fn credentials(&self) -> BoxFuture<'static, Result<Credentials, String>> {
+    fn credentials(&self) -> BoxFuture<'static, Result<Credentials, CredentialsUnavailable>> {
         let (client, id, audience) = (
             self.client.clone(),
             self.spiffe_id.clone(),
@@ -31,7 +31,10 @@ impl CredentialSource for SpiffeCredentials {
             let svid = client
                 .svid(&id, &audience)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| CredentialsUnavailable {
+                    identity: id.clone(),
+                    source: Box::new(e),
+                })?;
             Ok(Credentials {
                 user: id,
                 password: Some(svid.token),
@@ -45,7 +48,7 @@ impl CredentialSource for SpiffeCredentials {
 struct LocalCredentials(String);
 
 impl CredentialSource for LocalCredentials {
-    fn credentials(&self) -> BoxFuture<'static, Result<Credentials, String>> {
+    fn credentials(&self) -> BoxFuture<'static, Result<Credentials, CredentialsUnavailable>> {
         let user = self.0.clone();
         Box::pin(async move {
             Ok(Credentials {

@@ -207,15 +207,34 @@ fn failure(e: StoreError) -> Failure {
     }
 }
 
+/// Why a kernel's task lifecycle cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Its DATA repository cannot be opened or created.
+    #[error(transparent)]
+    Repo(#[from] ck_loops::data::RepoError),
+    /// Its `ontology.yaml` is unreadable or invalid.
+    #[error(transparent)]
+    Ontology(#[from] ck_manifest::ontology::OntologyError),
+    /// A file of its DATA tree cannot be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 impl Lifecycle {
     /// The lifecycle of `kernel`'s tasks, with state in JetStream over `publisher`'s connection
     /// and sealed instances under the kernel's `data/` (a git repository, created if needed).
     /// Seals are committed and announced by the committer ([`Lifecycle::spawn_committer`]).
-    pub fn new(kernel: &Kernel, publisher: Publisher) -> std::io::Result<Self> {
+    pub fn new(kernel: &Kernel, publisher: Publisher) -> Result<Self, StartError> {
         let dir = kernel.dir().to_path_buf();
-        let repo = DataRepo::open_or_init(&dir).map_err(std::io::Error::other)?;
-        let mutability = ck_manifest::ontology::instance_mutability(&dir)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        let repo = DataRepo::open_or_init(&dir)?;
+        let mutability = ck_manifest::ontology::instance_mutability(&dir)?;
+        let layout = ck_fs::layout::DataLayout::of_kernel(&dir);
         let (commits, commits_rx) = mpsc::unbounded_channel();
         Ok(Self {
             repo: Arc::new(std::sync::Mutex::new(repo)),
@@ -223,19 +242,24 @@ impl Lifecycle {
             amending: tokio::sync::Mutex::new(()),
             commits: std::sync::Mutex::new(Some(commits)),
             commits_rx: std::sync::Mutex::new(Some(commits_rx)),
-            host_id: host_id(&dir)?,
+            host_id: host_id(&dir).map_err(|source| StartError::Io {
+                path: layout.host_id(),
+                source,
+            })?,
             kernel: kernel.name.clone(),
             kernel_urn: kernel.urn.clone(),
             guid: kernel.guid.clone(),
             svid: kernel
                 .spiffe_id()
                 .unwrap_or_else(|| "unavailable".to_owned()),
-            outbox: Arc::new(Outbox::open(
-                &dir,
-                &kernel.guid,
-                &kernel.urn,
-                publisher.clone(),
-            )?),
+            outbox: Arc::new(
+                Outbox::open(&dir, &kernel.guid, &kernel.urn, publisher.clone()).map_err(
+                    |source| StartError::Io {
+                        path: layout.pending_events(),
+                        source,
+                    },
+                )?,
+            ),
             dir,
             publisher,
             bound: tokio::sync::Mutex::new(None),
