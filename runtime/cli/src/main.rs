@@ -4,10 +4,7 @@
 mod acl;
 mod authz;
 mod bench;
-mod bench_callout;
 mod bench_load;
-mod bench_swap;
-mod bench_tasks;
 mod build;
 mod call;
 mod dev;

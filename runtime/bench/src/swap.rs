@@ -14,7 +14,7 @@ use ck_serve::{Host, IdentityMode, ServeConfig};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::bench::percentile;
+use crate::percentile;
 
 #[derive(Serialize)]
 struct Report {
@@ -32,7 +32,7 @@ struct Report {
 pub async fn run(echo: &Path, reloads: usize, json: Option<&Path>) -> Result<()> {
     let work = tempfile::tempdir()?;
     let dir = work.path().join("echo");
-    crate::bench_tasks::copy_kernel(echo, &dir)?;
+    crate::tasks::copy_kernel(echo, &dir)?;
     let source = std::fs::read_to_string(dir.join("tool/echo.c"))?;
     let server = ck_natsd::NatsServer::start("")?;
     let url = server.url();

@@ -10,7 +10,7 @@ use ck_authz::{Authorizer, AuthorizerConfig, Registry};
 use ck_identity::{DevProvider, IdentityClient, ProviderConfig, TrustBundles, TrustDomain};
 use tokio_util::sync::CancellationToken;
 
-use crate::bench::percentile;
+use crate::percentile;
 
 const DOMAIN: &str = "bench.local";
 

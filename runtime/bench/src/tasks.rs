@@ -12,7 +12,7 @@ use bytes::Bytes;
 use ck_host::{HostConfig, HostEngine};
 use futures::StreamExt;
 
-use crate::bench::{bench_host, percentile, serve_kernel};
+use crate::{bench_host, percentile, serve_kernel};
 
 fn row(
     label: &str,
@@ -101,7 +101,7 @@ pub async fn run(kernel_src: &Path, n: usize, levels: &[usize], json: Option<&Pa
 
     let kernel_dir = dir.path().join("tasks");
     copy_kernel(kernel_src, &kernel_dir)?;
-    let kernel = crate::validate::load_one(&kernel_dir)?;
+    let kernel = crate::load_one(&kernel_dir)?;
     let engine = HostEngine::new(HostConfig::default()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let host = bench_host(&engine, &url, true, true).await?;
     serve_kernel(&host, kernel.clone(), 0).await?;
