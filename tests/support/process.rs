@@ -62,6 +62,15 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM (what an orchestrator sends first); the process is not waited for.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -TERM {}: {status}", self.child.id());
+    }
+
     /// The process id.
     pub fn id(&self) -> u32 {
         self.child.id()

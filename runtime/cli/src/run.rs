@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use ck_manifest::{Kernel, KernelSet};
 use ck_serve::{Host, IdentityMode, ServeConfig};
 
@@ -147,7 +147,11 @@ pub fn run(args: &Args) -> Result<std::process::ExitCode> {
         for plan in plans {
             let name = plan.kernel.name.clone();
             tokio::select! {
-                added = host.add(plan) => added.with_context(|| format!("serving {name}"))?,
+                added = host.add(plan) => if let Err(e) = added {
+                    // The kernels already serving stop as on SIGTERM before the error is shown.
+                    host.shutdown().await;
+                    return Err(anyhow::Error::from(e).context(format!("serving {name}")));
+                },
                 _ = &mut stop => {
                     tracing::info!("shutdown.requested");
                     host.shutdown().await;

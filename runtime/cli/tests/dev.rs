@@ -43,6 +43,34 @@ fn field(log: &str, event: &str, key: &str) -> String {
     v[key].as_str().unwrap_or_default().to_owned()
 }
 
+/// `ck dev` of `kernel` with its own stack (logs and cache under `tmp`), ready; its URL and a
+/// client connected as the static user it prints.
+async fn start_dev(kernel: &Path, tmp: &Path) -> (Proc, String, async_nats::Client) {
+    let dev = Proc::spawn(
+        CK,
+        &[
+            "dev".as_ref(),
+            kernel.as_os_str(),
+            "--cache-dir".as_ref(),
+            tmp.join("cache").as_os_str(),
+        ],
+        &tmp.join("dev.log"),
+    );
+    dev.wait_for("\"dev.ready\"");
+    let log = dev.log();
+    let url = field(&log, "dev.ready", "url");
+    let (user, password) = (
+        field(&log, "dev.ready", "user"),
+        field(&log, "dev.ready", "password"),
+    );
+    assert_eq!(user, "dev");
+    let client = async_nats::ConnectOptions::with_user_and_password(user, password)
+        .connect(&url)
+        .await
+        .unwrap();
+    (dev, url, client)
+}
+
 /// One request's fate: when it was sent and the version that answered (or the error).
 type Outcome = (Instant, Result<u32, String>);
 
@@ -58,28 +86,7 @@ async fn saves_are_swapped_in_under_load_without_losing_a_request() {
     assert!(out.status.success(), "{out:?}");
     let original = std::fs::read_to_string(kernel.join("tool/demo_hot.c")).unwrap();
 
-    let dev = Proc::spawn(
-        CK,
-        &[
-            "dev".as_ref(),
-            kernel.as_os_str(),
-            "--cache-dir".as_ref(),
-            tmp.path().join("cache").as_os_str(),
-        ],
-        &tmp.path().join("dev.log"),
-    );
-    dev.wait_for("\"dev.ready\"");
-    let log = dev.log();
-    let url = field(&log, "dev.ready", "url");
-    let (user, password) = (
-        field(&log, "dev.ready", "user"),
-        field(&log, "dev.ready", "password"),
-    );
-    assert_eq!(user, "dev");
-    let client = async_nats::ConnectOptions::with_user_and_password(user, password)
-        .connect(&url)
-        .await
-        .unwrap();
+    let (dev, url, client) = start_dev(&kernel, tmp.path()).await;
     // Every answer is also published on the result topic: count them per trace id.
     let mut results = client.subscribe("result.Demo.Hot").await.unwrap();
     client.flush().await.unwrap();
@@ -249,14 +256,7 @@ async fn saves_are_swapped_in_under_load_without_losing_a_request() {
 
     // SIGTERM stops it cleanly, the nats-server it started with it.
     let mut dev = dev;
-    let pid = dev.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    dev.terminate();
     let status = tokio::task::block_in_place(|| dev.child().wait()).unwrap();
     assert!(status.success(), "{status:?}\n{}", dev.log());
     assert!(dev.log().contains("\"dev.stopped\""));
@@ -273,25 +273,7 @@ async fn a_task_completed_under_ck_dev_is_sealed_committed_and_announced() {
     let tmp = tempfile::tempdir().unwrap();
     let kernel = tmp.path().join("tasks");
     ck_tests::copy_kernel("tasks", &kernel);
-    let mut dev = Proc::spawn(
-        CK,
-        &[
-            "dev".as_ref(),
-            kernel.as_os_str(),
-            "--cache-dir".as_ref(),
-            tmp.path().join("cache").as_os_str(),
-        ],
-        &tmp.path().join("dev.log"),
-    );
-    dev.wait_for("\"dev.ready\"");
-    let log = dev.log();
-    let client = async_nats::ConnectOptions::with_user_and_password(
-        field(&log, "dev.ready", "user"),
-        field(&log, "dev.ready", "password"),
-    )
-    .connect(field(&log, "dev.ready", "url"))
-    .await
-    .unwrap();
+    let (mut dev, _, client) = start_dev(&kernel, tmp.path()).await;
     let mut written = client
         .subscribe(format!("ck.{GUID}.data.written"))
         .await
@@ -348,14 +330,7 @@ async fn a_task_completed_under_ck_dev_is_sealed_committed_and_announced() {
         "audit line for {instance}: {audit}"
     );
 
-    let pid = dev.id();
-    assert!(
-        Command::new("kill")
-            .arg(pid.to_string())
-            .status()
-            .unwrap()
-            .success()
-    );
+    dev.terminate();
     let status = dev.child().wait().unwrap();
     assert!(status.success(), "ck dev exits 0 on SIGTERM: {status:?}");
     let verify = Command::new(CK)

@@ -398,14 +398,7 @@ async fn sigterm_drains_in_flight_messages_and_exits_zero() {
     }
     // Let the requests reach the host, then ask it to stop.
     tokio::time::sleep(Duration::from_millis(30)).await;
-    let pid = s.host.proc.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    s.host.proc.terminate();
     for p in pending {
         let answer = p.await.unwrap();
         assert_eq!(answer["data"]["total"], 50, "{answer}");

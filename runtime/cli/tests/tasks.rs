@@ -103,6 +103,34 @@ fn ck_verify(kernel: &Path) -> (bool, String) {
     )
 }
 
+/// Every `data.written` in the kernel's DATA stream, in stream order: (instance, commit).
+async fn data_written(js: &async_nats::jetstream::Context) -> Vec<(String, String)> {
+    let Ok(stream) = js
+        .get_stream(format!("ck_data_{}", GUID.replace('-', "_")))
+        .await
+    else {
+        return Vec::new();
+    };
+    let last = stream
+        .get_info()
+        .await
+        .map(|i| i.state.last_sequence)
+        .unwrap_or(0);
+    let mut found = Vec::new();
+    for seq in 1..=last {
+        if let Ok(m) = stream.get_raw_message(seq).await
+            && m.subject.as_str() == format!("ck.{GUID}.data.written")
+        {
+            let body: Value = serde_json::from_slice(&m.payload).unwrap();
+            found.push((
+                body["data"]["instance_id"].as_str().unwrap().to_owned(),
+                body["data"]["commit"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    found
+}
+
 fn instances(kernel: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(kernel.join("data/instances"))
         .map(|entries| entries.map(|e| e.unwrap().path()).collect())
@@ -738,32 +766,7 @@ async fn events_cut_off_by_an_outage_are_replayed_in_order() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let written = loop {
         // Every data.written, in stream order.
-        let written: Vec<(String, String)> = match js
-            .get_stream(format!("ck_data_{}", GUID.replace('-', "_")))
-            .await
-        {
-            Ok(stream) => {
-                let mut found = Vec::new();
-                let info = stream
-                    .get_info()
-                    .await
-                    .map(|i| i.state.last_sequence)
-                    .unwrap_or(0);
-                for seq in 1..=info {
-                    if let Ok(m) = stream.get_raw_message(seq).await
-                        && m.subject.as_str() == format!("ck.{GUID}.data.written")
-                    {
-                        let body: Value = serde_json::from_slice(&m.payload).unwrap();
-                        found.push((
-                            body["data"]["instance_id"].as_str().unwrap().to_owned(),
-                            body["data"]["commit"].as_str().unwrap().to_owned(),
-                        ));
-                    }
-                }
-                found
-            }
-            Err(_) => Vec::new(),
-        };
+        let written = data_written(&js).await;
         // Done when every seal is in the stream and the queue is replayed (an event the server
         // stored just before dying may be there already; its replay is then a duplicate the
         // stream drops).
@@ -839,15 +842,8 @@ async fn sigterm_with_nats_gone_exits_within_the_grace_period_and_loses_nothing(
     // The server goes away while the last seals are being committed and announced.
     server.stop();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pid = host.proc.id();
     let asked = Instant::now();
-    assert!(
-        Command::new("kill")
-            .arg(pid.to_string())
-            .status()
-            .unwrap()
-            .success()
-    );
+    host.proc.terminate();
     let status = loop {
         if let Some(status) = host.proc.child().try_wait().unwrap() {
             break status;
@@ -884,25 +880,11 @@ async fn sigterm_with_nats_gone_exits_within_the_grace_period_and_loses_nothing(
     let js = async_nats::jetstream::new(c.clone());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let mut announced = std::collections::HashSet::new();
-        if let Ok(stream) = js
-            .get_stream(format!("ck_data_{}", GUID.replace('-', "_")))
+        let announced: std::collections::HashSet<String> = data_written(&js)
             .await
-        {
-            let last = stream
-                .get_info()
-                .await
-                .map(|i| i.state.last_sequence)
-                .unwrap_or(0);
-            for seq in 1..=last {
-                if let Ok(m) = stream.get_raw_message(seq).await
-                    && m.subject.as_str() == format!("ck.{GUID}.data.written")
-                {
-                    let body: Value = serde_json::from_slice(&m.payload).unwrap();
-                    announced.insert(body["data"]["instance_id"].as_str().unwrap().to_owned());
-                }
-            }
-        }
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         if acknowledged.iter().all(|id| announced.contains(id)) {
             break;
         }

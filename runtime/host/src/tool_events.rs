@@ -137,16 +137,20 @@ impl ToolEvents {
 mod tests {
     use super::*;
 
-    #[test]
-    fn events_are_valid_cloudevents() {
+    fn kernel() -> Kernel {
         let text = "apiVersion: conceptkernel/v3\nkernel_class: Demo.Q\nkernel_id: 0e1c4a5b-2d3f-4a6b-9c8d-7e6f5a4b3c2d\n";
-        let kernel = ck_manifest::parse_str(
+        ck_manifest::parse_str(
             text,
             std::path::Path::new("k/conceptkernel.yaml"),
             &Default::default(),
         )
         .kernel
-        .expect("a valid manifest");
+        .expect("a valid manifest")
+    }
+
+    #[test]
+    fn events_are_valid_cloudevents() {
+        let kernel = kernel();
         let version = VersionLabel {
             name: "canary".into(),
             ck: "c".repeat(40),
@@ -195,14 +199,7 @@ mod tests {
 
     #[test]
     fn the_fast_encoding_is_what_the_cloudevents_builder_makes() {
-        let text = "apiVersion: conceptkernel/v3\nkernel_class: Demo.Q\nkernel_id: 0e1c4a5b-2d3f-4a6b-9c8d-7e6f5a4b3c2d\n";
-        let kernel = ck_manifest::parse_str(
-            text,
-            std::path::Path::new("k/conceptkernel.yaml"),
-            &Default::default(),
-        )
-        .kernel
-        .expect("a valid manifest");
+        let kernel = kernel();
         let events = ToolEvents::new(&kernel, None);
         let failure = Failure::new(500, "kernel_trap", "boom");
         for (outcome, event) in [
