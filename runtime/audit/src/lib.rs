@@ -43,6 +43,10 @@ pub struct AuditRecord {
     pub reason: String,
     /// Which component decided (`ck authz`, `ck host`).
     pub recorded_by: String,
+    /// A machine key for what the line records, for readers that must find it again (e.g.
+    /// `seal:{instance}` for a seal's line, which recovery looks for); the reason is prose.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl AuditRecord {
@@ -63,7 +67,14 @@ impl AuditRecord {
             result,
             reason: reason.into(),
             recorded_by: recorded_by.into(),
+            key: None,
         }
+    }
+
+    /// With a machine key (see [`AuditRecord::key`]).
+    pub fn keyed(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
     }
 
     /// With the subject involved.

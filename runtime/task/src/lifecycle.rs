@@ -167,7 +167,17 @@ fn host_id(dir: &Path) -> std::io::Result<String> {
     }
 }
 
-/// The reason of the audit line for a seal or an amendment; [`audit_key`] reads it back.
+/// The machine key of the audit line for a seal (`seal:{id}`) or an amendment
+/// (`amend:{id}:{file}`): recovery finds the lines it needs by it.
+fn audit_key_of(c: &Committed) -> String {
+    match &c.amendment {
+        None => format!("seal:{}", c.instance_id),
+        Some(file) => format!("amend:{}:{file}", c.instance_id),
+    }
+}
+
+/// The reason of the audit line for a seal or an amendment (prose for people; ledgers written
+/// before lines had a key are read back by [`audit_key`]).
 fn audit_reason(c: &Committed) -> String {
     match &c.amendment {
         None => format!(
@@ -182,7 +192,7 @@ fn audit_reason(c: &Committed) -> String {
 }
 
 /// The key of an audit line written for a seal (`seal:{id}`) or an amendment
-/// (`amend:{id}:{file}`), from its reason ([`audit_reason`]).
+/// (`amend:{id}:{file}`) before lines carried it, from its reason ([`audit_reason`]).
 fn audit_key(reason: &str) -> Option<String> {
     if let Some(rest) = reason.strip_prefix("sealed instance ") {
         return rest.split_once(' ').map(|(id, _)| format!("seal:{id}"));
@@ -420,16 +430,19 @@ impl Lifecycle {
         for path in removed {
             tracing::warn!(path = %path.display(), "task.recover: removed an unfinished write");
         }
-        // What reached the audit ledger: "sealed instance {id} …" and "amended instance {id}
-        // with {file} …" lines.
+        // What reached the audit ledger: lines keyed `seal:{id}` / `amend:{id}:{file}` (older
+        // ledgers: their "sealed instance {id} …" / "amended instance {id} with {file} …"
+        // reasons).
         let ledger_dir = self.dir.clone();
         let audited: std::collections::HashSet<String> =
             tokio::task::spawn_blocking(move || ck_audit::read(&ledger_dir).unwrap_or_default())
                 .await
                 .unwrap_or_default()
                 .iter()
-                .filter_map(|l| l["reason"].as_str().map(audit_key))
-                .flatten()
+                .filter_map(|l| match l["key"].as_str() {
+                    Some(key) => Some(key.to_owned()),
+                    None => l["reason"].as_str().and_then(audit_key),
+                })
                 .collect();
         let mut sealed = Vec::new();
         for task_id in bound.store.task_ids().await.map_err(failure)? {
@@ -594,7 +607,8 @@ impl Lifecycle {
                     ck_audit::Verdict::Allow,
                     reason,
                     "ck host",
-                );
+                )
+                .keyed(audit_key_of(c));
                 line.path = Some(format!("data/instances/{}/{file}", c.instance_id));
                 line
             })
@@ -765,6 +779,7 @@ mod tests {
             audit_key(&audit_reason(&seal)).as_deref(),
             Some("seal:i-t-1-17")
         );
+        assert_eq!(audit_key_of(&seal), "seal:i-t-1-17");
         let amend = Committed {
             amendment: Some("data_amendment_5.json".into()),
             ..seal
@@ -774,5 +789,7 @@ mod tests {
             Some("amend:i-t-1-17:data_amendment_5.json")
         );
         assert_eq!(audit_key("refused connect"), None);
+        // The key written now is the one older reasons read back as.
+        assert_eq!(audit_key_of(&amend), "amend:i-t-1-17:data_amendment_5.json");
     }
 }
