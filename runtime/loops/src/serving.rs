@@ -5,16 +5,19 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One version: a CK commit and a TOOL commit.
+/// Which version: a CK commit and a TOOL commit. (The names of a version along the way: a
+/// `VersionRef` names it, a [`crate::state::VersionSnapshot`] is what the loops hold for it,
+/// `ck_serve::PreparedVersion` is it loaded and compiled, and `ck_host::VersionLabel` is how a
+/// served one reports itself.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pin {
+pub struct VersionRef {
     /// CK repository commit (identity: manifest, ontology, rules).
     pub ck: String,
     /// TOOL repository commit (sources and component digest).
     pub tool: String,
 }
 
-impl Pin {
+impl VersionRef {
     /// `ck@abcdef0/tool@1234567`, for messages.
     pub fn short(&self) -> String {
         format!("ck@{}/tool@{}", short(&self.ck), short(&self.tool))
@@ -31,7 +34,7 @@ pub fn short(commit: &str) -> &str {
 pub struct Canary {
     /// The canary version.
     #[serde(flatten)]
-    pub pin: Pin,
+    pub pin: VersionRef,
     /// Percentage of messages, 1–99.
     pub weight: u8,
 }
@@ -48,13 +51,13 @@ pub struct ServingRecord {
     /// When it last changed (RFC 3339).
     pub updated_at: String,
     /// What answers by default.
-    pub stable: Pin,
+    pub stable: VersionRef,
     /// A version taking a share of the messages, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<Canary>,
     /// Earlier stable versions, newest last: where a rollback goes.
     #[serde(default)]
-    pub previous: Vec<Pin>,
+    pub previous: Vec<VersionRef>,
 }
 
 /// Which version answers message number `n` (counted from 0) under a canary of `weight`
@@ -88,12 +91,12 @@ mod tests {
             guid: "g".into(),
             revision: 3,
             updated_at: "t".into(),
-            stable: Pin {
+            stable: VersionRef {
                 ck: "a".repeat(40),
                 tool: "b".repeat(40),
             },
             canary: Some(Canary {
-                pin: Pin {
+                pin: VersionRef {
                     ck: "c".repeat(40),
                     tool: "d".repeat(40),
                 },

@@ -22,7 +22,7 @@ use thiserror::Error;
 
 use crate::git::{Committed, GitError, LoopRepo, SnapshotFile};
 use crate::journal::Journal;
-use crate::serving::{Canary, Pin, ServingRecord, short};
+use crate::serving::{Canary, ServingRecord, VersionRef, short};
 
 /// The state directory's name inside a kernel directory.
 pub const STATE_DIR: &str = ".ck";
@@ -94,9 +94,9 @@ pub fn serving(kernel_dir: &Path) -> Result<Option<ServingRecord>, LoopError> {
 
 /// One version, read back from the loops: what a host needs to serve it.
 #[derive(Debug, Clone)]
-pub struct Version {
+pub struct VersionSnapshot {
     /// The commits.
-    pub pin: Pin,
+    pub pin: VersionRef,
     /// `conceptkernel.yaml` as committed.
     pub manifest: String,
     /// `.ck-guid` as committed, if there was one.
@@ -115,7 +115,7 @@ pub struct Recorded {
     /// The TOOL commit, when the sources or the component changed.
     pub tool: Option<Committed>,
     /// `develop` of both loops afterwards.
-    pub develop: Option<Pin>,
+    pub develop: Option<VersionRef>,
     /// Names of the events journalled.
     pub events: Vec<String>,
 }
@@ -336,8 +336,8 @@ impl Loops {
         Ok(recorded)
     }
 
-    fn develop(&self) -> Option<Pin> {
-        Some(Pin {
+    fn develop(&self) -> Option<VersionRef> {
+        Some(VersionRef {
             ck: self.ck.head(DEVELOP)?,
             tool: self.tool.head(DEVELOP)?,
         })
@@ -403,7 +403,7 @@ impl Loops {
     fn move_branches(
         &self,
         branch: &str,
-        pin: &Pin,
+        pin: &VersionRef,
         why: &str,
         revision: u64,
     ) -> Result<Vec<Pending>, LoopError> {
@@ -444,7 +444,7 @@ impl Loops {
     pub fn promote(&self, spec: &str) -> Result<ServingRecord, LoopError> {
         let (ck, tool) = self.resolve(spec)?;
         let mut record = self.current()?;
-        let to = Pin {
+        let to = VersionRef {
             ck: ck.unwrap_or_else(|| record.stable.ck.clone()),
             tool: tool.unwrap_or_else(|| record.stable.tool.clone()),
         };
@@ -488,7 +488,7 @@ impl Loops {
         }
         let (ck, tool) = self.resolve(spec)?;
         let mut record = self.current()?;
-        let pin = Pin {
+        let pin = VersionRef {
             ck: ck.unwrap_or_else(|| record.stable.ck.clone()),
             tool: tool.unwrap_or_else(|| record.stable.tool.clone()),
         };
@@ -600,7 +600,7 @@ impl Loops {
 
     /// Reads the version `pin` back from the loops, checking its component against the digest
     /// its TOOL commit recorded.
-    pub fn materialize(&self, pin: &Pin) -> Result<Version, LoopError> {
+    pub fn materialize(&self, pin: &VersionRef) -> Result<VersionSnapshot, LoopError> {
         materialize_from(&self.dir, &self.ck, &self.tool, pin)
     }
 }
@@ -635,7 +635,7 @@ pub fn stable_manifest(kernel_dir: &Path) -> Result<Option<(String, Option<Strin
 
 /// Reads the version `pin` of the kernel in `kernel_dir` (no lock: commits and artifacts are
 /// never rewritten).
-pub fn materialize(kernel_dir: &Path, pin: &Pin) -> Result<Version, LoopError> {
+pub fn materialize(kernel_dir: &Path, pin: &VersionRef) -> Result<VersionSnapshot, LoopError> {
     let dir = state_dir(kernel_dir);
     let missing =
         |what: &str| LoopError::Refused(format!("{}: no {what} repository", dir.display()));
@@ -648,8 +648,8 @@ fn materialize_from(
     dir: &Path,
     ck: &LoopRepo,
     tool: &LoopRepo,
-    pin: &Pin,
-) -> Result<Version, LoopError> {
+    pin: &VersionRef,
+) -> Result<VersionSnapshot, LoopError> {
     let manifest = ck
         .read(&pin.ck, ck_manifest::MANIFEST_FILE)?
         .ok_or_else(|| {
@@ -697,7 +697,7 @@ fn materialize_from(
             short(&pin.tool)
         )));
     }
-    Ok(Version {
+    Ok(VersionSnapshot {
         pin: pin.clone(),
         manifest,
         ck_guid,

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use ck_acl::{Policy, compile};
 use ck_host::{ArtifactCache, HostEngine, KernelComponent, VersionLabel};
 use ck_loops::serving::ServingRecord;
-use ck_loops::state::{self, Version};
+use ck_loops::state::{self, VersionSnapshot};
 use ck_manifest::{Diagnostic, Kernel, KernelSet};
 use ck_subject::Permissions;
 
@@ -44,7 +44,7 @@ impl Loader {
     pub fn load(
         &self,
         kernel_dir: &Path,
-        version: &Version,
+        version: &VersionSnapshot,
         name: &str,
     ) -> anyhow::Result<PreparedVersion> {
         let short = version.pin.short();
