@@ -317,14 +317,24 @@ impl Host {
             lifecycle: lifecycle.as_ref().map(|l| l.lifecycle.clone()),
             tool_events: self.config.tool_events,
         };
-        let swapper = Arc::new(Swapper::new(
+        let swapper = match Swapper::new(
             kernel.clone(),
             self.engine.clone(),
             parts,
             plan.stable,
             plan.canary,
             renew,
-        )?);
+        ) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                // Nothing was served: the lifecycle's background work stops with it.
+                if let Some(l) = lifecycle {
+                    l.stop(tokio::time::Instant::now() + self.config.grace)
+                        .await;
+                }
+                return Err(e);
+            }
+        };
         let follower = tokio::spawn(
             Follower {
                 swapper: swapper.clone(),
