@@ -370,17 +370,28 @@ impl Host {
         // Ready means subscribed: a caller may send the moment `add` returns.
         let _ = subscribed.await;
         tracing::info!(kernel = %kernel.name, input = %endpoint.input, "ready");
-        self.kernels.lock().await.insert(
-            kernel.name.clone(),
-            Served {
-                swapper,
-                token,
-                serving,
-                follower,
-                lifecycle,
-                added: Instant::now(),
-            },
-        );
+        let served = Served {
+            swapper,
+            token,
+            serving,
+            follower,
+            lifecycle,
+            added: Instant::now(),
+        };
+        let mut kernels = self.kernels.lock().await;
+        if kernels.contains_key(&kernel.name) {
+            // Another `add` of the same kernel won the race while this one connected: this
+            // one stops again (its subscription shared the queue group, so nothing was
+            // answered twice).
+            drop(kernels);
+            let deadline = tokio::time::Instant::now() + self.config.grace;
+            stop_served(&kernel.name, served, deadline).await;
+            return Err(ServeError::new(
+                ServeErrorKind::AlreadyServed,
+                format!("{} is already served by this host", kernel.name),
+            ));
+        }
+        kernels.insert(kernel.name.clone(), served);
         Ok(())
     }
 

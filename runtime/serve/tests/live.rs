@@ -103,6 +103,14 @@ async fn a_kernel_added_and_removed_live_never_interrupts_the_others() {
         let plan = host.plan_recorded(k, Vec::new(), "test").unwrap();
         host.add(plan).await.unwrap();
     }
+    // A kernel is served once per host.
+    let again = host
+        .add(host.plan_recorded(&echo, Vec::new(), "test").unwrap())
+        .await;
+    assert_eq!(
+        again.err().map(|e| e.kind()),
+        Some(ck_serve::ServeErrorKind::AlreadyServed)
+    );
 
     let client = async_nats::connect(server.url()).await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
