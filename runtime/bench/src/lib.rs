@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::load::{External, load};
 
 mod callout;
+pub mod instructions;
 pub mod load;
 mod swap;
 mod tasks;
@@ -72,6 +73,9 @@ pub struct BenchConfig {
     pub host_threads: usize,
     /// Write the results as JSON to this file too.
     pub json: Option<PathBuf>,
+    /// Count instructions per request instead (valgrind's callgrind): this many requests per
+    /// target and concurrency level, each target served by its own process under callgrind.
+    pub instructions: Option<usize>,
     /// The program that runs the external load generator (the `ck` binary: it is run as
     /// `{generator} bench-load …`).
     pub generator: PathBuf,
@@ -278,6 +282,10 @@ pub fn run(args: &BenchConfig) -> Result<()> {
         runtime.block_on(crate::swap::run(&args.echo, n, args.json.as_deref()))?;
         return Ok(());
     }
+    if let Some(n) = args.instructions {
+        runtime.block_on(instructions_run(args, n))?;
+        return Ok(());
+    }
     if let Some(n) = args.tasks {
         runtime.block_on(crate::tasks::run(
             &args.tasks_kernel,
@@ -288,6 +296,34 @@ pub fn run(args: &BenchConfig) -> Result<()> {
         return Ok(());
     }
     runtime.block_on(bench(args))
+}
+
+/// `--instructions N`: instructions per request of each wanted target of baseline, protocol,
+/// fresh and reused, at each concurrency level.
+async fn instructions_run(args: &BenchConfig, requests: usize) -> Result<()> {
+    let server = ck_natsd::NatsServer::start("")?;
+    let url = server.url();
+    println!(
+        "nats-server {} on {url}; instructions counted by callgrind over {requests} requests per target",
+        nats_version()
+    );
+    let targets: Vec<&str> = ["baseline", "protocol", "fresh", "reused"]
+        .into_iter()
+        .filter(|t| args.targets.iter().any(|x| x == t))
+        .collect();
+    let mut rows = Vec::new();
+    for &c in &args.concurrency {
+        for (target, per_request) in
+            instructions::measure(args, &url, &targets, requests, c).await?
+        {
+            rows.push(serde_json::json!({"target": target, "concurrency": c, "instructions_per_request": per_request}));
+        }
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&rows)?)?;
+    }
+    drop(server);
+    Ok(())
 }
 
 async fn bench(args: &BenchConfig) -> Result<()> {

@@ -66,6 +66,11 @@ pub struct Args {
     /// runtime, no cross-thread hand-offs; 0: one per core).
     #[arg(long, default_value_t = 0)]
     host_threads: usize,
+    /// Count instructions per request instead, with valgrind's callgrind (installed
+    /// separately): this many requests per target (baseline, protocol, fresh, reused) and
+    /// concurrency level, each target served by its own process under callgrind.
+    #[arg(long, value_name = "N")]
+    instructions: Option<usize>,
     /// Write the results as JSON to this file too.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -90,6 +95,7 @@ pub fn run(args: &Args) -> Result<std::process::ExitCode> {
         external: args.external,
         host_threads: args.host_threads,
         json: args.json.clone(),
+        instructions: args.instructions,
         generator: std::env::current_exe().context("locating the ck binary")?,
     };
     ck_bench::run(&config)?;

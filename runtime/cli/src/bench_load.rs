@@ -36,3 +36,36 @@ pub fn run(args: &Args) -> Result<std::process::ExitCode> {
     })?;
     Ok(std::process::ExitCode::SUCCESS)
 }
+
+/// Arguments of `ck bench-serve` (one target served for `ck bench --instructions`; not for
+/// people).
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// NATS server URL.
+    #[arg(long)]
+    nats: String,
+    /// baseline, protocol, fresh or reused.
+    #[arg(long)]
+    target: String,
+    /// The echo kernel.
+    #[arg(long)]
+    echo: std::path::PathBuf,
+    /// Do not publish the per-answer event.
+    #[arg(long)]
+    no_events: bool,
+    /// Do not publish the TOOL events.
+    #[arg(long)]
+    no_tool_events: bool,
+}
+
+/// `ck bench-serve`.
+pub fn serve(args: &ServeArgs) -> Result<std::process::ExitCode> {
+    ck_bench::instructions::serve(&ck_bench::instructions::ServeSpec {
+        nats: args.nats.clone(),
+        target: args.target.clone(),
+        echo: args.echo.clone(),
+        events: !args.no_events,
+        tool_events: !args.no_tool_events,
+    })?;
+    Ok(std::process::ExitCode::SUCCESS)
+}

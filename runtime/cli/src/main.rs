@@ -59,6 +59,9 @@ enum Command {
     /// The external load generator of `ck bench --external` (prints one JSON result).
     #[command(hide = true)]
     BenchLoad(bench_load::Args),
+    /// One target served for `ck bench --instructions` (under callgrind).
+    #[command(hide = true)]
+    BenchServe(bench_load::ServeArgs),
     /// SPIFFE identities: the dev identity provider (a Workload API on a unix socket) and an
     /// SVID probe.
     Identity(identity::Args),
@@ -120,6 +123,7 @@ fn main() -> ExitCode {
         Command::Call(args) => call::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::BenchLoad(args) => bench_load::run(&args),
+        Command::BenchServe(args) => bench_load::serve(&args),
         Command::Identity(args) => identity::run(&args),
         Command::Authz(args) => authz::run(&args),
         Command::Verify(args) => verify::run(&args),
