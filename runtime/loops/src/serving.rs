@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Which version: a CK commit and a TOOL commit. (The names of a version along the way: a
-/// `VersionRef` names it, a [`crate::state::VersionSnapshot`] is what the loops hold for it,
+/// `VersionRef` names it, a `VersionSnapshot` (in `state`) is what the loops hold for it,
 /// `ck_serve::PreparedVersion` is it loaded and compiled, and `ck_host::VersionLabel` is how a
 /// served one reports itself.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

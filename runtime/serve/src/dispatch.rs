@@ -23,7 +23,7 @@ use ck_task::{Lifecycle, TaskAction};
 use serde_json::value::RawValue;
 
 use crate::access::AccessCheck;
-use crate::protocol;
+use crate::protocol::{self, VersionStats};
 
 /// Which handler answers an action.
 #[derive(Debug, Clone, Copy)]
@@ -40,17 +40,6 @@ enum Target {
 struct Entry {
     target: Target,
     access: Access,
-}
-
-/// Counters of one served version (every action, whichever handler answered).
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct VersionStats {
-    /// Requests answered with data.
-    pub ok: u64,
-    /// Requests answered with an error.
-    pub errors: u64,
-    /// Guest instances created.
-    pub instances: u64,
 }
 
 /// One version of a kernel behind the router: implements [`ck_bus::Handler`].

@@ -18,10 +18,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{IdentityMode, ServeConfig};
 use crate::connection::{SvidVerifier, connect_spec, retry_connect};
-use crate::dispatch::{VersionService, VersionStats};
+use crate::dispatch::VersionService;
 use crate::error::{Kinded, ServeError, ServeErrorKind};
 use crate::follower::Follower;
 use crate::lifecycle::RunningLifecycle;
+use crate::protocol::VersionStats;
 use crate::swap::{ServiceParts, Swapped, Swapper};
 use crate::version::{Loader, PreparedVersion};
 
@@ -287,10 +288,7 @@ impl Host {
         }
         let kernel = plan.kernel.clone();
         if self.kernels.lock().await.contains_key(&kernel.name) {
-            return Err(ServeError::new(
-                ServeErrorKind::AlreadyServed,
-                format!("{} is already served by this host", kernel.name),
-            ));
+            return Err(already_served(&kernel.name));
         }
         if let Some(verifier) = &self.verifier {
             verifier.admit_domain_of(&kernel)?;
@@ -386,10 +384,7 @@ impl Host {
             drop(kernels);
             let deadline = tokio::time::Instant::now() + self.config.grace;
             stop_served(&kernel.name, served, deadline).await;
-            return Err(ServeError::new(
-                ServeErrorKind::AlreadyServed,
-                format!("{} is already served by this host", kernel.name),
-            ));
+            return Err(already_served(&kernel.name));
         }
         kernels.insert(kernel.name.clone(), served);
         Ok(())
@@ -413,12 +408,12 @@ impl Host {
     /// and its instances are released — within the grace period. The other kernels are not
     /// touched.
     pub async fn remove(&self, name: &str) -> Result<Removed, ServeError> {
-        let served = self.kernels.lock().await.remove(name).ok_or_else(|| {
-            ServeError::new(
-                ServeErrorKind::UnknownKernel,
-                format!("{name} is not served by this host"),
-            )
-        })?;
+        let served = self
+            .kernels
+            .lock()
+            .await
+            .remove(name)
+            .ok_or_else(|| not_served(name))?;
         let deadline = tokio::time::Instant::now() + self.config.grace;
         Ok(stop_served(name, served, deadline).await)
     }
@@ -494,12 +489,7 @@ impl Host {
             .await
             .get(name)
             .map(|s| s.swapper.clone())
-            .ok_or_else(|| {
-                ServeError::new(
-                    ServeErrorKind::UnknownKernel,
-                    format!("{name} is not served by this host"),
-                )
-            })
+            .ok_or_else(|| not_served(name))
     }
 }
 
@@ -550,6 +540,20 @@ async fn stop_served(name: &str, served: Served, deadline: tokio::time::Instant)
     // The last references to its services (and so its instances) go with the swapper.
     drop(swapper);
     Removed { answered, drained }
+}
+
+fn already_served(name: &str) -> ServeError {
+    ServeError::new(
+        ServeErrorKind::AlreadyServed,
+        format!("{name} is already served by this host"),
+    )
+}
+
+fn not_served(name: &str) -> ServeError {
+    ServeError::new(
+        ServeErrorKind::UnknownKernel,
+        format!("{name} is not served by this host"),
+    )
 }
 
 /// The built component of `kernel`, or why there is none.

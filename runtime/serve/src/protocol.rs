@@ -6,7 +6,16 @@ use ck_host::{KernelComponent, VersionLabel};
 use ck_manifest::{Diagnostic, Kernel};
 use serde_json::{Value, json};
 
-use crate::dispatch::VersionStats;
+/// Counters of one served version (every action, whichever handler answered).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct VersionStats {
+    /// Requests answered with data.
+    pub ok: u64,
+    /// Requests answered with an error.
+    pub errors: u64,
+    /// Guest instances created.
+    pub instances: u64,
+}
 
 /// The protocol actions, answered by the host for every kernel.
 pub(crate) const PROTOCOL_ACTIONS: [&str; 2] = ["status", "check.identity"];
