@@ -539,7 +539,7 @@ async fn a_host_killed_while_sealing_loses_no_acknowledged_completion() {
     let (ok, out) = ck_verify(&kernel);
     assert!(ok, "{out}");
     // The restart also committed what the kill left uncommitted.
-    assert!(!out.contains("not committed"), "{out}");
+    assert!(!out.contains("not committed"), "{out}\n{}", restarted.log());
     assert_eq!(instances(&kernel).len(), completed);
 }
 

@@ -67,6 +67,14 @@ impl LoopRepo {
         })
     }
 
+    /// The repository's writer lock (see [`crate::writer_lock`]), taken before every write.
+    fn writer(&self) -> Result<crate::writer_lock::WriterLock, GitError> {
+        crate::writer_lock::WriterLock::take(&self.path).map_err(|e| GitError {
+            repo: self.path.clone(),
+            message: format!("taking the writer lock: {e}"),
+        })
+    }
+
     fn err(&self, what: &str, e: git2::Error) -> GitError {
         GitError {
             repo: self.path.clone(),
@@ -102,6 +110,7 @@ impl LoopRepo {
         files: &[SnapshotFile],
         message: &str,
     ) -> Result<Option<Committed>, GitError> {
+        let _writer = self.writer()?;
         let mut index = git2::Index::new().map_err(|e| self.err("index", e))?;
         for (path, bytes) in files {
             let id = self
@@ -156,6 +165,7 @@ impl LoopRepo {
         message: &str,
     ) -> Result<Option<String>, GitError> {
         let oid = Oid::from_str(commit).map_err(|e| self.err("commit id", e))?;
+        let _writer = self.writer()?;
         let previous = self.head(branch);
         self.repo
             .reference(&format!("refs/heads/{branch}"), oid, true, message)
@@ -165,6 +175,7 @@ impl LoopRepo {
 
     /// Removes `branch` (nothing when it does not exist).
     pub fn delete_branch(&self, branch: &str) -> Result<(), GitError> {
+        let _writer = self.writer()?;
         if let Ok(mut r) = self.repo.find_reference(&format!("refs/heads/{branch}")) {
             r.delete().map_err(|e| self.err("deleting a branch", e))?;
         }

@@ -18,3 +18,4 @@ pub mod git;
 pub mod journal;
 pub mod serving;
 pub mod state;
+pub mod writer_lock;

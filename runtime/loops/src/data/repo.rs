@@ -135,6 +135,11 @@ impl DataRepo {
         if instances.is_empty() {
             return Ok(None);
         }
+        let _writer = crate::writer_lock::WriterLock::take(self.repo.path()).map_err(|e| {
+            self.err(git2::Error::from_str(&format!(
+                "taking the writer lock: {e}"
+            )))
+        })?;
         let mut index = self.repo.index().map_err(|e| self.err(e))?;
         let mut paths = vec![PathBuf::from(".gitignore")];
         for id in instances {
