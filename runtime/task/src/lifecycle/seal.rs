@@ -1,0 +1,69 @@
+//! Sealing an acknowledged completion into the DATA tree (write-once files, `ck-loops`).
+
+use ck_bus::Failure;
+use ck_loops::data::{SealRequest, Transition};
+use serde_json::json;
+
+use super::{Lifecycle, SealedTask, instance_id};
+use crate::TaskRecord;
+
+impl Lifecycle {
+    /// Seals an acknowledged completion: the instance files, written once (sealing again after
+    /// an interruption completes the same seal). The audit line, the commit and the events are
+    /// the committer's.
+    pub(super) async fn seal(&self, record: &TaskRecord) -> Result<SealedTask, Failure> {
+        let instance = instance_id(record);
+        let output = record.output.clone().unwrap_or_else(|| json!({}));
+        let transitions: Vec<Transition> = record
+            .transitions
+            .iter()
+            .map(|t| Transition {
+                from: t.from.to_string(),
+                to: t.to.to_string(),
+                action: t.action.to_string(),
+                by: t.by.clone(),
+                at: t.at.clone(),
+            })
+            .collect();
+        let (dir, kernel, urn, svid) = (
+            self.dir.clone(),
+            self.kernel.clone(),
+            self.kernel_urn.clone(),
+            self.svid.clone(),
+        );
+        let (task_id, actor, id) = (record.task_id.clone(), record.by.clone(), instance.clone());
+        let failed = |e: String| {
+            Failure::new(
+                500,
+                "seal_failed",
+                format!(
+                    "task {} was completed (acknowledged) but sealing failed: {e}; this host seals it when it restarts",
+                    record.task_id
+                ),
+            )
+        };
+        let sealed = tokio::task::spawn_blocking(move || {
+            ck_loops::data::seal(&SealRequest {
+                kernel_dir: &dir,
+                kernel: &kernel,
+                kernel_urn: &urn,
+                svid: &svid,
+                instance_id: &id,
+                task_id: Some(&task_id),
+                actor: &actor,
+                data: &output,
+                transitions: &transitions,
+            })
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .map_err(|e| failed(e.to_string()))?;
+        let done = SealedTask {
+            instance_id: instance,
+            data_hash: sealed.data_hash,
+            manifest_hash: sealed.manifest_hash,
+            wrote_data: sealed.wrote_data,
+        };
+        Ok(done)
+    }
+}
