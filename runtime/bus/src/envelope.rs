@@ -23,6 +23,14 @@ pub const MSG_ID: &str = "Nats-Msg-Id";
 /// The user recorded when a request names none.
 pub const ANONYMOUS: &str = "anonymous";
 
+/// Longest `Trace-Id` read (bytes). A caller's headers reach logs, answers, audit lines and
+/// task records, so each is bounded where it is parsed.
+pub const MAX_TRACE_ID: usize = 128;
+/// Longest `X-User-ID` or `X-Kernel-ID` read (bytes).
+pub const MAX_NAME_HEADER: usize = 256;
+/// Longest `Authorization` read (bytes): a JWT-SVID is a few KiB at most.
+pub const MAX_AUTHORIZATION: usize = 16 * 1024;
+
 /// A new trace id, `tx-{uuid}`.
 pub fn new_trace_id() -> String {
     format!("tx-{}", uuid::Uuid::new_v4())
@@ -73,6 +81,24 @@ pub enum RequestError {
     /// `data` is not an object.
     #[error("`data` must be a JSON object")]
     BadData,
+    /// A protocol header longer than its limit.
+    #[error("header `{name}` is {size} bytes; at most {max} are accepted")]
+    HeaderTooLarge {
+        /// The header.
+        name: &'static str,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A protocol header with characters it may not carry.
+    #[error("header `{name}` {why}")]
+    BadHeader {
+        /// The header.
+        name: &'static str,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 impl RequestError {
@@ -80,6 +106,8 @@ impl RequestError {
     pub fn failure(&self) -> Failure {
         let (code, kind) = match self {
             RequestError::TooLarge { .. } => (413, "payload_too_large"),
+            RequestError::HeaderTooLarge { .. } => (431, "header_too_large"),
+            RequestError::BadHeader { .. } => (400, "bad_header"),
             _ => (400, "bad_request"),
         };
         Failure::new(code, kind, self.to_string())
@@ -117,18 +145,64 @@ impl RequestHeaders {
     }
 }
 
-/// Parses a request body. The trace id is taken from the headers or created, so that even a
-/// refused request is answered under a trace id.
+impl RequestHeaders {
+    /// The caller's `Trace-Id` when it is a valid one, else a new trace id.
+    pub fn trace_id_or_new(&self) -> String {
+        self.trace_id
+            .clone()
+            .filter(|t| valid_trace_id(t))
+            .unwrap_or_else(new_trace_id)
+    }
+
+    /// Checks every header against its bound: lengths, and for the trace id its characters
+    /// (`[A-Za-z0-9._:-]`), for names no control characters.
+    pub fn check(&self) -> Result<(), RequestError> {
+        let bounded = |name: &'static str, value: &Option<String>, max: usize| match value {
+            Some(v) if v.len() > max => Err(RequestError::HeaderTooLarge {
+                name,
+                size: v.len(),
+                max,
+            }),
+            Some(v) if v.chars().any(char::is_control) => Err(RequestError::BadHeader {
+                name,
+                why: "carries control characters",
+            }),
+            _ => Ok(()),
+        };
+        bounded(TRACE_ID, &self.trace_id, MAX_TRACE_ID)?;
+        if !self.trace_id.as_deref().is_none_or(valid_trace_id) {
+            return Err(RequestError::BadHeader {
+                name: TRACE_ID,
+                why: "may only carry letters, digits and `.`, `_`, `:`, `-`",
+            });
+        }
+        bounded(USER_ID, &self.user, MAX_NAME_HEADER)?;
+        bounded(KERNEL_ID, &self.sender, MAX_NAME_HEADER)?;
+        bounded(AUTHORIZATION, &self.authorization, MAX_AUTHORIZATION)
+    }
+}
+
+/// A trace id a caller may give: short, and only characters that are safe in logs and headers.
+fn valid_trace_id(trace_id: &str) -> bool {
+    trace_id.len() <= MAX_TRACE_ID
+        && trace_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// Parses a request body. The trace id is taken from the headers (when it is a valid one) or
+/// created, so that even a refused request is answered under a trace id. Headers over their
+/// bounds are refused (431) before the body is read.
 pub fn parse_request(
     payload: &[u8],
     headers: RequestHeaders,
     max_payload: usize,
 ) -> (String, Result<Request, RequestError>) {
-    let trace_id = headers.trace_id.clone().unwrap_or_else(new_trace_id);
-    (
-        trace_id.clone(),
-        parse_body(payload, headers, trace_id, max_payload),
-    )
+    let trace_id = headers.trace_id_or_new();
+    let parsed = headers
+        .check()
+        .and_then(|()| parse_body(payload, headers, trace_id.clone(), max_payload));
+    (trace_id, parsed)
 }
 
 fn parse_body(
@@ -370,6 +444,45 @@ mod tests {
 
     fn parse(body: &str) -> Result<Request, RequestError> {
         parse_request(body.as_bytes(), RequestHeaders::default(), 1024).1
+    }
+
+    #[test]
+    fn headers_over_their_bounds_are_refused_before_the_body_is_read() {
+        let with = |headers: RequestHeaders| parse_request(br#"{"action":"a"}"#, headers, 1024);
+        let (_, r) = with(RequestHeaders {
+            user: Some("u".repeat(70_000)),
+            ..Default::default()
+        });
+        let e = r.unwrap_err();
+        assert_eq!(e.failure().code, 431);
+        assert!(e.to_string().contains(USER_ID), "{e}");
+        let (trace, r) = with(RequestHeaders {
+            trace_id: Some("t".repeat(MAX_TRACE_ID + 1)),
+            ..Default::default()
+        });
+        assert_eq!(r.unwrap_err().failure().code, 431);
+        assert!(
+            trace.starts_with("tx-"),
+            "a refused trace id is not echoed: {trace}"
+        );
+        let (trace, r) = with(RequestHeaders {
+            trace_id: Some("tx-1\n{\"forged\":1}".into()),
+            ..Default::default()
+        });
+        assert_eq!(r.unwrap_err().failure().error, "bad_header");
+        assert!(trace.starts_with("tx-") && !trace.contains('\n'));
+        let (_, r) = with(RequestHeaders {
+            authorization: Some(format!("Bearer {}", "x".repeat(MAX_AUTHORIZATION))),
+            ..Default::default()
+        });
+        assert_eq!(r.unwrap_err().failure().code, 431);
+        let (trace, r) = with(RequestHeaders {
+            trace_id: Some("tx-ok.1:2_3".into()),
+            user: Some("alice".into()),
+            ..Default::default()
+        });
+        assert_eq!(trace, "tx-ok.1:2_3");
+        assert_eq!(r.unwrap().user, "alice");
     }
 
     #[test]

@@ -26,4 +26,4 @@ pub use connection::{
 pub use envelope::{Failure, Request, RequestError};
 pub use outbox::{LoopEventMessage, Outbox};
 pub use publisher::{PublishFailure, Publisher};
-pub use serve::{Endpoint, Handler, ServeOptions, ServeReport, serve};
+pub use serve::{Endpoint, Handler, Refusal, ServeOptions, ServeReport, serve};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_nats::{Client, HeaderMap, Message};
 use bytes::Bytes;
 use ck_manifest::Kernel;
-use ck_manifest::topics::TopicFormat;
+use ck_manifest::topics::{self, TopicFormat};
 use futures::StreamExt;
 use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
@@ -28,6 +28,35 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         request: Request,
     ) -> impl Future<Output = Result<Box<RawValue>, Failure>> + Send;
+
+    /// A message refused before it reached [`Handler::handle`] and not answered (its reply
+    /// subject is not a caller's inbox). Already logged (`reply.refused`); the handler records
+    /// it where its kernel's refusals go (the host: the audit ledger).
+    fn refused(&self, refusal: &Refusal);
+}
+
+/// A message the serving loop refused without answering it.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// Machine key of what was refused (`reply.refused`).
+    pub kind: &'static str,
+    /// The subject at fault (cut to [`topics::MAX_REPLY_SUBJECT`] bytes).
+    pub subject: String,
+    /// Why.
+    pub reason: String,
+    /// `X-User-ID` as claimed (unproven; `anonymous` when absent or out of bounds).
+    pub claimed_user: String,
+    /// The request's trace id (a valid `Trace-Id`, or new).
+    pub trace_id: String,
+}
+
+/// `text` cut to at most `max` bytes at a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Where a kernel listens and answers.
@@ -194,11 +223,29 @@ async fn answer<H: Handler>(
     options: ServeOptions,
     message: Message,
 ) {
-    let (trace_id, parsed) = parse_request(
-        &message.payload,
-        RequestHeaders::from_nats(message.headers.as_ref()),
-        options.max_payload,
-    );
+    let headers = RequestHeaders::from_nats(message.headers.as_ref());
+    // The reply subject is the caller's choice: the host answers only in an inbox, never where
+    // an answer would be a write with its own credentials (a KV bucket, a loop event, another
+    // kernel's input). The request is not run either: nobody could learn its outcome.
+    if let Some(reply) = message.reply.as_ref().map(|r| r.as_str())
+        && let Err(why) = topics::check_reply_subject(reply)
+    {
+        let claimed_user = match (headers.check(), &headers.user) {
+            (Ok(()), Some(user)) => user.clone(),
+            _ => crate::envelope::ANONYMOUS.to_owned(),
+        };
+        let refusal = Refusal {
+            kind: "reply.refused",
+            subject: cut(reply, topics::MAX_REPLY_SUBJECT).to_owned(),
+            reason: why.to_string(),
+            claimed_user,
+            trace_id: headers.trace_id_or_new(),
+        };
+        tracing::warn!(kernel = %endpoint.responder.kernel, trace_id = %refusal.trace_id, reply = %refusal.subject, reason = %refusal.reason, "reply.refused");
+        handler.refused(&refusal);
+        return;
+    }
+    let (trace_id, parsed) = parse_request(&message.payload, headers, options.max_payload);
     let span = tracing::debug_span!("message", kernel = %endpoint.responder.kernel, trace_id = %trace_id, action = tracing::field::Empty);
     async {
         let (action, user, outcome) = match parsed {

@@ -393,4 +393,10 @@ impl ck_bus::Handler for KernelService {
         };
         result
     }
+
+    /// Counted as an error; the serving loop logged it (the guest host keeps no ledger: the
+    /// router in front of it audits).
+    fn refused(&self, _refusal: &ck_bus::Refusal) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
 }

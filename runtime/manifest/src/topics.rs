@@ -150,6 +150,76 @@ pub fn host_reserved(guid: &str) -> Vec<String> {
     ]
 }
 
+/// Longest reply subject a host answers on (inboxes are far shorter; anything longer is not
+/// an inbox).
+pub const MAX_REPLY_SUBJECT: usize = 256;
+
+/// The stem of the NATS clients' default inbox prefix (`_INBOX.{nuid}…`).
+pub const CLIENT_INBOX_STEM: &str = "_INBOX";
+
+/// Why a host will not answer on a request's reply subject.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyRefused {
+    /// Longer than [`MAX_REPLY_SUBJECT`].
+    #[error("reply subject is {len} bytes; at most {MAX_REPLY_SUBJECT} are answered")]
+    TooLong {
+        /// Its length.
+        len: usize,
+    },
+    /// Not a publishable subject (an empty token, a wildcard, white space or a control
+    /// character).
+    #[error("reply subject is not a publishable subject: {0}")]
+    Malformed(&'static str),
+    /// A subject, but not a caller's inbox: answering there would make the host write, with
+    /// its own credentials, where the caller chose (a KV bucket, a loop event, another
+    /// kernel's input).
+    #[error(
+        "reply subject is not an inbox (`_INBOX.…` or `_INBOX_{{guid}}.…`); answers go only to a caller's inbox"
+    )]
+    NotAnInbox,
+}
+
+/// The reply subjects a host answers on: a caller's inbox — `_INBOX.{token}…` (the NATS
+/// clients' default prefix) or a kernel's private `_INBOX_{guid}.{token}…` ([`inbox_prefix`]).
+/// Never `$KV.>`, `$JS.>`, `$SYS.>`, `$O.>`, `ck.{guid}.>` or any kernel topic: those are all
+/// outside the inbox families, whatever the caller writes.
+pub fn check_reply_subject(reply: &str) -> Result<(), ReplyRefused> {
+    if reply.len() > MAX_REPLY_SUBJECT {
+        return Err(ReplyRefused::TooLong { len: reply.len() });
+    }
+    if reply
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err(ReplyRefused::Malformed(
+            "white space or a control character",
+        ));
+    }
+    let mut tokens = reply.split('.');
+    let first = tokens.next().unwrap_or_default();
+    let rest: Vec<&str> = tokens.collect();
+    if first.is_empty() || rest.iter().any(|t| t.is_empty()) {
+        return Err(ReplyRefused::Malformed("an empty token"));
+    }
+    if std::iter::once(first)
+        .chain(rest.iter().copied())
+        .any(|t| t == "*" || t == ">")
+    {
+        return Err(ReplyRefused::Malformed("a wildcard"));
+    }
+    let private_inbox = first.strip_prefix(PRIVATE_INBOX_STEM).is_some_and(|guid| {
+        !guid.is_empty()
+            && guid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    if (first == CLIENT_INBOX_STEM || private_inbox) && !rest.is_empty() {
+        Ok(())
+    } else {
+        Err(ReplyRefused::NotAnInbox)
+    }
+}
+
 /// A subject nobody subscribes to, under the kernel's own namespace: a request there comes back
 /// "no responders" after the server has processed everything the connection sent before it.
 pub fn host_probe(guid: &str) -> String {
@@ -303,6 +373,57 @@ pub fn loop_event_id(guid: &str, event: LoopEvent, key: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn answers_go_only_to_inboxes() {
+        for ok in [
+            "_INBOX.abc",
+            "_INBOX.Xy12.3",
+            "_INBOX_9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d.r1.2",
+        ] {
+            assert_eq!(check_reply_subject(ok), Ok(()), "{ok}");
+        }
+        let guid = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+        for hostile in [
+            format!("$KV.{}.zzz", task_bucket(guid)),
+            format!("$JS.API.STREAM.DELETE.{}", data_event_stream(guid)),
+            "$SYS.REQ.SERVER.PING".to_owned(),
+            "$O.store.x".to_owned(),
+            loop_event_subject(guid, LoopEvent::DataWritten),
+            "input.Other.Kernel".to_owned(),
+            "_INBOX".to_owned(),
+            "_INBOX_.x".to_owned(),
+            "_INBOXES.x".to_owned(),
+            "x._INBOX.y".to_owned(),
+        ] {
+            assert_eq!(
+                check_reply_subject(&hostile),
+                Err(ReplyRefused::NotAnInbox),
+                "{hostile}"
+            );
+        }
+        for malformed in [
+            "_INBOX..x",
+            "_INBOX.>",
+            "_INBOX.*",
+            "_INBOX.a b",
+            "_INBOX.a\r",
+        ] {
+            assert!(
+                matches!(
+                    check_reply_subject(malformed),
+                    Err(ReplyRefused::Malformed(_))
+                ),
+                "{malformed}"
+            );
+        }
+        let long = format!("_INBOX.{}", "a".repeat(MAX_REPLY_SUBJECT));
+        assert!(matches!(
+            check_reply_subject(&long),
+            Err(ReplyRefused::TooLong { .. })
+        ));
+    }
+
     use super::*;
 
     #[test]

@@ -67,4 +67,8 @@ impl ck_bus::Handler for Versioned {
         let service = self.pick();
         ck_bus::Handler::handle(service.as_ref(), request).await
     }
+
+    fn refused(&self, refusal: &ck_bus::Refusal) {
+        ck_bus::Handler::refused(self.pick().as_ref(), refusal);
+    }
 }
