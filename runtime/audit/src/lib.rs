@@ -7,7 +7,10 @@
 //! say what happened. Every line is also emitted as a `ck::audit` tracing event, so a deny is
 //! visible even where the kernel directory is not writable.
 
+pub mod coalesce;
+
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
@@ -47,6 +50,29 @@ pub struct AuditRecord {
     /// `seal:{instance}` for a seal's line, which recovery looks for); the reason is prose.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// For a coalesced refusal ([`coalesce`]): how many like it were counted, not written,
+    /// since the previous line of its kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coalesced: Option<u64>,
+}
+
+/// Longest value of a field of an audit line (bytes); `reason` may be longer.
+pub const MAX_FIELD: usize = 1024;
+/// Longest `reason` of an audit line (bytes).
+pub const MAX_REASON: usize = 4096;
+
+/// `field` cut to at most `max` bytes (at a character boundary), marked with how much was cut.
+fn bound(field: &mut String, max: usize) {
+    if field.len() <= max {
+        return;
+    }
+    let mut end = max;
+    while !field.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = field.len() - end;
+    field.truncate(end);
+    field.push_str(&format!("…[cut {cut} bytes]"));
 }
 
 impl AuditRecord {
@@ -68,7 +94,25 @@ impl AuditRecord {
             reason: reason.into(),
             recorded_by: recorded_by.into(),
             key: None,
+            coalesced: None,
         }
+    }
+
+    /// This record with every field within its bound ([`MAX_FIELD`], [`MAX_REASON`]): a
+    /// caller's strings (a claimed user, a subject) cannot make a line of any size.
+    pub fn bounded(&self) -> Self {
+        let mut r = self.clone();
+        for field in [&mut r.caller_svid, &mut r.action, &mut r.recorded_by] {
+            bound(field, MAX_FIELD);
+        }
+        for field in [&mut r.subject, &mut r.path, &mut r.key]
+            .into_iter()
+            .flatten()
+        {
+            bound(field, MAX_FIELD);
+        }
+        bound(&mut r.reason, MAX_REASON);
+        r
     }
 
     /// With a machine key (see [`AuditRecord::key`]).
@@ -126,6 +170,8 @@ pub fn append_all(kernel_dir: &Path, kernel: &str, records: &[AuditRecord]) -> s
     if records.is_empty() {
         return Ok(());
     }
+    let records: Vec<AuditRecord> = records.iter().map(AuditRecord::bounded).collect();
+    let records = records.as_slice();
     for record in records {
         let result = match record.result {
             Verdict::Allow => "allow",
@@ -173,8 +219,17 @@ pub fn append_all(kernel_dir: &Path, kernel: &str, records: &[AuditRecord]) -> s
         file.unlock()
     };
     write().inspect_err(|e| {
-        tracing::error!(target: "ck::audit", kernel, path = %path.display(), error = %e, "audit.write-failed");
+        FAILED_APPENDS.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(target: "ck::audit", kernel, path = %path.display(), error = %e, lines = records.len(), "audit.write-failed");
     })
+}
+
+static FAILED_APPENDS: AtomicU64 = AtomicU64::new(0);
+
+/// Appends that failed since this process started (each also logged as `audit.write-failed`):
+/// a host reports itself degraded while this is not zero.
+pub fn failed_appends() -> u64 {
+    FAILED_APPENDS.load(Ordering::Relaxed)
 }
 
 /// A break in a ledger's hash chain.
@@ -250,6 +305,29 @@ pub fn read(kernel_dir: &Path) -> std::io::Result<Vec<serde_json::Value>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn lines_are_bounded_whatever_a_caller_sends() {
+        let dir = tempfile::tempdir().unwrap();
+        // Multi-byte characters across every cut point.
+        let huge = "é".repeat(40_000);
+        let record = super::AuditRecord::now(
+            huge.clone(),
+            "request",
+            super::Verdict::Deny,
+            huge.clone(),
+            "test",
+        )
+        .subject(huge);
+        super::append(dir.path(), "K", &record).unwrap();
+        super::append(dir.path(), "K", &record).unwrap();
+        let text = std::fs::read_to_string(super::ledger_path(dir.path())).unwrap();
+        for line in text.lines() {
+            assert!(line.len() < 8 * 1024, "{} bytes", line.len());
+            assert!(line.contains("…[cut "), "{line}");
+        }
+        assert_eq!(super::verify_chain(dir.path()).unwrap(), None);
+    }
+
     #[test]
     fn a_torn_last_line_is_dropped_and_the_chain_continues() {
         let dir = tempfile::tempdir().unwrap();

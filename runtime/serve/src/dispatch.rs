@@ -194,6 +194,26 @@ impl ck_bus::Handler for VersionService {
         };
         result
     }
+
+    /// Audited as a deny of the caller's claimed name, coalesced (an unproven caller can send
+    /// as many as it likes).
+    fn refused(&self, refusal: &ck_bus::Refusal) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let record = ck_audit::AuditRecord::now(
+            refusal.claimed_user.clone(),
+            refusal.kind,
+            ck_audit::Verdict::Deny,
+            format!("not answered: {}", refusal.reason),
+            "ck host",
+        )
+        .subject(refusal.subject.clone());
+        ck_audit::coalesce::append_refusal(
+            self.kernel.dir().to_path_buf(),
+            self.kernel.name.clone(),
+            &format!("{}:{}", refusal.kind, refusal.claimed_user),
+            record,
+        );
+    }
 }
 
 fn raw(value: &serde_json::Value) -> Box<RawValue> {

@@ -47,6 +47,9 @@ pub struct KernelPlan {
 pub enum Health {
     /// Connected and answering.
     Serving,
+    /// Connected and answering, but an audit append failed (`audit.write-failed` in the log):
+    /// refusals may go unrecorded.
+    Degraded,
     /// Its connection is down; the client is reconnecting (messages wait on the server).
     Reconnecting,
     /// Its serving loop has ended (stopped, or failed: see the log).
@@ -447,7 +450,11 @@ impl Host {
                 } else if served.swapper.parts.publisher.client().connection_state()
                     == async_nats::connection::State::Connected
                 {
-                    Health::Serving
+                    if ck_audit::failed_appends() > 0 {
+                        Health::Degraded
+                    } else {
+                        Health::Serving
+                    }
                 } else {
                     Health::Reconnecting
                 };

@@ -43,18 +43,25 @@ impl RunningLifecycle {
             )
         })?;
         let recovered = lifecycle.recover().await.map_err(|f| {
+            // Only a server that would not serve JetStream earns the hint to enable it.
+            let hint = match f.error.as_str() {
+                "task_store_unavailable" | "event_stream_unavailable" => {
+                    " (run nats-server with JetStream enabled, `-js`)"
+                }
+                _ => "",
+            };
             ServeError::new(
                 ServeErrorKind::Lifecycle,
                 format!(
-                    "{} declares task actions, whose state lives in JetStream, but {server} refused: {} (run nats-server with JetStream enabled, `-js`)",
+                    "{}: recovering its task state from {server} failed: {}{hint}",
                     kernel.name, f.message
                 ),
             )
         })?;
-        for sealed in &recovered {
+        for sealed in &recovered.sealed {
             tracing::warn!(kernel = %kernel.name, instance_id = %sealed.instance_id, "task.recovered");
         }
-        tracing::info!(kernel = %kernel.name, host_id = %lifecycle.host_id(), recovered = recovered.len(), "task.lifecycle");
+        tracing::info!(kernel = %kernel.name, host_id = %lifecycle.host_id(), recovered = recovered.sealed.len(), quarantined = recovered.quarantined.len(), "task.lifecycle");
         let lifecycle = Arc::new(lifecycle);
         let committer = lifecycle.spawn_committer();
         // Events the broker could not confirm wait on disk; replay them once it can.

@@ -34,7 +34,13 @@ pub(crate) fn status(
         "urn": m.urn,
         "version": m.version,
         "spiffe_id": m.spiffe_id(),
-        "state": "ready",
+        // Degraded while an audit append failed (`audit.write-failed` in the log): the host
+        // answers, but cannot record what it refuses.
+        "state": if ck_audit::failed_appends() > 0 { "degraded" } else { "ready" },
+        "audit": {
+            "failed_appends": ck_audit::failed_appends(),
+            "coalesced_refusals": ck_audit::coalesce::coalesced_total(),
+        },
         "serving": version,
         "uptime_ms": uptime_ms,
         "component": {

@@ -11,7 +11,7 @@
 mod lifecycle;
 mod store;
 
-pub use lifecycle::{Lifecycle, SealedTask, StartError, instance_id};
+pub use lifecycle::{Lifecycle, Recovery, SealedTask, StartError, instance_id};
 
 pub use store::{StoreError, TaskRecord, TaskStore, TransitionEntry, Transitioned, bucket_for};
 

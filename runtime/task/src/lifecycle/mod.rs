@@ -15,6 +15,8 @@ mod committer;
 mod recovery;
 mod seal;
 
+pub use recovery::Recovery;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

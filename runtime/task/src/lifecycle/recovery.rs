@@ -5,13 +5,24 @@ use ck_bus::Failure;
 
 use super::committer::{Committed, audit_key};
 use super::{Lifecycle, SealedTask, failure, instance_id};
-use crate::TaskState;
+use crate::{StoreError, TaskState};
+
+/// What [`Lifecycle::recover`] found.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Completions acknowledged but not sealed, sealed now.
+    pub sealed: Vec<SealedTask>,
+    /// Task ids whose stored state is not a task record (kept, skipped).
+    pub quarantined: Vec<String>,
+}
 
 impl Lifecycle {
     /// Seals what this host acknowledged but did not seal (it died in between): every completed
-    /// task whose sealer is this host and whose instance lacks its proof. Returns the instances
-    /// sealed now.
-    pub async fn recover(&self) -> Result<Vec<SealedTask>, Failure> {
+    /// task whose sealer is this host and whose instance lacks its proof. A stored record that
+    /// is not a task record (written by someone else) is quarantined: kept in the bucket,
+    /// skipped, logged (`task.quarantined`) and audited, so one bad key never stops a kernel
+    /// from starting. Returns what was sealed and what was quarantined.
+    pub async fn recover(&self) -> Result<Recovery, Failure> {
         let bound = self.bound().await?;
         let dir = self.dir.clone();
         let removed = tokio::task::spawn_blocking(move || ck_loops::data::remove_leftovers(&dir))
@@ -34,10 +45,17 @@ impl Lifecycle {
                     None => l["reason"].as_str().and_then(audit_key),
                 })
                 .collect();
-        let mut sealed = Vec::new();
+        let (mut sealed, mut quarantined) = (Vec::new(), Vec::new());
         for task_id in bound.store.task_ids().await.map_err(failure)? {
-            let Some((record, _)) = bound.store.get(&task_id).await.map_err(failure)? else {
-                continue;
+            let record = match bound.store.get(&task_id).await {
+                Ok(Some((record, _))) => record,
+                Ok(None) => continue,
+                Err(StoreError::Corrupt { task_id, why }) => {
+                    self.quarantine(&task_id, &why);
+                    quarantined.push(task_id);
+                    continue;
+                }
+                Err(e) => return Err(failure(e)),
             };
             if record.state != TaskState::Completed
                 || record.sealer.as_deref() != Some(self.host_id.as_str())
@@ -82,7 +100,25 @@ impl Lifecycle {
             );
             self.commit_and_announce(batch).await;
         }
-        Ok(sealed)
+        Ok(Recovery {
+            sealed,
+            quarantined,
+        })
+    }
+
+    /// Reports a stored value that is not a task record: it stays where it is (evidence), the
+    /// task id answers `task_state_corrupt`, and the rest of the kernel serves.
+    fn quarantine(&self, task_id: &str, why: &str) {
+        tracing::error!(kernel = %self.kernel, task_id, why, "task.quarantined: stored state is not a task record; kept, skipped");
+        let record = ck_audit::AuditRecord::now(
+            "unknown",
+            "task.recover",
+            ck_audit::Verdict::Deny,
+            format!("task {task_id}: stored state is not a task record ({why}); quarantined: kept in the bucket, not served"),
+            "ck host",
+        )
+        .keyed(format!("quarantine:{task_id}"));
+        ck_audit::append_detached(self.dir.clone(), self.kernel.clone(), record);
     }
 
     /// The seals and amendments among `files` per instance, as the committer takes them
