@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 
-/// Arguments of `ck verify`.
+/// Arguments of `ck verify`. Exit status: 0 everything verifies, 1 something is broken, 2
+/// nothing to verify at the path.
 #[derive(clap::Args)]
 pub struct Args {
     /// A kernel directory, or its `data/` directory.
@@ -16,7 +17,8 @@ pub struct Args {
     all: bool,
 }
 
-/// Verifies the DATA tree; exit 0 only when everything verifies, 1 when something is broken.
+/// Verifies the DATA tree; exit 0 only when everything verifies, 1 when something is broken,
+/// 2 when there is nothing to verify at the path.
 pub fn run(args: &Args) -> Result<ExitCode> {
     if !args.path.is_dir() {
         bail!("{}: not a directory", args.path.display());
@@ -26,12 +28,22 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     for note in &report.notes {
         println!("note: {note}");
     }
+    if report.ok() && report.instances == 0 && report.ledger_lines == 0 {
+        println!(
+            "nothing to verify: {} holds no sealed instance and no audit ledger (is it a kernel directory, or its data/ directory?)",
+            args.path.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
     if report.ok() {
         println!(
             "ok: {} sealed instance(s) and {} audit ledger line(s) verified under {}",
             report.instances,
             report.ledger_lines,
             kernel_dir.join("data").display()
+        );
+        println!(
+            "note: an offline check proves the tree agrees with itself and with its history; a consistent rewrite of every hash, the history and the ledger together is not detectable from the tree alone"
         );
         return Ok(ExitCode::SUCCESS);
     }

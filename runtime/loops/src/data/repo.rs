@@ -235,17 +235,31 @@ pub fn verify_history(kernel_dir: &Path) -> (Vec<Finding>, Vec<String>) {
         .to_path_buf();
     let mut findings = Vec::new();
     let mut uncommitted = Vec::new();
-    let Ok(repo) = Repository::open(&dir) else {
-        return (findings, uncommitted);
+    // Without a repository or a first commit, every instance on disk is one the history does
+    // not know.
+    let sealed_on_disk = || {
+        let mut ids: Vec<String> = std::fs::read_dir(dir.join(ck_fs::layout::INSTANCES_DIR))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().join("data.json").exists())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        ids.sort();
+        ids
     };
+    let Ok(repo) = Repository::open(&dir) else {
+        return (findings, sealed_on_disk());
+    };
+    if repo.head().is_err() {
+        return (findings, sealed_on_disk());
+    }
     let fail = |findings: &mut Vec<Finding>, file: PathBuf, problem: String| {
         findings.push(Finding { file, problem })
     };
     let walked = (|| -> Result<(), git2::Error> {
         let mut walk = repo.revwalk()?;
-        if walk.push_head().is_err() {
-            return Ok(()); // no commits yet
-        }
+        walk.push_head()?;
         walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::REVERSE)?;
         for oid in walk {
             let commit = repo.find_commit(oid?)?;
@@ -323,6 +337,40 @@ pub fn verify_history(kernel_dir: &Path) -> (Vec<Finding>, Vec<String>) {
                         if uncommitted.last() != Some(&id) {
                             uncommitted.push(id.clone());
                         }
+                    }
+                }
+            }
+        }
+        // What was committed must still be on disk: a sealed file deleted from the tree (with
+        // or without a commit) is a broken link, not a smaller tree.
+        let head_id = repo.head()?.peel_to_commit()?.id().to_string();
+        if let Some(committed) = head
+            .get_name(ck_fs::layout::INSTANCES_DIR)
+            .and_then(|e| e.to_object(&repo).ok())
+            .and_then(|o| o.into_tree().ok())
+        {
+            for instance in committed.iter() {
+                let id = instance.name().unwrap_or_default().to_owned();
+                let Some(files) = instance
+                    .to_object(&repo)
+                    .ok()
+                    .and_then(|o| o.into_tree().ok())
+                else {
+                    continue;
+                };
+                for file in files.iter() {
+                    let rel = Path::new(ck_fs::layout::INSTANCES_DIR)
+                        .join(&id)
+                        .join(file.name().unwrap_or_default());
+                    if !dir.join(&rel).is_file() {
+                        fail(
+                            &mut findings,
+                            dir.join(&rel),
+                            format!(
+                                "committed (commit {}) but missing from the tree",
+                                &head_id[..12]
+                            ),
+                        );
                     }
                 }
             }

@@ -31,7 +31,12 @@ impl TreeReport {
 pub fn kernel_dir_of(path: &Path) -> PathBuf {
     let is_data = path.file_name().is_some_and(|n| n == "data")
         && !path.join("data").is_dir()
-        && (path.join("instances").is_dir() || path.join("ledger").is_dir());
+        && (path.join("instances").is_dir()
+            || path.join("ledger").is_dir()
+            || path.join(".git").is_dir()
+            || path
+                .parent()
+                .is_some_and(|p| p.join("conceptkernel.yaml").is_file()));
     match (is_data, path.parent()) {
         (true, Some(parent)) => parent.to_owned(),
         _ => path.to_owned(),
@@ -86,23 +91,59 @@ pub fn verify_tree(kernel_dir: &Path) -> TreeReport {
             .findings
             .extend(super::amend::verify_amendments(&dir));
     }
-    // The DATA repository: nothing sealed was rewritten after its seal commit.
+    // The DATA repository: nothing sealed was rewritten after its seal commit, nothing
+    // committed is missing.
+    let layout = ck_fs::layout::DataLayout::of_kernel(kernel_dir);
     let (history, uncommitted) = super::repo::verify_history(kernel_dir);
     report.findings.extend(history);
     for id in uncommitted {
-        report.notes.push(format!(
-            "{}: sealed but not committed yet (the host commits it)",
-            instances.join(id).display()
-        ));
+        report.findings.push(Finding {
+            file: instances.join(&id),
+            problem: "sealed but not in the DATA history (not committed): nothing proves a host sealed it — if a host is serving this kernel its commit may be moments away; run ck verify again".into(),
+        });
     }
-    let ledger = ck_fs::layout::DataLayout::of_kernel(kernel_dir).audit_ledger();
+    let ledger = layout.audit_ledger();
+    let mut seals_in_ledger = 0;
     match fs::read_to_string(&ledger) {
-        Ok(text) => report.ledger_lines = text.lines().count(),
+        Ok(text) => {
+            report.ledger_lines = text.lines().count();
+            // Every seal the ledger records must be in the tree.
+            for (n, line) in text.lines().enumerate() {
+                let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue; // the chain check below names it
+                };
+                let Some(id) = value["key"].as_str().and_then(|k| k.strip_prefix("seal:")) else {
+                    continue;
+                };
+                seals_in_ledger += 1;
+                if !instances.join(id).join("data.json").is_file() {
+                    report.findings.push(Finding {
+                        file: instances.join(id),
+                        problem: format!(
+                            "the audit ledger records its seal (line {}) but the instance is missing from the tree",
+                            n + 1
+                        ),
+                    });
+                }
+            }
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => report.findings.push(Finding {
             file: ledger.clone(),
             problem: format!("cannot read: {e}"),
         }),
+    }
+    // Sealed instances, or a ledger recording seals, without the history that commits them:
+    // the history was removed, and with it the proof that nothing was rewritten.
+    let git = layout.dir().join(".git");
+    if !git.is_dir() && (report.instances > 0 || seals_in_ledger > 0) {
+        report.findings.push(Finding {
+            file: git,
+            problem: format!(
+                "the DATA history is missing ({} sealed instance(s) in the tree, {seals_in_ledger} seal(s) in the audit ledger): nothing proves the instances were not rewritten",
+                report.instances
+            ),
+        });
     }
     match ck_audit::verify_chain(kernel_dir) {
         Ok(None) => {}
