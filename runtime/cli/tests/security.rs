@@ -474,3 +474,66 @@ async fn ck_verify_fails_whenever_it_cannot_prove_what_it_claims() {
         "{out}"
     );
 }
+
+/// Point 9 (sizes). Each `task.update` grew the task's record until it outgrew `max_payload`
+/// and the task was stuck, in a bucket without limits: deltas and outputs are bounded (413),
+/// a record is bounded with room kept for its completion, and the bucket has `max_bytes` and
+/// `max_value_size`.
+#[tokio::test(flavor = "multi_thread")]
+async fn task_records_and_their_bucket_are_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = jetstream_server(&tmp.path().join("js"));
+    let kernel = built_kernel(&tmp.path().join("tasks"), |m| m);
+    let _host = start_host(&server, &kernel, tmp.path(), "host");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let call = |action: &str, data: Value| {
+        let client = client.clone();
+        let body = json!({"action": action, "data": data});
+        async move { request(&client, HeaderMap::new(), body).await }
+    };
+    let started = call("task.start", json!({"task_id": "t-1"})).await;
+    assert_eq!(started["status"], "ok", "{started}");
+
+    let huge = call(
+        "task.update",
+        json!({"task_id": "t-1", "delta": {"x": "a".repeat(20 * 1024)}}),
+    )
+    .await;
+    assert_eq!(huge["code"], 413, "{huge}");
+    assert_eq!(huge["error"], "task_message_too_large", "{huge}");
+
+    let mut refused = None;
+    for n in 0..100 {
+        let answer = call(
+            "task.update",
+            json!({"task_id": "t-1", "delta": {"n": n, "x": "a".repeat(15 * 1024)}}),
+        )
+        .await;
+        if answer["status"] != "ok" {
+            refused = Some((n, answer));
+            break;
+        }
+    }
+    let (n, answer) =
+        refused.expect("100 updates of 15 KiB were all kept: the record is unbounded");
+    assert_eq!(answer["code"], 413, "{answer}");
+    assert_eq!(answer["error"], "task_record_too_large", "{answer}");
+    assert!(n > 5, "refused after only {n} updates: {answer}");
+    // The full task can still be completed, with the largest output.
+    let done = call(
+        "task.complete",
+        json!({"task_id": "t-1", "output": {"x": "a".repeat(250 * 1024)}}),
+    )
+    .await;
+    assert_eq!(done["status"], "ok", "{done}");
+    assert_eq!(done["data"]["state"], "completed", "{done}");
+
+    let js = async_nats::jetstream::new(client.clone());
+    let mut stream = js
+        .get_stream(format!("KV_ck_tasks_{}", GUID.replace('-', "_")))
+        .await
+        .unwrap();
+    let config = stream.info().await.unwrap().config.clone();
+    assert_eq!(config.max_message_size, 512 * 1024, "{config:?}");
+    assert_eq!(config.max_bytes, 1024 * 1024 * 1024, "{config:?}");
+}

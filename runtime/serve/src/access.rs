@@ -1,7 +1,8 @@
 //! Who may call an action: access levels `auth` and `owner` need a caller proven by a JWT-SVID
 //! addressed to the kernel (`Authorization: Bearer …`) and a grant (or, for `auth`, the
 //! kernel's own trust domain). Every refusal is a 401/403 answer and an audit line (401s, which
-//! anyone can cause before proving anything, coalesced per claimed name and interval:
+//! anyone can cause before proving anything, coalesced per action, claimed name, reason and
+//! interval:
 //! `ck_audit::coalesce`).
 
 use std::sync::Arc;
@@ -41,12 +42,12 @@ impl AccessCheck {
             )
             .subject(m.topics.input.clone());
             if code == 401 {
-                // Before authentication anyone can cause this at will: coalesced per claimed
-                // name and action, so a flood cannot fill the disk.
+                // Before authentication anyone can cause this at will: the same refusal (action,
+                // claimed name, reason) is coalesced, so a flood cannot fill the disk.
                 ck_audit::coalesce::append_refusal(
                     m.dir().to_path_buf(),
                     m.name.clone(),
-                    &format!("401:{}:{caller}", request.action),
+                    &format!("401:{}:{caller}:{reason}", request.action),
                     record,
                 );
             } else {

@@ -13,7 +13,10 @@ mod store;
 
 pub use lifecycle::{Lifecycle, Recovery, SealedTask, StartError, instance_id};
 
-pub use store::{StoreError, TaskRecord, TaskStore, TransitionEntry, Transitioned, bucket_for};
+pub use store::{
+    MAX_BUCKET_BYTES, MAX_TASK_RECORD, StoreError, TaskRecord, TaskStore, TransitionEntry,
+    Transitioned, bucket_for,
+};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -218,7 +221,33 @@ pub enum MessageError {
     /// `task.complete` without an output object.
     #[error("`task.complete` needs an `output` object (it becomes the sealed data.json)")]
     MissingOutput,
+    /// A `delta`, `error` or `output` over its bound (413).
+    #[error("`{field}` is {size} bytes; at most {max} are accepted")]
+    TooLarge {
+        /// The field.
+        field: &'static str,
+        /// Its size as JSON.
+        size: usize,
+        /// The bound.
+        max: usize,
+    },
 }
+
+impl MessageError {
+    /// The answer's status code: 413 for a field over its bound, else 400.
+    pub fn code(&self) -> u16 {
+        match self {
+            MessageError::TooLarge { .. } => 413,
+            _ => 400,
+        }
+    }
+}
+
+/// Largest `delta` of a `task.update` or `error` of a `task.fail` (bytes of JSON): each is kept
+/// in the task's record for as long as the task lives.
+pub const MAX_DETAIL: usize = 16 * 1024;
+/// Largest `output` of a `task.complete` (bytes of JSON): it is the sealed `data.json`.
+pub const MAX_OUTPUT: usize = 256 * 1024;
 
 fn field<'a>(data: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     data.get(name)
@@ -248,12 +277,24 @@ pub fn read_message(action: TaskAction, data: &Value) -> Result<TaskMessage, Mes
     if action == TaskAction::Complete && !output.as_ref().is_some_and(Value::is_object) {
         return Err(MessageError::MissingOutput);
     }
+    let bounded = |name: &'static str, value: Option<&Value>, max: usize| {
+        let size = value.map_or(0, |v| serde_json::to_vec(v).map_or(0, |b| b.len()));
+        if size > max {
+            Err(MessageError::TooLarge {
+                field: name,
+                size,
+                max,
+            })
+        } else {
+            Ok(value.cloned())
+        }
+    };
     Ok(TaskMessage {
         action,
         task_id: task_id.to_owned(),
-        delta: field(data, "delta").cloned(),
-        output,
-        error: field(data, "error").cloned(),
+        delta: bounded("delta", field(data, "delta"), MAX_DETAIL)?,
+        output: bounded("output", output.as_ref(), MAX_OUTPUT)?,
+        error: bounded("error", field(data, "error"), MAX_DETAIL)?,
     })
 }
 
@@ -267,6 +308,18 @@ mod tests {
     fn the_manifest_knows_the_same_lifecycle_actions() {
         let names: Vec<&str> = TaskAction::ALL.iter().map(|a| a.as_str()).collect();
         assert_eq!(names, ck_manifest::TASK_LIFECYCLE_ACTIONS);
+    }
+
+    #[test]
+    fn details_and_outputs_are_bounded() {
+        let big = serde_json::json!({"task_id": "t", "delta": {"x": "a".repeat(MAX_DETAIL)}});
+        let e = read_message(Update, &big).unwrap_err();
+        assert_eq!(e.code(), 413);
+        assert!(e.to_string().contains("`delta`"), "{e}");
+        let out = serde_json::json!({"task_id": "t", "output": {"x": "a".repeat(MAX_OUTPUT)}});
+        assert_eq!(read_message(Complete, &out).unwrap_err().code(), 413);
+        let fine = serde_json::json!({"task_id": "t", "delta": {"x": 1}});
+        assert!(read_message(Update, &fine).is_ok());
     }
 
     #[test]

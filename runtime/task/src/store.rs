@@ -77,6 +77,17 @@ pub enum StoreError {
     /// The broker did not acknowledge; nothing may be sealed.
     #[error("task state store unavailable: {0}")]
     Unavailable(String),
+    /// The new record would exceed [`MAX_TASK_RECORD`] (413): the task has recorded too much
+    /// (too many updates, or too large ones) to take this one.
+    #[error(
+        "task {task_id}: its record would be {size} bytes with this change, more than is kept per task (it can still be completed; send smaller deltas)"
+    )]
+    TooLarge {
+        /// The task.
+        task_id: String,
+        /// The record's size with the change.
+        size: usize,
+    },
     /// A stored record is unreadable.
     #[error("task {task_id}: stored state is corrupt: {why}")]
     Corrupt {
@@ -99,6 +110,16 @@ impl std::fmt::Debug for TaskStore {
     }
 }
 
+/// Largest stored task record (bytes): well under nats-server's default `max_payload` (1 MiB),
+/// which a record must fit in to be read back at all.
+pub const MAX_TASK_RECORD: usize = 512 * 1024;
+
+/// Room kept beyond the largest output for the completion's own transition entry.
+const COMPLETION_ROOM: usize = 8 * 1024;
+
+/// Largest task bucket (bytes) this host creates; the server refuses writes beyond it.
+pub const MAX_BUCKET_BYTES: i64 = 1024 * 1024 * 1024;
+
 /// The bucket name for a kernel GUID.
 pub fn bucket_for(guid: &str) -> String {
     ck_manifest::topics::task_bucket(guid)
@@ -116,6 +137,8 @@ impl TaskStore {
                     bucket: bucket.clone(),
                     description: format!("ck task lifecycle of kernel {guid}"),
                     history: 64,
+                    max_value_size: MAX_TASK_RECORD as i32,
+                    max_bytes: MAX_BUCKET_BYTES,
                     storage: jetstream::stream::StorageType::File,
                     num_replicas: 1,
                     ..Default::default()
@@ -205,6 +228,18 @@ impl TaskStore {
                 sealer: (action == TaskAction::Complete).then(|| host.to_owned()),
             };
             let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+            // Every action but the completion leaves room for the largest completion, so a
+            // task whose record is full can still be completed (or it would be stuck).
+            let limit = match action {
+                TaskAction::Complete => MAX_TASK_RECORD,
+                _ => MAX_TASK_RECORD - crate::MAX_OUTPUT - COMPLETION_ROOM,
+            };
+            if value.len() > limit {
+                return Err(StoreError::TooLarge {
+                    task_id: task_id.to_owned(),
+                    size: value.len(),
+                });
+            }
             let written = match &current {
                 None => self
                     .kv

@@ -137,6 +137,9 @@ fn failure(e: StoreError) -> Failure {
             "task_store_unavailable",
             format!("{why}; nothing was changed or sealed"),
         ),
+        large @ StoreError::TooLarge { .. } => {
+            Failure::new(413, "task_record_too_large", large.to_string())
+        }
         corrupt @ StoreError::Corrupt { .. } => {
             Failure::new(500, "task_state_corrupt", corrupt.to_string())
         }
@@ -250,8 +253,13 @@ impl Lifecycle {
     pub async fn handle(&self, action: TaskAction, request: &Request) -> Result<Value, Failure> {
         let data: Value = serde_json::from_str(&request.data)
             .map_err(|e| Failure::new(400, "bad_task_message", e.to_string()))?;
-        let message = read_message(action, &data)
-            .map_err(|e: MessageError| Failure::new(400, "bad_task_message", e.to_string()))?;
+        let message = read_message(action, &data).map_err(|e: MessageError| {
+            let kind = match e.code() {
+                413 => "task_message_too_large",
+                _ => "bad_task_message",
+            };
+            Failure::new(e.code(), kind, e.to_string())
+        })?;
         let bound = self.bound().await?;
         let started = std::time::Instant::now();
         let done = bound
