@@ -217,18 +217,13 @@ pub async fn run(kernel_src: &Path, n: usize, levels: &[usize], json: Option<&Pa
         ));
     }
     // Seals are committed (and announced) just after their answers: wait for the last ones.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let report = loop {
-        let report = ck_loops::data::verify_tree(&kernel_dir);
-        let pending = report
-            .notes
-            .iter()
-            .filter(|n| n.contains("not committed"))
-            .count();
-        if pending == 0 || Instant::now() > deadline {
-            break report;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let report = {
+        let kernel_dir = kernel_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            ck_loops::data::verify_tree_settled(&kernel_dir, Duration::from_secs(30), |_| {})
+        })
+        .await
+        .context("verifying the DATA tree")?
     };
     host.shutdown().await;
     let commits = git2::Repository::open(kernel_dir.join("data"))

@@ -15,6 +15,10 @@ pub struct Args {
     /// Print every broken link, not only the first.
     #[arg(long)]
     all: bool,
+    /// Seconds to wait for sealed instances that are not committed yet (a serving host commits
+    /// each within milliseconds); after that they fail. 0: do not wait.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    wait: f64,
 }
 
 /// Verifies the DATA tree; exit 0 only when everything verifies, 1 when something is broken,
@@ -24,7 +28,14 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         bail!("{}: not a directory", args.path.display());
     }
     let kernel_dir = ck_loops::data::kernel_dir_of(&args.path);
-    let report = ck_loops::data::verify_tree(&kernel_dir);
+    let wait = std::time::Duration::try_from_secs_f64(args.wait)
+        .map_err(|e| anyhow::anyhow!("--wait {}: {e}", args.wait))?;
+    let report = ck_loops::data::verify_tree_settled(&kernel_dir, wait, |n| {
+        eprintln!(
+            "waiting up to {:.1} s for {n} sealed instance(s) to be committed…",
+            wait.as_secs_f64()
+        )
+    });
     for note in &report.notes {
         println!("note: {note}");
     }

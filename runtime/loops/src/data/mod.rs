@@ -12,4 +12,4 @@ pub use instance::{
     verify_instance,
 };
 pub use repo::{DataRepo, InstanceFiles, RepoError, verify_history};
-pub use tree::{TreeReport, kernel_dir_of, remove_leftovers, verify_tree};
+pub use tree::{TreeReport, kernel_dir_of, remove_leftovers, verify_tree, verify_tree_settled};

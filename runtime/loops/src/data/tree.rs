@@ -18,6 +18,9 @@ pub struct TreeReport {
     /// Things worth knowing that break nothing (a write a crash left unfinished, an instance
     /// directory with nothing sealed in it yet).
     pub notes: Vec<String>,
+    /// Sealed instances the DATA history does not hold (each also a finding): a host may be
+    /// about to commit them ([`verify_tree_settled`] waits for that).
+    pub uncommitted: Vec<String>,
 }
 
 impl TreeReport {
@@ -97,6 +100,7 @@ pub fn verify_tree(kernel_dir: &Path) -> TreeReport {
     let (history, uncommitted) = super::repo::verify_history(kernel_dir);
     report.findings.extend(history);
     for id in uncommitted {
+        report.uncommitted.push(id.clone());
         report.findings.push(Finding {
             file: instances.join(&id),
             problem: "sealed but not in the DATA history (not committed): nothing proves a host sealed it — if a host is serving this kernel its commit may be moments away; run ck verify again".into(),
@@ -155,6 +159,27 @@ pub fn verify_tree(kernel_dir: &Path) -> TreeReport {
             file: ledger,
             problem: format!("cannot read: {e}"),
         }),
+    }
+    report
+}
+
+/// [`verify_tree`], given up to `wait` for sealed instances the history does not hold yet to be
+/// committed (a serving host commits each seal within milliseconds of its answer; a forged or
+/// abandoned one never is). `waiting` is told how many it waits for, once.
+pub fn verify_tree_settled(
+    kernel_dir: &Path,
+    wait: std::time::Duration,
+    waiting: impl FnOnce(usize),
+) -> TreeReport {
+    let deadline = std::time::Instant::now() + wait;
+    let mut report = verify_tree(kernel_dir);
+    let mut waiting = Some(waiting);
+    while !report.uncommitted.is_empty() && std::time::Instant::now() < deadline {
+        if let Some(tell) = waiting.take() {
+            tell(report.uncommitted.len());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        report = verify_tree(kernel_dir);
     }
     report
 }
