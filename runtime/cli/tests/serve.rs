@@ -551,3 +551,40 @@ async fn compiled_components_are_cached_and_a_corrupt_cache_is_a_miss() {
     let answer = ask(&client, "input.Demo.Echo", "echo", json!({"cached": "no"})).await;
     assert_eq!(answer["data"]["cached"], "no");
 }
+
+/// Issue 14, review finding 12: every denied guest publish was one fsync'd audit line, so a
+/// caller making the guest loop over denied publishes could fill the disk. The same denial is
+/// coalesced: one line per interval, the rest counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_guest_denials_are_coalesced_in_the_ledger() {
+    let s = setup().await;
+    let c = &s.client;
+    let forged = format!("ck.{VOTING_GUID}.data.written");
+    for _ in 0..50 {
+        let answer = ask(c, "input.Test.Hostile", "sneak", json!({})).await;
+        assert_eq!(
+            answer["data"]["denied"]["subject"],
+            forged.as_str(),
+            "{answer}"
+        );
+    }
+    let hostile = s._kernels.path().join("hostile");
+    let denials = || {
+        ck_audit::read(&hostile)
+            .unwrap()
+            .iter()
+            .filter(|l| l["subject"] == forged.as_str())
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while denials() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no audit line at all");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        denials() <= 2,
+        "{} lines for 50 identical denials",
+        denials()
+    );
+}

@@ -183,8 +183,10 @@ impl State {
 
 impl State {
     /// Records a refused publish in the kernel's audit ledger; the guest already has its typed
-    /// denial.
+    /// denial. Coalesced per action, subject and reason (`ck_audit::coalesce`): a guest looping
+    /// over denied publishes — or callers making it do so — cannot fill the disk.
     fn audit_deny(&self, action: &str, subject: &str, reason: &str) {
+        let key = format!("guest:{action}:{subject}:{reason}");
         let record = ck_audit::AuditRecord::now(
             &self.shared.identity,
             action,
@@ -193,11 +195,21 @@ impl State {
             "ck host",
         )
         .subject(subject);
-        self.shared.audit(record);
+        self.shared.audit_coalesced(&key, record);
     }
 }
 
 impl Shared {
+    /// [`Shared::audit`] for a refusal that can repeat at will: coalesced under `key`.
+    pub(crate) fn audit_coalesced(&self, key: &str, record: ck_audit::AuditRecord) {
+        match &self.kernel_dir {
+            Some(dir) => {
+                ck_audit::coalesce::append_refusal(dir.clone(), self.kernel.clone(), key, record)
+            }
+            None => self.audit(record),
+        }
+    }
+
     /// Appends `record` to the kernel's audit ledger (off the async workers), or logs it when
     /// the kernel has no directory.
     pub(crate) fn audit(&self, record: ck_audit::AuditRecord) {
