@@ -18,6 +18,15 @@ use std::time::{Duration, Instant};
 
 pub use ck_natsd::NatsServer;
 
+/// A nats-server with durable JetStream under `store` (file storage, fsync on every write), or
+/// fails the test with its log.
+pub fn nats_jetstream(store: &std::path::Path) -> NatsServer {
+    nats(&format!(
+        "jetstream {{ store_dir: \"{}\", sync_interval: always }}",
+        store.display()
+    ))
+}
+
 /// Starts a nats-server with `body` as configuration, or fails the test with its log.
 pub fn nats(body: &str) -> NatsServer {
     NatsServer::start(body).unwrap_or_else(|e| panic!("{e}"))

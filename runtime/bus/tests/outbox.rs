@@ -26,11 +26,7 @@ fn event(n: usize) -> LoopEventMessage {
 async fn events_wait_on_disk_through_an_outage_and_replay_in_order() {
     let outage = ck_tests::seconds_from_env("CK_OUTAGE_TEST_SECONDS", 30);
     let tmp = tempfile::tempdir().unwrap();
-    let mut server = ck_natsd::NatsServer::start(&format!(
-        "jetstream {{ store_dir: \"{}\", sync_interval: always }}",
-        tmp.path().join("js").display()
-    ))
-    .unwrap();
+    let mut server = ck_tests::nats_jetstream(&tmp.path().join("js"));
     let client = async_nats::ConnectOptions::new()
         .max_reconnects(None)
         .connect(server.url())

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
-use ck_tests::{NatsServer, Proc, ck_build, copy_kernel, eventually, nats};
+use ck_tests::{NatsServer, Proc, ck_build, copy_kernel, eventually, nats_jetstream};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -22,13 +22,6 @@ fn built_kernel(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
     std::fs::write(&manifest, edit(text)).unwrap();
     ck_build(env!("CARGO_BIN_EXE_ck"), &[dir]);
     dir.to_owned()
-}
-
-fn jetstream_server(store: &Path) -> NatsServer {
-    nats(&format!(
-        "jetstream {{ store_dir: \"{}\", sync_interval: always }}",
-        store.display()
-    ))
 }
 
 /// `ck run` of one kernel, ready (subscribed); SIGKILLed on drop.
@@ -72,20 +65,41 @@ fn audit_lines(kernel: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn ck_verify(kernel: &Path) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ck"))
-        .arg("verify")
-        .arg(kernel)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+/// A served victim: a nats-server with JetStream, a built copy of `kernels/tasks` (its manifest
+/// through `edit`) served by `ck run`, and an ordinary caller's connection.
+struct Victim {
+    tmp: tempfile::TempDir,
+    server: NatsServer,
+    kernel: PathBuf,
+    host: Proc,
+    client: Client,
+}
+
+impl Victim {
+    async fn start(edit: impl Fn(String) -> String) -> Victim {
+        let tmp = tempfile::tempdir().unwrap();
+        let server = nats_jetstream(&tmp.path().join("js"));
+        let kernel = built_kernel(&tmp.path().join("tasks"), edit);
+        let host = start_host(&server, &kernel, tmp.path(), "first");
+        let client = async_nats::connect(server.url()).await.unwrap();
+        Victim {
+            tmp,
+            server,
+            kernel,
+            host,
+            client,
+        }
+    }
+
+    /// Sends `action` with `data` and no headers; the answer.
+    async fn call(&self, action: &str, data: Value) -> Value {
+        request(
+            &self.client,
+            HeaderMap::new(),
+            json!({"action": action, "data": data}),
+        )
+        .await
+    }
 }
 
 /// Point 1. A caller names a reply subject inside the kernel's own KV task bucket, its loop
@@ -93,11 +107,13 @@ fn ck_verify(kernel: &Path) -> (bool, String) {
 /// write there with its own credentials), audit the refusal, and still start afterwards.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reply_subject_outside_the_inboxes_is_never_answered() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = jetstream_server(&tmp.path().join("js"));
-    let kernel = built_kernel(&tmp.path().join("tasks"), |m| m);
-    let mut host = start_host(&server, &kernel, tmp.path(), "first");
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let Victim {
+        tmp,
+        server,
+        kernel,
+        mut host,
+        client,
+    } = Victim::start(|m| m).await;
 
     let started = request(
         &client,
@@ -206,11 +222,13 @@ async fn a_reply_subject_outside_the_inboxes_is_never_answered() {
 /// and every other task serves.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupt_task_record_is_quarantined_not_fatal() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = jetstream_server(&tmp.path().join("js"));
-    let kernel = built_kernel(&tmp.path().join("tasks"), |m| m);
-    let mut host = start_host(&server, &kernel, tmp.path(), "first");
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let Victim {
+        tmp,
+        server,
+        kernel,
+        mut host,
+        client,
+    } = Victim::start(|m| m).await;
     let started = request(
         &client,
         HeaderMap::new(),
@@ -266,16 +284,14 @@ async fn a_corrupt_task_record_is_quarantined_not_fatal() {
 /// flood is audited and committed.
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_headers_and_refusal_floods_cannot_silence_the_ledger() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = jetstream_server(&tmp.path().join("js"));
-    let kernel = built_kernel(&tmp.path().join("tasks"), |m| {
+    let victim = Victim::start(|m| {
         m.replace(
             "      - {name: progress,",
             "      - {name: secret, description: Needs a proven caller, access: auth}\n      - {name: progress,",
         )
-    });
-    let _host = start_host(&server, &kernel, tmp.path(), "host");
-    let client = async_nats::connect(server.url()).await.unwrap();
+    })
+    .await;
+    let (kernel, client) = (victim.kernel.clone(), victim.client.clone());
     let secret = json!({"action": "secret"});
 
     for header in ["X-User-ID", "Trace-Id"] {
@@ -355,10 +371,10 @@ async fn oversized_headers_and_refusal_floods_cannot_silence_the_ledger() {
     eventually(
         Duration::from_secs(20),
         || {
-            let (ok, out) = ck_verify(&kernel);
-            ok && !out.contains("not committed")
+            let (code, out) = verify_at(&kernel);
+            code == 0 && !out.contains("not committed")
         },
-        || ck_verify(&kernel).1,
+        || verify_at(&kernel).1,
     );
 }
 
@@ -393,22 +409,14 @@ fn copy_tree(from: &Path, to: &Path) -> PathBuf {
 /// naming what is wrong; the `data/` path the docs name verifies like the kernel directory.
 #[tokio::test(flavor = "multi_thread")]
 async fn ck_verify_fails_whenever_it_cannot_prove_what_it_claims() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = jetstream_server(&tmp.path().join("js"));
-    let kernel = built_kernel(&tmp.path().join("tasks"), |m| m);
-    let mut host = start_host(&server, &kernel, tmp.path(), "host");
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut victim = Victim::start(|m| m).await;
+    let kernel = victim.kernel.clone();
     for t in ["t-1", "t-2"] {
         for (action, data) in [
             ("task.start", json!({"task_id": t})),
             ("task.complete", json!({"task_id": t, "output": {"t": t}})),
         ] {
-            let answer = request(
-                &client,
-                HeaderMap::new(),
-                json!({"action": action, "data": data}),
-            )
-            .await;
+            let answer = victim.call(action, data).await;
             assert_eq!(answer["status"], "ok", "{answer}");
         }
     }
@@ -417,12 +425,12 @@ async fn ck_verify_fails_whenever_it_cannot_prove_what_it_claims() {
         || verify_at(&kernel).0 == 0,
         || verify_at(&kernel).1,
     );
-    host.kill();
+    victim.host.kill();
     let (code, out) = verify_at(&kernel.join("data"));
     assert_eq!(code, 0, "the data/ path: {out}");
     assert!(out.contains("2 sealed instance(s)"), "{out}");
 
-    let empty = tmp.path().join("empty");
+    let empty = victim.tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let (code, out) = verify_at(&empty);
     assert_eq!(code, 2, "nothing to verify is not ok: {out}");
@@ -437,28 +445,28 @@ async fn ck_verify_fails_whenever_it_cannot_prove_what_it_claims() {
     };
 
     // An instance deleted from the tree.
-    let deleted = copy_tree(&kernel, &tmp.path().join("deleted"));
-    let victim = instances(&deleted)[0].clone();
+    let deleted = copy_tree(&kernel, &victim.tmp.path().join("deleted"));
+    let gone = instances(&deleted)[0].clone();
     std::process::Command::new("chmod")
         .arg("-R")
         .arg("u+w")
-        .arg(&victim)
+        .arg(&gone)
         .status()
         .unwrap();
-    std::fs::remove_dir_all(&victim).unwrap();
+    std::fs::remove_dir_all(&gone).unwrap();
     let (code, out) = verify_at(&deleted);
     assert_eq!(code, 1, "a deleted instance: {out}");
     assert!(out.contains("missing from the tree"), "{out}");
 
     // The DATA history removed.
-    let no_history = copy_tree(&kernel, &tmp.path().join("no-history"));
+    let no_history = copy_tree(&kernel, &victim.tmp.path().join("no-history"));
     std::fs::remove_dir_all(no_history.join("data/.git")).unwrap();
     let (code, out) = verify_at(&no_history);
     assert_eq!(code, 1, "history removed: {out}");
     assert!(out.contains("DATA history is missing"), "{out}");
 
     // A forged instance the history never committed.
-    let forged = copy_tree(&kernel, &tmp.path().join("forged"));
+    let forged = copy_tree(&kernel, &victim.tmp.path().join("forged"));
     let source = instances(&forged)[0].clone();
     let copy = forged.join("data/instances/i-forged-1");
     std::process::Command::new("cp")
@@ -481,16 +489,8 @@ async fn ck_verify_fails_whenever_it_cannot_prove_what_it_claims() {
 /// `max_value_size`.
 #[tokio::test(flavor = "multi_thread")]
 async fn task_records_and_their_bucket_are_bounded() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = jetstream_server(&tmp.path().join("js"));
-    let kernel = built_kernel(&tmp.path().join("tasks"), |m| m);
-    let _host = start_host(&server, &kernel, tmp.path(), "host");
-    let client = async_nats::connect(server.url()).await.unwrap();
-    let call = |action: &str, data: Value| {
-        let client = client.clone();
-        let body = json!({"action": action, "data": data});
-        async move { request(&client, HeaderMap::new(), body).await }
-    };
+    let victim = Victim::start(|m| m).await;
+    let call = |action: &'static str, data: Value| victim.call(action, data);
     let started = call("task.start", json!({"task_id": "t-1"})).await;
     assert_eq!(started["status"], "ok", "{started}");
 
@@ -528,7 +528,7 @@ async fn task_records_and_their_bucket_are_bounded() {
     assert_eq!(done["status"], "ok", "{done}");
     assert_eq!(done["data"]["state"], "completed", "{done}");
 
-    let js = async_nats::jetstream::new(client.clone());
+    let js = async_nats::jetstream::new(victim.client.clone());
     let mut stream = js
         .get_stream(format!("KV_ck_tasks_{}", GUID.replace('-', "_")))
         .await

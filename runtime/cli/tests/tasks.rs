@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::Client;
 use bytes::Bytes;
-use ck_tests::{NatsServer, Proc, ck_build, copy_kernel, nats, seconds_from_env};
+use ck_tests::{NatsServer, Proc, ck_build, copy_kernel, nats_jetstream, seconds_from_env};
 use serde_json::{Value, json};
 
 const GUID: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
@@ -20,13 +20,6 @@ fn built_kernel(dir: &Path) -> PathBuf {
     copy_kernel("tasks", dir);
     ck_build(env!("CARGO_BIN_EXE_ck"), &[dir]);
     dir.to_owned()
-}
-
-fn jetstream_server(store: &Path) -> NatsServer {
-    nats(&format!(
-        "jetstream {{ store_dir: \"{}\", sync_interval: always }}",
-        store.display()
-    ))
 }
 
 /// A running `ck run` of one kernel directory; SIGKILLed on drop.
@@ -186,7 +179,7 @@ fn flip_in(needle: &str) -> impl FnOnce(&mut Vec<u8>) + '_ {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_lifecycle_seals_once_and_verify_names_any_changed_byte() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = jetstream_server(&tmp.path().join("js"));
+    let server = nats_jetstream(&tmp.path().join("js"));
     let kernel = built_kernel(&tmp.path().join("tasks"));
     let _host = Host::start(&server, &kernel, tmp.path(), "host");
     let c = async_nats::connect(server.url()).await.unwrap();
@@ -364,7 +357,7 @@ async fn a_full_lifecycle_seals_once_and_verify_names_any_changed_byte() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_hosts_racing_seal_each_task_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = jetstream_server(&tmp.path().join("js"));
+    let server = nats_jetstream(&tmp.path().join("js"));
     let (a, b) = (
         built_kernel(&tmp.path().join("a")),
         built_kernel(&tmp.path().join("b")),
@@ -436,7 +429,7 @@ async fn two_hosts_racing_seal_each_task_exactly_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_host_killed_while_sealing_loses_no_acknowledged_completion() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = jetstream_server(&tmp.path().join("js"));
+    let server = nats_jetstream(&tmp.path().join("js"));
     let kernel = built_kernel(&tmp.path().join("tasks"));
     let mut host = Host::start(&server, &kernel, tmp.path(), "first");
     let c = async_nats::connect(server.url()).await.unwrap();
@@ -549,7 +542,7 @@ async fn a_host_killed_while_sealing_loses_no_acknowledged_completion() {
 #[tokio::test(flavor = "multi_thread")]
 async fn amendments_follow_instance_mutability() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = jetstream_server(&tmp.path().join("js"));
+    let server = nats_jetstream(&tmp.path().join("js"));
     let kernel = built_kernel(&tmp.path().join("tasks"));
     // This copy also declares instance.amend.
     let manifest = std::fs::read_to_string(kernel.join("conceptkernel.yaml")).unwrap();
@@ -709,7 +702,7 @@ async fn amendments_follow_instance_mutability() {
 async fn events_cut_off_by_an_outage_are_replayed_in_order() {
     let outage = seconds_from_env("CK_OUTAGE_TEST_SECONDS", 30);
     let tmp = tempfile::tempdir().unwrap();
-    let mut server = jetstream_server(&tmp.path().join("js"));
+    let mut server = nats_jetstream(&tmp.path().join("js"));
     let kernel = built_kernel(&tmp.path().join("tasks"));
     let host = Host::start(&server, &kernel, tmp.path(), "host");
     let c = async_nats::ConnectOptions::new()
@@ -818,7 +811,7 @@ async fn events_cut_off_by_an_outage_are_replayed_in_order() {
 async fn sigterm_with_nats_gone_exits_within_the_grace_period_and_loses_nothing() {
     let grace = Duration::from_secs(3);
     let tmp = tempfile::tempdir().unwrap();
-    let mut server = jetstream_server(&tmp.path().join("js"));
+    let mut server = nats_jetstream(&tmp.path().join("js"));
     let kernel = built_kernel(&tmp.path().join("tasks"));
     let mut host = Host::start_with(&server, &kernel, tmp.path(), "first", &["--grace", "3"]);
     let c = async_nats::ConnectOptions::new()
