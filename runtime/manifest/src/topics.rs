@@ -195,17 +195,17 @@ pub fn check_reply_subject(reply: &str) -> Result<(), ReplyRefused> {
             "white space or a control character",
         ));
     }
+    // One pass over the tokens, no allocation: this runs for every message served.
     let mut tokens = reply.split('.');
     let first = tokens.next().unwrap_or_default();
-    let rest: Vec<&str> = tokens.collect();
-    if first.is_empty() || rest.iter().any(|t| t.is_empty()) {
-        return Err(ReplyRefused::Malformed("an empty token"));
-    }
-    if std::iter::once(first)
-        .chain(rest.iter().copied())
-        .any(|t| t == "*" || t == ">")
-    {
-        return Err(ReplyRefused::Malformed("a wildcard"));
+    let mut more = 0usize;
+    for token in std::iter::once(first).chain(tokens.inspect(|_| more += 1)) {
+        if token.is_empty() {
+            return Err(ReplyRefused::Malformed("an empty token"));
+        }
+        if token == "*" || token == ">" {
+            return Err(ReplyRefused::Malformed("a wildcard"));
+        }
     }
     let private_inbox = first.strip_prefix(PRIVATE_INBOX_STEM).is_some_and(|guid| {
         !guid.is_empty()
@@ -213,7 +213,7 @@ pub fn check_reply_subject(reply: &str) -> Result<(), ReplyRefused> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     });
-    if (first == CLIENT_INBOX_STEM || private_inbox) && !rest.is_empty() {
+    if (first == CLIENT_INBOX_STEM || private_inbox) && more > 0 {
         Ok(())
     } else {
         Err(ReplyRefused::NotAnInbox)
