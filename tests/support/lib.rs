@@ -10,7 +10,9 @@
 pub mod fuzz;
 mod process;
 
-pub use process::{Proc, ck_build, copy_kernel, eventually, reference_kernels, seconds_from_env};
+pub use process::{
+    Proc, ck_build, ck_run, copy_kernel, eventually, reference_kernels, seconds_from_env,
+};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

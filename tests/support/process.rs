@@ -138,3 +138,30 @@ pub fn seconds_from_env(name: &str, default: u64) -> Duration {
             .unwrap_or(default),
     )
 }
+
+/// `ck run` (the binary `ck`) of `kernel` over `nats_url` without identity, with its compiled
+/// component cache and its log (`{name}.log`) under `logs` and `extra` arguments; returns once
+/// it is subscribed.
+pub fn ck_run(
+    ck: &str,
+    nats_url: &str,
+    kernel: &Path,
+    logs: &Path,
+    name: &str,
+    extra: &[&str],
+) -> Proc {
+    let cache = logs.join("cache");
+    let mut args: Vec<&OsStr> = vec![
+        "run".as_ref(),
+        kernel.as_os_str(),
+        "--nats".as_ref(),
+        nats_url.as_ref(),
+        "--cache-dir".as_ref(),
+        cache.as_os_str(),
+        "--insecure-no-identity".as_ref(),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    let proc = Proc::spawn(ck, &args, &logs.join(format!("{name}.log")));
+    proc.wait_for("\"nats.subscribed\"");
+    proc
+}

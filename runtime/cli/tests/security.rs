@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
-use ck_tests::{NatsServer, Proc, ck_build, copy_kernel, eventually, nats_jetstream};
+use ck_tests::{NatsServer, Proc, ck_build, ck_run, copy_kernel, eventually, nats_jetstream};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -26,22 +26,14 @@ fn built_kernel(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
 
 /// `ck run` of one kernel, ready (subscribed); SIGKILLed on drop.
 fn start_host(server: &NatsServer, kernel: &Path, logs: &Path, name: &str) -> Proc {
-    let (cache, url) = (logs.join("cache"), server.url());
-    let proc = Proc::spawn(
+    ck_run(
         env!("CARGO_BIN_EXE_ck"),
-        &[
-            "run".as_ref(),
-            kernel.as_os_str(),
-            "--nats".as_ref(),
-            url.as_ref(),
-            "--cache-dir".as_ref(),
-            cache.as_os_str(),
-            "--insecure-no-identity".as_ref(),
-        ],
-        &logs.join(format!("{name}.log")),
-    );
-    proc.wait_for("\"nats.subscribed\"");
-    proc
+        &server.url(),
+        kernel,
+        logs,
+        name,
+        &[],
+    )
 }
 
 async fn request(client: &Client, headers: HeaderMap, body: Value) -> Value {
@@ -91,6 +83,14 @@ impl Victim {
         }
     }
 
+    /// A plain victim ([`Victim::start`]) with task `task_id` started.
+    async fn with_task_started(task_id: &str) -> Victim {
+        let victim = Victim::start(|m| m).await;
+        let started = victim.call("task.start", json!({"task_id": task_id})).await;
+        assert_eq!(started["status"], "ok", "{started}");
+        victim
+    }
+
     /// Sends `action` with `data` and no headers; the answer.
     async fn call(&self, action: &str, data: Value) -> Value {
         request(
@@ -113,15 +113,7 @@ async fn a_reply_subject_outside_the_inboxes_is_never_answered() {
         kernel,
         mut host,
         client,
-    } = Victim::start(|m| m).await;
-
-    let started = request(
-        &client,
-        HeaderMap::new(),
-        json!({"action": "task.start", "data": {"task_id": "t-1"}}),
-    )
-    .await;
-    assert_eq!(started["status"], "ok", "{started}");
+    } = Victim::with_task_started("t-1").await;
 
     let bucket = format!("ck_tasks_{}", GUID.replace('-', "_"));
     let mut events = client
@@ -228,14 +220,7 @@ async fn a_corrupt_task_record_is_quarantined_not_fatal() {
         kernel,
         mut host,
         client,
-    } = Victim::start(|m| m).await;
-    let started = request(
-        &client,
-        HeaderMap::new(),
-        json!({"action": "task.start", "data": {"task_id": "t-1"}}),
-    )
-    .await;
-    assert_eq!(started["status"], "ok", "{started}");
+    } = Victim::with_task_started("t-1").await;
     host.kill();
 
     let js = async_nats::jetstream::new(client.clone());

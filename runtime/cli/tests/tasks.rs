@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::Client;
 use bytes::Bytes;
-use ck_tests::{NatsServer, Proc, ck_build, copy_kernel, nats_jetstream, seconds_from_env};
+use ck_tests::{NatsServer, Proc, ck_build, ck_run, copy_kernel, nats_jetstream, seconds_from_env};
 use serde_json::{Value, json};
 
 const GUID: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
@@ -40,23 +40,14 @@ impl Host {
         name: &str,
         extra: &[&str],
     ) -> Host {
-        let (cache, url) = (logs.join("cache"), server.url());
-        let mut args: Vec<&std::ffi::OsStr> = vec![
-            "run".as_ref(),
-            kernel.as_os_str(),
-            "--nats".as_ref(),
-            url.as_ref(),
-            "--cache-dir".as_ref(),
-            cache.as_os_str(),
-            "--insecure-no-identity".as_ref(),
-        ];
-        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
-        let proc = Proc::spawn(
+        let proc = ck_run(
             env!("CARGO_BIN_EXE_ck"),
-            &args,
-            &logs.join(format!("{name}.log")),
+            &server.url(),
+            kernel,
+            logs,
+            name,
+            extra,
         );
-        proc.wait_for("\"nats.subscribed\"");
         Host { proc }
     }
 
