@@ -24,7 +24,23 @@ pub struct Proc {
 impl Proc {
     /// Starts `binary args…` with `CK_LOG=info`, stderr into `log`.
     pub fn spawn<S: AsRef<OsStr>>(binary: &str, args: &[S], log: &Path) -> Proc {
-        let child = Command::new(binary)
+        Proc::spawn_in_env(binary, args, log, &[], &[])
+    }
+
+    /// [`Proc::spawn`] with the variables `unset` removed from its environment and `set` set.
+    pub fn spawn_in_env<S: AsRef<OsStr>>(
+        binary: &str,
+        args: &[S],
+        log: &Path,
+        unset: &[&str],
+        set: &[(&str, &OsStr)],
+    ) -> Proc {
+        let mut command = Command::new(binary);
+        for name in unset {
+            command.env_remove(name);
+        }
+        command.envs(set.iter().copied());
+        let child = command
             .args(args)
             .env("CK_LOG", "info")
             .stdout(Stdio::null())

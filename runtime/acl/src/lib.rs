@@ -311,10 +311,11 @@ pub fn compile(
                     .map(|(_, l)| *l);
                 match (action.as_str(), verb_loop) {
                     ("invoke-tool", _) => {
-                        b.open(Publish, x.topics.input.clone(), why.clone());
-                        if named {
-                            b.open(Subscribe, x.topics.result.clone(), why);
-                        }
+                        b.open(Publish, x.topics.input.clone(), why);
+                        opened_any = true;
+                    }
+                    (ck_manifest::READ_RESULTS, _) => {
+                        b.open(Subscribe, x.topics.result.clone(), why);
                         opened_any = true;
                     }
                     (_, Some(Loop::Data)) => {
@@ -334,10 +335,7 @@ pub fn compile(
                         if x.action(name).is_some()
                             || matches!(name, "status" | "check.identity") =>
                     {
-                        b.open(Publish, x.topics.input.clone(), why.clone());
-                        if named {
-                            b.open(Subscribe, x.topics.result.clone(), why);
-                        }
+                        b.open(Publish, x.topics.input.clone(), why);
                         opened_any = true;
                     }
                     _ => b.notes.push(format!(
@@ -368,10 +366,8 @@ pub fn compile(
         }
         for t in targets {
             let needed: &[(Direction, &str)] = match edge.predicate {
-                Predicate::Composes | Predicate::Extends => &[
-                    (Publish, t.topics.input.as_str()),
-                    (Subscribe, t.topics.result.as_str()),
-                ],
+                // The answers come back to K's own inbox; X's result topic is not needed.
+                Predicate::Composes | Predicate::Extends => &[(Publish, t.topics.input.as_str())],
                 Predicate::LoopsWith => &[(Subscribe, t.topics.event.as_str())],
                 Predicate::Produces | Predicate::Triggers => &[],
             };

@@ -81,7 +81,7 @@ fn own_subjects_are_deny_by_default_and_private() {
 fn a_grant_opens_exactly_what_it_names() {
     let a = kernel_a();
     let grants = format!(
-        "  - identity: spiffe://example.org/ck/Acme.Reader/{A}\n    actions: [read-storage, put]\n    expires: 2027-01-01T00:00:00Z\n    audit: true\n"
+        "  - identity: spiffe://example.org/ck/Acme.Reader/{A}\n    actions: [read-storage, put, read-results]\n    expires: 2027-01-01T00:00:00Z\n    audit: true\n"
     );
     let b = kernel_b(&grants);
     let acl = compile(&a, &set(vec![a.clone(), b]), now(), &Policy::default()).unwrap();
@@ -110,6 +110,32 @@ fn a_grant_opens_exactly_what_it_names() {
     assert!(acl.notes.is_empty(), "{:?}", acl.notes);
 }
 
+/// Issue 14 point 7: a grant of actions opens the grantor's input, not its result topic; only
+/// `read-results` does (the host broadcasts there only answers to `anon` actions).
+#[test]
+fn only_read_results_opens_the_result_topic() {
+    let a = kernel_a();
+    let grant = |actions: &str| {
+        format!(
+            "  - identity: spiffe://example.org/ck/Acme.Reader/{A}\n    actions: [{actions}]\n    expires: never\n"
+        )
+    };
+    for (actions, readable) in [
+        ("put", false),
+        ("invoke-tool", false),
+        ("status", false),
+        ("read-results", true),
+    ] {
+        let b = kernel_b(&grant(actions));
+        let acl = compile(&a, &set(vec![a.clone(), b]), now(), &Policy::default()).unwrap();
+        assert_eq!(
+            acl.permissions.can_subscribe("result.Acme.Store"),
+            readable,
+            "a grant of [{actions}]"
+        );
+    }
+}
+
 #[test]
 fn a_grant_for_someone_else_or_expired_opens_nothing() {
     let a = kernel_a();
@@ -119,10 +145,13 @@ fn a_grant_for_someone_else_or_expired_opens_nothing() {
     ));
     let acl = compile(&a, &set(vec![a.clone(), b]), now(), &Policy::default()).unwrap();
     assert!(!acl.permissions.can_subscribe(&format!("ck.{B}.data.>")));
-    // A's COMPOSES edge to B has no grant from B behind it.
+    // A's COMPOSES edge to B: B's result topic stays closed (no `read-results`), and the edge
+    // needs only B's input, which B's `anon` status action opens to everyone, so it is backed
+    // (issue 14 point 7: a call's answer comes back to the caller's inbox, not `result.{B}`).
     assert!(!acl.permissions.can_subscribe("result.Acme.Store"));
+    assert!(acl.permissions.can_publish("input.Acme.Store"));
     assert!(
-        acl.notes
+        !acl.notes
             .iter()
             .any(|n| n.contains("not backed by a grant from Acme.Store")),
         "{:?}",

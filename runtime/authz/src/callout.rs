@@ -220,6 +220,12 @@ impl Authorizer {
                     (k, request.user.clone(), now + 3600)
                 }
                 _ => {
+                    if let Some(why) = set.refusal(&request.user) {
+                        return deny(format!(
+                            "{} is refused by the registry rule: {why}",
+                            request.user
+                        ));
+                    }
                     return deny(format!(
                         "no LOCAL kernel named {} is registered",
                         request.user
@@ -237,6 +243,12 @@ impl Authorizer {
                 Err(rejection) => return deny(rejection.to_string()),
             };
             let Some(kernel) = claimed else {
+                if let Some(why) = set.refusal(&request.user) {
+                    return deny(format!(
+                        "{} is refused by the registry rule: {why}",
+                        request.user
+                    ));
+                }
                 return deny(format!(
                     "no kernel registered with SPIFFE ID {} (registry: {})",
                     request.user,

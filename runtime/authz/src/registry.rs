@@ -28,12 +28,11 @@ pub struct Registry {
 fn manifests(roots: &[PathBuf]) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for root in roots {
-        match ck_manifest::discover(root) {
-            Ok(found) => files.extend(found),
-            Err(e) => {
-                tracing::warn!(target: "ck::authz", root = %root.display(), error = %e, "registry.unreadable")
-            }
+        let scan = ck_manifest::discover_registry(root);
+        for (path, error) in &scan.unreadable {
+            tracing::warn!(target: "ck::authz", root = %root.display(), path = %path.display(), error = %error, "registry.unreadable; skipped, the rest of the root is used");
         }
+        files.extend(scan.manifests);
     }
     files
 }
@@ -87,16 +86,19 @@ fn load(files: &[PathBuf]) -> KernelSet {
             None => {
                 let first = loaded
                     .diagnostics
-                    .first()
+                    .iter()
+                    .find(|d| d.severity == ck_manifest::Severity::Error)
                     .map(|d| d.to_string())
                     .unwrap_or_default();
                 tracing::warn!(target: "ck::authz", manifest = %file.display(), problem = %first, "registry.invalid-manifest; its kernel cannot connect");
             }
         }
     }
+    // The same rule as `ck run`: every kernel involved in a conflict is left out, so none of
+    // them can connect until the conflict is resolved.
     let (set, problems) = KernelSet::new(kernels);
     for p in problems {
-        tracing::warn!(target: "ck::authz", problem = %p, "registry.conflict");
+        tracing::error!(target: "ck::authz", manifest = %p.file.display(), problem = %p, "registry.conflict; refused");
     }
     set
 }

@@ -47,8 +47,9 @@ pub struct Request {
     pub task_id: Option<String>,
     /// The trace id (from `Trace-Id`, or new).
     pub trace_id: String,
-    /// `X-User-ID`, or `anonymous`.
-    pub user: String,
+    /// Who asked: claimed by `X-User-ID` (or anonymous) as parsed; the router replaces it with
+    /// the proven SPIFFE ID once a bearer token proved one.
+    pub caller: crate::Caller,
     /// `X-Kernel-ID` of the sender, if given.
     pub sender: Option<String>,
     /// The `Authorization` header, if given.
@@ -268,7 +269,7 @@ fn parse_body(
         data,
         task_id,
         trace_id,
-        user: headers.user.unwrap_or_else(|| ANONYMOUS.to_owned()),
+        caller: crate::Caller::claimed(headers.user),
         sender: headers.sender,
         authorization: headers.authorization,
     })
@@ -482,7 +483,7 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(trace, "tx-ok.1:2_3");
-        assert_eq!(r.unwrap().user, "alice");
+        assert_eq!(r.unwrap().caller, crate::Caller::Claimed("alice".into()));
     }
 
     #[test]
@@ -490,7 +491,7 @@ mod tests {
         let r = parse(r#"{"action":"tally","data":{"ballots":["a","b"]}}"#).unwrap();
         assert_eq!(r.action, "tally");
         assert_eq!(r.data, r#"{"ballots":["a","b"]}"#);
-        assert_eq!(r.user, "anonymous");
+        assert_eq!(r.caller, crate::Caller::Anonymous);
         assert!(r.trace_id.starts_with("tx-"));
 
         let r = parse(r#"{"action":"task.start","task_id":"t-1","timestamp":"x"}"#).unwrap();

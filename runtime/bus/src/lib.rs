@@ -11,6 +11,7 @@
 //! It does not know what a kernel is made of: the answer comes from a [`Handler`]. It does not
 //! decide permissions either; callers check them before asking it to publish.
 
+mod caller;
 pub mod clock;
 pub mod cloudevent;
 mod connection;
@@ -19,6 +20,7 @@ pub mod outbox;
 mod publisher;
 mod serve;
 
+pub use caller::{CLAIMED_PREFIX, Caller};
 pub use cloudevent::LoopCloudEvent;
 pub use connection::{
     ConnectSpec, CredentialSource, Credentials, CredentialsUnavailable, connect, serve_rotating,

@@ -33,6 +33,11 @@ pub trait Handler: Send + Sync + 'static {
     /// subject is not a caller's inbox). Already logged (`reply.refused`); the handler records
     /// it where its kernel's refusals go (the host: the audit ledger).
     fn refused(&self, refusal: &Refusal);
+
+    /// Whether a successful answer to `action` is also published on the kernel's result topic
+    /// (read by grantees of `read-results`). Errors never are, and an answer that may hold the
+    /// caller's own business (`auth`/`owner` actions, tasks) must not be.
+    fn broadcasts(&self, action: &str) -> bool;
 }
 
 /// A message the serving loop refused without answering it.
@@ -44,7 +49,8 @@ pub struct Refusal {
     pub subject: String,
     /// Why.
     pub reason: String,
-    /// `X-User-ID` as claimed (unproven; `anonymous` when absent or out of bounds).
+    /// `X-User-ID` as claimed, in [`crate::Caller`]'s written form (`claimed:{name}`, or
+    /// `anonymous` when absent or out of bounds).
     pub claimed_user: String,
     /// The request's trace id (a valid `Trace-Id`, or new).
     pub trace_id: String,
@@ -230,9 +236,9 @@ async fn answer<H: Handler>(
     if let Some(reply) = message.reply.as_ref().map(|r| r.as_str())
         && let Err(why) = topics::check_reply_subject(reply)
     {
-        let claimed_user = match (headers.check(), &headers.user) {
-            (Ok(()), Some(user)) => user.clone(),
-            _ => crate::envelope::ANONYMOUS.to_owned(),
+        let claimed_user = match headers.check() {
+            Ok(()) => crate::Caller::claimed(headers.user.clone()).to_string(),
+            Err(_) => crate::Caller::Anonymous.to_string(),
         };
         let refusal = Refusal {
             kind: "reply.refused",
@@ -251,7 +257,8 @@ async fn answer<H: Handler>(
         let (action, user, outcome) = match parsed {
             Ok(request) => {
                 tracing::Span::current().record("action", request.action.as_str());
-                let (action, user) = (request.action.clone(), request.user.clone());
+                let action = request.action.clone();
+                let user = request.caller.header_value().to_owned();
                 // Boxed: the handler's future is large, and the task that carries it is
                 // moved into place on every spawn.
                 (Some(action), user, Box::pin(handler.handle(request)).await)
@@ -283,7 +290,10 @@ async fn answer<H: Handler>(
         if let Some(event) = event {
             send(client, endpoint.event.clone(), headers.clone(), event).await;
         }
-        send(client, endpoint.result.clone(), headers, result).await;
+        // Only what the handler declares public goes beyond the caller's inbox.
+        if outcome.is_ok() && action.as_deref().is_some_and(|a| handler.broadcasts(a)) {
+            send(client, endpoint.result.clone(), headers, result).await;
+        }
         tracing::debug!(code = outcome.as_ref().err().map(|f| f.code), "tx.complete");
     }
     .instrument(span)

@@ -106,7 +106,7 @@ pub fn run(args: &Args) -> Result<std::process::ExitCode> {
         cache_dir: args
             .cache_dir
             .clone()
-            .unwrap_or_else(ck_host::ArtifactCache::default_dir),
+            .or_else(ck_host::ArtifactCache::default_dir),
         debounce: Duration::from_millis(args.debounce_ms),
         grace: ck_serve::DEFAULT_GRACE,
     };

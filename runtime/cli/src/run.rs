@@ -22,7 +22,9 @@ pub struct Args {
     /// Other kernels whose grants and edges count when compiling permissions.
     #[arg(long = "with", value_name = "PATH")]
     pub with: Vec<PathBuf>,
-    /// Compiled-component cache directory (default: $CK_CACHE_DIR or ~/.cache/ck/components).
+    /// Compiled-component cache directory (default: $CK_CACHE_DIR, $XDG_CACHE_HOME/ck/components
+    /// or ~/.cache/ck/components; none if unset). It must be yours and not writable by others;
+    /// entries are authenticated with a key kept in it (`.key`, mode 0600).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Do not use the compiled-component cache.
@@ -86,11 +88,13 @@ impl Args {
             nats: self.nats.clone(),
             identity,
             allow_local: self.allow_local,
-            cache_dir: (!self.no_cache).then(|| {
+            cache_dir: if self.no_cache {
+                None
+            } else {
                 self.cache_dir
                     .clone()
-                    .unwrap_or_else(ck_host::ArtifactCache::default_dir)
-            }),
+                    .or_else(ck_host::ArtifactCache::default_dir)
+            },
             max_in_flight: self.max_in_flight,
             max_instances: self.max_instances,
             max_memory_mb: self.max_memory_mb,

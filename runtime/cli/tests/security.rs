@@ -2,6 +2,8 @@
 //! with no more than an ordinary caller has (a connection that may publish on a kernel's input).
 //! Each test names the attack it replays; `docs/SECURITY.md` lists them.
 
+mod secured;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -9,6 +11,7 @@ use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use ck_tests::{NatsServer, Proc, ck_build, ck_run, copy_kernel, eventually, nats_jetstream};
 use futures::StreamExt;
+use secured::{Stack, Verdict, spiffe};
 use serde_json::{Value, json};
 
 const GUID: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
@@ -521,4 +524,546 @@ async fn task_records_and_their_bucket_are_bounded() {
     let config = stream.info().await.unwrap().config.clone();
     assert_eq!(config.max_message_size, 512 * 1024, "{config:?}");
     assert_eq!(config.max_bytes, 1024 * 1024 * 1024, "{config:?}");
+}
+
+/// Point 3: a second manifest in the callout's registry cannot borrow what a victim's
+/// manifest opens. Replays the review's four variants: the victim's GUID under another name
+/// (granting the thief `read-storage`), a fake instance of the victim's class (granting
+/// `invoke-tool`), the victim's GUID with `-` written as `_` (same bucket and stream names), and
+/// an explicit topic outside the kernel families shared with the victim. Before, `ck authz`
+/// only logged the conflicts and the thief's connection got the victim's subjects.
+#[test]
+fn a_second_manifest_cannot_borrow_a_victims_guid_name_or_topic_at_the_callout() {
+    const VICTIM: &str = "aaaaaaaa-1111-4aaa-8aaa-aaaaaaaaaaaa";
+    const THIEF: &str = "bbbbbbbb-2222-4bbb-8bbb-bbbbbbbbbbbb";
+    const FAKE: &str = "cccccccc-3333-4ccc-8ccc-cccccccccccc";
+    let stack = Stack::start(1, 300);
+    stack.register("Victim.K", VICTIM, "");
+    stack.register("Thief.K", THIEF, "");
+    let victim_data = format!("ck.{VICTIM}.data.>");
+    let thief_grant = |actions: &str| {
+        format!(
+            "  - identity: {}\n    actions: [{actions}]\n    expires: never\n",
+            spiffe("Thief.K", THIEF)
+        )
+    };
+    let mut thief = stack.connect_as("Thief.K", THIEF);
+    assert_eq!(thief.subscribe(&victim_data).unwrap(), Verdict::Denied);
+    assert_eq!(thief.subscribe("result.Victim.K").unwrap(), Verdict::Denied);
+
+    // (b) the victim's GUID under another name, granting the thief the victim's DATA loop;
+    // (c) a fake instance of the victim's class granting the thief `invoke-tool`.
+    stack.register_at(
+        "fake-guid",
+        "Fake.K",
+        VICTIM,
+        "",
+        &thief_grant("read-storage"),
+    );
+    stack.register_at(
+        "fake-instance",
+        "Victim.K",
+        FAKE,
+        "",
+        &thief_grant("invoke-tool"),
+    );
+    std::thread::sleep(Duration::from_millis(300)); // the registry rescans at most every 200 ms
+    let mut thief = stack.connect_as("Thief.K", THIEF);
+    assert_eq!(
+        thief.subscribe(&victim_data).unwrap(),
+        Verdict::Denied,
+        "a manifest reusing the victim's GUID opened its DATA loop\n{}",
+        stack.authz_logs()
+    );
+    assert_eq!(
+        thief.subscribe("result.Victim.K").unwrap(),
+        Verdict::Denied,
+        "a fake instance of the victim's class opened its results"
+    );
+    // Every kernel in a conflict is refused, with the reason, whichever manifest came first.
+    let victim_id = spiffe("Victim.K", VICTIM);
+    let token = stack.svid(&victim_id, None);
+    stack.assert_refused(&victim_id, &token, "is refused by the registry rule");
+    let fake_id = spiffe("Fake.K", VICTIM);
+    let token = stack.svid(&fake_id, None);
+    stack.assert_refused(&fake_id, &token, "is also used by");
+    assert!(stack.authz_logs().contains("registry.conflict"));
+
+    // Once the conflicting manifests are gone the victim connects again.
+    std::fs::remove_dir_all(stack.root().join("registry/fake-guid")).unwrap();
+    std::fs::remove_dir_all(stack.root().join("registry/fake-instance")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stack.connect_as("Victim.K", VICTIM);
+
+    // (a) the victim's GUID with `_` for `-` names the victim's bucket and stream: refused.
+    let alias = VICTIM.replace('-', "_");
+    stack.register_at("alias", "Alias.K", &alias, "", "");
+    std::thread::sleep(Duration::from_millis(300));
+    let alias_id = spiffe("Alias.K", &alias);
+    let token = stack.svid(&alias_id, None);
+    stack.assert_refused(&alias_id, &token, "no kernel registered with SPIFFE ID");
+    assert!(
+        stack.authz_logs().contains("invalid kernel guid"),
+        "the registry says why the alias is not loaded"
+    );
+
+    // (d) an explicit topic outside the kernel families, shared with another kernel: neither
+    // manifest is loaded, so the second cannot receive the first's requests.
+    let topic = "  nats:\n    input_topic: orders.incoming\n";
+    stack.register_at("orders-a", "Orders.A", FAKE, topic, "");
+    stack.register_at(
+        "orders-b",
+        "Orders.B",
+        "dddddddd-4444-4ddd-8ddd-dddddddddddd",
+        topic,
+        "",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let id = spiffe("Orders.B", "dddddddd-4444-4ddd-8ddd-dddddddddddd");
+    let token = stack.svid(&id, None);
+    stack.assert_refused(&id, &token, "no kernel registered with SPIFFE ID");
+    assert!(
+        stack
+            .authz_logs()
+            .contains("outside the kernel's own subject families")
+    );
+}
+
+/// Point 3: a manifest at the registry root does not hide the kernels below it, and a
+/// directory that cannot be read is skipped, not the end of the scan. Before, the root's own
+/// `conceptkernel.yaml` was the only manifest loaded.
+#[test]
+fn a_manifest_at_the_registry_root_does_not_hide_the_others() {
+    const ROOT: &str = "eeeeeeee-5555-4eee-8eee-eeeeeeeeeeee";
+    const BELOW: &str = "bbbbbbbb-2222-4bbb-8bbb-bbbbbbbbbbbb";
+    let stack = Stack::start(1, 300);
+    stack.register_at("", "Root.K", ROOT, "", "");
+    stack.register("Below.K", BELOW, "");
+    std::thread::sleep(Duration::from_millis(300));
+    stack.connect_as("Root.K", ROOT);
+    stack.connect_as("Below.K", BELOW);
+}
+
+/// Point 7, the host's half: only successful answers to `anon` guest actions are broadcast on
+/// `result.{K}`; task answers (task ids, outputs), errors and answers to `auth` actions go to
+/// the caller alone. Before, every answer was also published on `result.{K}`.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_public_answers_are_broadcast_on_the_result_topic() {
+    // `progress` stays `anon`; `task.fail` is made an `auth` action (a 401 without a token).
+    let victim = Victim::start(|m| {
+        m.replace(
+            "{name: task.fail, description: Mark the task failed, access: anon}",
+            "{name: task.fail, description: Mark the task failed, access: auth}",
+        )
+    })
+    .await;
+    let mut results = victim.client.subscribe("result.Demo.Tasks").await.unwrap();
+    victim.client.flush().await.unwrap();
+    let started = victim
+        .call("task.start", json!({"task_id": "secret-1"}))
+        .await;
+    assert_eq!(started["status"], "ok", "{started}");
+    let done = victim
+        .call(
+            "task.complete",
+            json!({"task_id": "secret-1", "output": {"pin": 1234}}),
+        )
+        .await;
+    assert_eq!(done["status"], "ok", "{done}");
+    let unknown = victim.call("no.such.action", json!({})).await;
+    assert_eq!(unknown["code"], 404, "{unknown}");
+    let unauthenticated = victim
+        .call("task.fail", json!({"task_id": "secret-1"}))
+        .await;
+    assert_eq!(unauthenticated["code"], 401, "{unauthenticated}");
+    let public = victim.call("progress", json!({"delta": {"a": 1}})).await;
+    assert_eq!(public["status"], "ok", "{public}");
+    let status = victim.call("status", json!({})).await;
+    assert_eq!(status["status"], "ok", "{status}");
+
+    // The two public answers arrive, in order; nothing else was broadcast before them.
+    let mut seen = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), results.next()).await {
+        let body: Value = serde_json::from_slice(&m.payload).unwrap();
+        seen.push(body);
+    }
+    let actions: Vec<&str> = seen
+        .iter()
+        .map(|b| b["action"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(actions, ["progress", "status"], "broadcast: {seen:#?}");
+}
+
+/// Point 7, the server's half: a kernel granted one action of another (here `status`) may call
+/// it but not read the other's result topic; `read-results` is the grant that opens it.
+/// Before, any named grant opened `result.{K}` too.
+#[test]
+fn a_grant_for_one_action_does_not_open_the_result_topic() {
+    const OWNER: &str = "aaaaaaaa-1111-4aaa-8aaa-aaaaaaaaaaaa";
+    const GRANTEE: &str = "bbbbbbbb-2222-4bbb-8bbb-bbbbbbbbbbbb";
+    let stack = Stack::start(1, 300);
+    let grant = |actions: &str| {
+        format!(
+            "  - identity: {}\n    actions: [{actions}]\n    expires: never\n",
+            spiffe("Grantee.K", GRANTEE)
+        )
+    };
+    stack.register("Owner.K", OWNER, &grant("status"));
+    stack.register("Grantee.K", GRANTEE, "");
+    let mut grantee = stack.connect_as("Grantee.K", GRANTEE);
+    assert_eq!(grantee.publish("input.Owner.K").unwrap(), Verdict::Allowed);
+    assert_eq!(
+        grantee.subscribe("result.Owner.K").unwrap(),
+        Verdict::Denied,
+        "a grant of `status` opened every caller's results\n{}",
+        stack.authz_logs()
+    );
+    stack.register("Owner.K", OWNER, &grant("status, read-results"));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut grantee = stack.connect_as("Grantee.K", GRANTEE);
+    assert_eq!(
+        grantee.subscribe("result.Owner.K").unwrap(),
+        Verdict::Allowed
+    );
+}
+
+/// Sends `action` with `data` to `subject` as the static observer, with `X-User-ID: claim`
+/// and `Authorization: Bearer token` when given; the answer.
+async fn ask_as(
+    client: &Client,
+    subject: &str,
+    action: &str,
+    data: Value,
+    claim: Option<&str>,
+    token: Option<&str>,
+) -> Value {
+    let mut headers = HeaderMap::new();
+    if let Some(claim) = claim {
+        headers.insert("X-User-ID", claim);
+    }
+    if let Some(token) = token {
+        headers.insert("Authorization", format!("Bearer {token}").as_str());
+    }
+    let request = async_nats::Request::new()
+        .headers(headers)
+        .payload(Bytes::from(
+            serde_json::to_vec(&json!({"action": action, "data": data})).unwrap(),
+        ))
+        .timeout(Some(Duration::from_secs(20)));
+    let reply = client
+        .send_request(subject.to_owned(), request)
+        .await
+        .unwrap_or_else(|e| panic!("{action}: {e}"));
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+fn sealed_manifest(kernel: &Path, instance: &Value) -> Value {
+    let path = kernel.join(format!(
+        "data/instances/{}/manifest.json",
+        instance.as_str().unwrap()
+    ));
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+/// Points 8 and 9, against the secured stack. An `X-User-ID` that spells a SPIFFE ID is shown to
+/// the guest, recorded on the task and sealed into provenance as `claimed:…`, never as the
+/// identity (before, it was indistinguishable from a proven one). A task started by a proven
+/// caller is owned by it: another proven identity, or the owner's name merely claimed, is
+/// refused (403) on update and complete (before, anyone could move anyone's task); a holder of
+/// the kernel's `manage-tasks` grant may.
+#[test]
+fn claimed_names_are_not_identities_and_tasks_belong_to_who_proved_them() {
+    const TASKS: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+    const OWNER: &str = "aaaaaaaa-1111-4aaa-8aaa-aaaaaaaaaaaa";
+    const OTHER: &str = "bbbbbbbb-2222-4bbb-8bbb-bbbbbbbbbbbb";
+    const MANAGER: &str = "cccccccc-3333-4ccc-8ccc-cccccccccccc";
+    let stack = Stack::start(1, 300);
+    let _echo = stack.serve_echo();
+    let manager = spiffe("Test.C", MANAGER);
+    let _tasks = stack.serve_edited("tasks", "Demo.Tasks", |m| {
+        format!("{m}  - identity: {manager}\n    actions: [manage-tasks]\n    expires: never\n")
+    });
+    let echo_id = spiffe("Demo.Echo", "0e1c4a5b-2d3f-4a6b-9c8d-7e6f5a4b3c2d");
+    let tasks_id = spiffe("Demo.Tasks", TASKS);
+    let owner = spiffe("Test.A", OWNER);
+    let (owner_token, other_token, manager_token, owner_for_echo) = (
+        stack.svid(&owner, Some(&tasks_id)),
+        stack.svid(&spiffe("Test.B", OTHER), Some(&tasks_id)),
+        stack.svid(&manager, Some(&tasks_id)),
+        stack.svid(&owner, Some(&echo_id)),
+    );
+    let kernel = stack.kernel_dir("Demo.Tasks");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let c = stack.observer().await;
+        let echo = |action: &'static str, claim: Option<&'static str>, token: Option<String>| {
+            let c = c.clone();
+            async move {
+                ask_as(
+                    &c,
+                    "input.Demo.Echo",
+                    action,
+                    json!({}),
+                    claim,
+                    token.as_deref(),
+                )
+                .await
+            }
+        };
+        // Point 8: the guest context.
+        let spoof: &'static str =
+            "spiffe://example.org/ck/Test.A/aaaaaaaa-1111-4aaa-8aaa-aaaaaaaaaaaa";
+        let claimed = echo("whoami", Some(spoof), None).await;
+        assert_eq!(
+            claimed["data"]["caller"],
+            format!("claimed:{spoof}"),
+            "{claimed}"
+        );
+        let proven = echo("whoami", Some("mallory"), Some(owner_for_echo.clone())).await;
+        assert_eq!(
+            proven["data"]["caller"],
+            owner.as_str(),
+            "a token proves even an anon call: {proven}"
+        );
+        let forged = echo("whoami", None, Some("not-a-jwt".into())).await;
+        assert_eq!(
+            forged["code"], 401,
+            "a token that proves nothing is refused: {forged}"
+        );
+
+        let tasks = |action: &'static str,
+                     data: Value,
+                     claim: Option<&'static str>,
+                     token: Option<&String>| {
+            let c = c.clone();
+            let token = token.cloned();
+            async move {
+                ask_as(
+                    &c,
+                    "input.Demo.Tasks",
+                    action,
+                    data,
+                    claim,
+                    token.as_deref(),
+                )
+                .await
+            }
+        };
+        // Point 8: a task moved by a claimed name records and seals the claim as a claim.
+        let started = tasks(
+            "task.start",
+            json!({"task_id": "t-claimed"}),
+            Some(spoof),
+            None,
+        )
+        .await;
+        assert_eq!(started["status"], "ok", "{started}");
+        let done = tasks(
+            "task.complete",
+            json!({"task_id": "t-claimed", "output": {"n": 1}}),
+            Some(spoof),
+            None,
+        )
+        .await;
+        assert_eq!(done["status"], "ok", "{done}");
+        let sealed = sealed_manifest(&kernel, &done["data"]["instance_id"]);
+        assert_eq!(
+            sealed["prov:wasAssociatedWith"],
+            format!("claimed:{spoof}"),
+            "{sealed}"
+        );
+        assert_eq!(sealed["ck:owner"], Value::Null, "{sealed}");
+
+        // Point 9: the proven starter owns the task.
+        let started = tasks(
+            "task.start",
+            json!({"task_id": "t-owned"}),
+            None,
+            Some(&owner_token),
+        )
+        .await;
+        assert_eq!(started["status"], "ok", "{started}");
+        for (who, claim, token) in [
+            ("another proven identity", None, Some(&other_token)),
+            ("the owner's name, claimed", Some(spoof), None),
+        ] {
+            for (action, data) in [
+                (
+                    "task.update",
+                    json!({"task_id": "t-owned", "delta": {"x": 1}}),
+                ),
+                (
+                    "task.complete",
+                    json!({"task_id": "t-owned", "output": {"stolen": true}}),
+                ),
+            ] {
+                let refused = tasks(action, data, claim, token).await;
+                assert_eq!(
+                    refused["code"], 403,
+                    "{who} may {action} the owner's task: {refused}"
+                );
+                assert_eq!(refused["error"], "not_task_owner", "{refused}");
+            }
+        }
+        let updated = tasks(
+            "task.update",
+            json!({"task_id": "t-owned", "delta": {"x": 1}}),
+            None,
+            Some(&owner_token),
+        )
+        .await;
+        assert_eq!(
+            updated["status"], "ok",
+            "the owner moves its task: {updated}"
+        );
+        let managed = tasks(
+            "task.update",
+            json!({"task_id": "t-owned", "delta": {"y": 2}}),
+            None,
+            Some(&manager_token),
+        )
+        .await;
+        assert_eq!(
+            managed["status"], "ok",
+            "a manage-tasks grantee may: {managed}"
+        );
+        let done = tasks(
+            "task.complete",
+            json!({"task_id": "t-owned", "output": {"ok": true}}),
+            None,
+            Some(&owner_token),
+        )
+        .await;
+        assert_eq!(done["status"], "ok", "{done}");
+        let sealed = sealed_manifest(&kernel, &done["data"]["instance_id"]);
+        assert_eq!(sealed["ck:owner"], owner.as_str(), "{sealed}");
+        assert_eq!(sealed["prov:wasAssociatedWith"], owner.as_str(), "{sealed}");
+    });
+}
+
+/// The `.cwasm` entries of a cache directory, in name order.
+fn cache_entries(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    found.retain(|p| p.extension().is_some_and(|e| e == "cwasm"));
+    found.sort();
+    found
+}
+
+/// Point 5. The compiled-component cache is native code the host runs. (a) A cache directory
+/// others may write is refused at start with the fix, not used. (b) An entry replaced by
+/// another component's entry, its unkeyed checksum intact (what anyone who can write the
+/// directory can produce), is not loaded: the kernel still runs its own code. (c) With no
+/// cache location configured there is no shared fallback in the temporary directory. Before,
+/// (a) served from the open directory, (b) ran the other component in the victim's place and
+/// (c) cached in `$TMPDIR/ck/components`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_or_exposed_component_cache_is_never_loaded() {
+    use std::os::unix::fs::PermissionsExt;
+    const CK: &str = env!("CARGO_BIN_EXE_ck");
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ck_tests::nats("");
+    let echo = tmp.path().join("echo");
+    copy_kernel("echo", &echo);
+    let voting = tmp.path().join("voting");
+    copy_kernel("voting", &voting);
+    ck_build(CK, &[&echo, &voting]);
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let tally = || async {
+        let reply = client
+            .request(
+                "input.CS.Voting",
+                Bytes::from(r#"{"action":"tally","data":{"ballots":["a","b","a"]}}"#),
+            )
+            .await
+            .unwrap();
+        serde_json::from_slice::<Value>(&reply.payload).unwrap()
+    };
+
+    // (a) A directory others may write.
+    let open = tmp.path().join("open-cache");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut refused = Proc::spawn(
+        CK,
+        &[
+            "run".as_ref(),
+            voting.as_os_str(),
+            "--nats".as_ref(),
+            server.url().as_ref(),
+            "--insecure-no-identity".as_ref(),
+            "--cache-dir".as_ref(),
+            open.as_os_str(),
+        ],
+        &tmp.path().join("open.log"),
+    );
+    let status = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = refused.child().try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "ck run served from a cache directory anyone may write:\n{}",
+        refused.log()
+    );
+    assert!(refused.log().contains("chmod 700"), "{}", refused.log());
+    assert!(cache_entries(&open).is_empty());
+
+    // (b) The victim's entry replaced by another component's (a valid entry of its own).
+    let cache = tmp.path().join("cache");
+    let host = start_host(&server, &echo, tmp.path(), "echo");
+    drop(host);
+    let echo_entry = cache_entries(&cache);
+    assert_eq!(echo_entry.len(), 1, "{echo_entry:?}");
+    let host = start_host(&server, &voting, tmp.path(), "voting");
+    assert_eq!(tally().await["data"]["winner"], "a");
+    drop(host);
+    let voting_entry: Vec<PathBuf> = cache_entries(&cache)
+        .into_iter()
+        .filter(|p| *p != echo_entry[0])
+        .collect();
+    assert_eq!(voting_entry.len(), 1, "{voting_entry:?}");
+    std::fs::copy(&echo_entry[0], &voting_entry[0]).unwrap();
+    let host = start_host(&server, &voting, tmp.path(), "voting-again");
+    let answer = tally().await;
+    assert_eq!(
+        answer["data"]["winner"], "a",
+        "the kernel ran a component it was not given: {answer}"
+    );
+    assert!(host.log().contains("cache.entry_refused"), "{}", host.log());
+    drop(host);
+
+    // (c) No cache location at all: nothing is written to the temporary directory.
+    let scratch = tmp.path().join("tmpdir");
+    std::fs::create_dir(&scratch).unwrap();
+    let host = Proc::spawn_in_env(
+        CK,
+        &[
+            "run".as_ref(),
+            voting.as_os_str(),
+            "--nats".as_ref(),
+            server.url().as_ref(),
+            "--insecure-no-identity".as_ref(),
+        ],
+        &tmp.path().join("no-cache.log"),
+        &["HOME", "XDG_CACHE_HOME", "CK_CACHE_DIR"],
+        &[("TMPDIR", scratch.as_os_str())],
+    );
+    host.wait_for("\"nats.subscribed\"");
+    assert_eq!(tally().await["data"]["winner"], "a");
+    assert!(host.log().contains("cache.disabled"), "{}", host.log());
+    assert!(
+        std::fs::read_dir(&scratch).unwrap().next().is_none(),
+        "something was cached in the temporary directory"
+    );
 }

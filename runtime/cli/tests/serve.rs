@@ -188,7 +188,8 @@ async fn kernels_answer_with_their_real_output() {
     )
     .await;
     assert_eq!(flat["data"]["task_id"], "t-42");
-    assert_eq!(flat["data"]["caller"], "tester");
+    // `X-User-ID` is a claim, and the guest sees it as one (issue 14 point 8).
+    assert_eq!(flat["data"]["caller"], "claimed:tester");
     assert_eq!(flat["data"]["trace_id"], "tx-test");
     assert_eq!(flat["data"]["guid"], "0e1c4a5b-2d3f-4a6b-9c8d-7e6f5a4b3c2d");
 }

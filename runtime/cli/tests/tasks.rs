@@ -480,11 +480,19 @@ async fn a_host_killed_while_sealing_loses_no_acknowledged_completion() {
         error: None,
     };
     store
-        .apply(&orphan(ck_task::TaskAction::Start), "tester", &host_id)
+        .apply(
+            &orphan(ck_task::TaskAction::Start),
+            &ck_loops::data::Actor::unproven("tester"),
+            &host_id,
+        )
         .await
         .unwrap();
     store
-        .apply(&orphan(ck_task::TaskAction::Complete), "tester", &host_id)
+        .apply(
+            &orphan(ck_task::TaskAction::Complete),
+            &ck_loops::data::Actor::unproven("tester"),
+            &host_id,
+        )
         .await
         .unwrap();
 
@@ -657,7 +665,7 @@ async fn amendments_follow_instance_mutability() {
         &instance,
         ck_loops::data::InstanceMutability::AmendmentsAllowed,
         &json!({"audited": "late"}),
-        "tester",
+        &ck_loops::data::Actor::unproven("tester"),
         u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap(),
     )
     .unwrap();

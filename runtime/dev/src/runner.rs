@@ -21,8 +21,8 @@ pub struct DevConfig {
     pub spiffe_socket: Option<String>,
     /// With `nats`: connect without identity (a server without authentication).
     pub insecure_no_identity: bool,
-    /// The compiled-component cache directory.
-    pub cache_dir: PathBuf,
+    /// The compiled-component cache directory (`None`: no cache).
+    pub cache_dir: Option<PathBuf>,
     /// Quiet time after a change before rebuilding.
     pub debounce: Duration,
     /// How long stopping may take.
@@ -136,7 +136,7 @@ pub async fn run(
         nats: url.clone(),
         identity,
         allow_local: stack.is_some(),
-        cache_dir: Some(config.cache_dir.clone()),
+        cache_dir: config.cache_dir.clone(),
         follow_serving_record: false,
         grace: config.grace,
         ..ServeConfig::default()

@@ -19,7 +19,7 @@ mod label;
 mod service;
 mod tool_events;
 
-pub use cache::ArtifactCache;
+pub use cache::{ArtifactCache, CacheError};
 pub use component::{KernelComponent, LoadError};
 pub use engine::{HostConfig, HostEngine};
 pub use label::VersionLabel;

@@ -275,12 +275,12 @@ impl KernelService {
         let timeout = Duration::from_millis(self.limits.timeout_ms);
         let call = CallInfo {
             trace_id: request.trace_id.clone(),
-            user: request.user.clone(),
+            user: request.caller.header_value().to_owned(),
             deadline: Some(Instant::now() + timeout),
         };
         let ctx = Context {
             trace_id: request.trace_id.clone(),
-            caller: request.user.clone(),
+            caller: request.caller.to_string(),
             task_id: request.task_id.clone(),
             kernel_name: self.manifest.name.clone(),
             kernel_guid: self.manifest.guid.clone(),
@@ -398,5 +398,14 @@ impl ck_bus::Handler for KernelService {
     /// router in front of it audits).
     fn refused(&self, _refusal: &ck_bus::Refusal) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The guest's `anon` actions (and the protocol actions, answered for anyone).
+    fn broadcasts(&self, action: &str) -> bool {
+        matches!(action, "status" | "check.identity")
+            || self
+                .manifest
+                .action(action)
+                .is_some_and(|a| a.access == ck_manifest::Access::Anon)
     }
 }

@@ -26,7 +26,7 @@ pub use model::{
     GrantIdentity, Kernel, KernelType, Limits, Predicate, Tool, Topics,
 };
 pub use normalize::ParseOptions;
-pub use set::KernelSet;
+pub use set::{KernelSet, guid_key};
 
 /// The manifest's file name inside a kernel directory.
 pub const MANIFEST_FILE: &str = "conceptkernel.yaml";
@@ -44,6 +44,15 @@ pub const TASK_LIFECYCLE_ACTIONS: [&str; 5] = [
     "task.fail",
     "task.retry",
 ];
+/// The grant verb that lets its grantee read a kernel's result topic (`result.{K}`), where the
+/// host broadcasts the successful answers of the kernel's `anon` guest actions (ours: no other
+/// grant opens the result topic; answers to `auth`/`owner` actions, task and amend actions and
+/// every error go to the caller's inbox only).
+pub const READ_RESULTS: &str = "read-results";
+/// The grant verb that lets a proven identity act on every task and sealed instance of the
+/// kernel (`task.update` / `complete` / `fail` / `retry`, `instance.amend`), not only on those
+/// it owns (ours).
+pub const MANAGE_TASKS: &str = "manage-tasks";
 /// The canonical GUID file beside the manifest.
 pub const GUID_FILE: &str = ".ck-guid";
 /// Largest manifest read, in bytes. Real manifests are a few KiB; anything near this is an
@@ -193,4 +202,69 @@ pub fn discover(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
     found.sort();
     Ok(found)
+}
+
+/// What a registry scan found under one root: every manifest, and the places that could not be
+/// read (skipped and reported, never the end of the scan).
+#[derive(Debug, Default)]
+pub struct RegistryScan {
+    /// Every `conceptkernel.yaml` found, in sorted order.
+    pub manifests: Vec<PathBuf>,
+    /// Directories or entries that could not be read, with the reason.
+    pub unreadable: Vec<(PathBuf, std::io::Error)>,
+}
+
+/// Finds every manifest under a registry root (a directory of kernel directories), the root's
+/// own `conceptkernel.yaml` included: unlike [`discover`], a manifest at the root does not hide
+/// the others, and a sub-directory that cannot be read is reported in
+/// [`RegistryScan::unreadable`] while the rest is still scanned. Hidden directories and
+/// `target/` are skipped; symbolic links are not followed.
+pub fn discover_registry(root: &Path) -> RegistryScan {
+    let mut scan = RegistryScan::default();
+    match std::fs::metadata(root) {
+        Ok(meta) if !meta.is_dir() => {
+            scan.manifests.push(root.to_owned());
+            return scan;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            scan.unreadable.push((root.to_owned(), e));
+            return scan;
+        }
+    }
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                scan.unreadable.push((dir, e));
+                continue;
+            }
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    scan.unreadable.push((dir.clone(), e));
+                    continue;
+                }
+            };
+            let kind = match entry.file_type() {
+                Ok(kind) => kind,
+                Err(e) => {
+                    scan.unreadable.push((entry.path(), e));
+                    continue;
+                }
+            };
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if kind.is_dir() && !name.starts_with('.') && name != "target" {
+                stack.push(entry.path());
+            } else if kind.is_file() && name == MANIFEST_FILE {
+                scan.manifests.push(entry.path());
+            }
+        }
+    }
+    scan.manifests.sort();
+    scan
 }

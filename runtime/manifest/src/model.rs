@@ -219,7 +219,7 @@ pub struct Action {
 }
 
 /// The closed set of edge predicates (v3.7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Predicate {
     /// Hub calls spoke.

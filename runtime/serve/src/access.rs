@@ -28,10 +28,18 @@ pub(crate) struct AccessCheck {
 }
 
 impl AccessCheck {
-    /// Checks the caller of an `auth`/`owner` action; returns the proven SPIFFE ID.
-    pub(crate) fn authorize(&self, request: &Request, access: Access) -> Result<String, Failure> {
+    /// Checks the caller of an action. `auth`/`owner` actions need a proven caller and a grant
+    /// (or, for `auth`, the kernel's trust domain); an `anon` action needs nothing, but a
+    /// bearer token sent with one is verified all the same (a caller who tries to prove who it
+    /// is and fails is refused, not served as anonymous). Returns the proven SPIFFE ID, if any.
+    pub(crate) fn authorize(
+        &self,
+        request: &Request,
+        access: Access,
+    ) -> Result<Option<String>, Failure> {
         let m = &self.kernel;
         let audience = m.spiffe_id().unwrap_or_default();
+        let claimed = request.caller.to_string();
         let deny = |code: u16, error: &str, caller: &str, reason: String| {
             let record = ck_audit::AuditRecord::now(
                 caller,
@@ -61,10 +69,13 @@ impl AccessCheck {
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim);
         let Some(token) = token else {
+            if access == Access::Anon {
+                return Ok(None);
+            }
             return Err(deny(
                 401,
                 "unauthenticated",
-                &request.user,
+                &claimed,
                 format!(
                     "action `{}` requires `{access}` access: send a JWT-SVID for audience '{audience}' as `Authorization: Bearer <svid>`",
                     request.action
@@ -75,14 +86,17 @@ impl AccessCheck {
             return Err(deny(
                 401,
                 "unauthenticated",
-                &request.user,
+                &claimed,
                 "this host verifies no callers (it was started without a SPIFFE Workload API)"
                     .into(),
             ));
         };
         let caller = verifier
             .verify(token, &audience)
-            .map_err(|why| deny(401, "unauthenticated", &request.user, why.0))?;
+            .map_err(|why| deny(401, "unauthenticated", &claimed, why.0))?;
+        if access == Access::Anon {
+            return Ok(Some(caller));
+        }
         let now = chrono::Utc::now();
         let granted = m.grants.iter().find(|g| {
             !g.expires.is_expired(now)
@@ -110,9 +124,9 @@ impl AccessCheck {
                     .subject(m.topics.input.clone());
                     ck_audit::append_detached(m.dir().to_path_buf(), m.name.clone(), record);
                 }
-                Ok(caller)
+                Ok(Some(caller))
             }
-            None if access == Access::Auth && same_domain => Ok(caller),
+            None if access == Access::Auth && same_domain => Ok(Some(caller)),
             None => Err(deny(
                 403,
                 "forbidden",
@@ -123,5 +137,16 @@ impl AccessCheck {
                 ),
             )),
         }
+    }
+
+    /// Whether the proven `caller` holds this kernel's `manage-tasks` grant: it may act on any
+    /// task or instance, not only those it owns.
+    pub(crate) fn manages_tasks(&self, caller: &str) -> bool {
+        let now = chrono::Utc::now();
+        self.kernel.grants.iter().any(|g| {
+            !g.expires.is_expired(now)
+                && matches!(&g.identity, GrantIdentity::Spiffe(id) if id == caller)
+                && g.actions.iter().any(|a| a == ck_manifest::MANAGE_TASKS)
+        })
     }
 }

@@ -60,7 +60,7 @@ impl Default for ServeConfig {
             nats: "nats://127.0.0.1:4222".into(),
             identity: IdentityMode::Insecure,
             allow_local: false,
-            cache_dir: Some(ck_host::ArtifactCache::default_dir()),
+            cache_dir: ck_host::ArtifactCache::default_dir(),
             max_in_flight: 256,
             max_instances: 1000,
             max_memory_mb: 512,

@@ -145,8 +145,8 @@ impl VersionService {
                 format!("{} has no action `{}`", self.kernel.name, request.action),
             ));
         };
-        if entry.access != Access::Anon {
-            request.user = self.access.authorize(&request, entry.access)?;
+        if let Some(proven) = self.access.authorize(&request, entry.access)? {
+            request.caller = ck_bus::Caller::Proven(proven);
         }
         match entry.target {
             Target::Status => Ok(raw(&protocol::status(
@@ -174,9 +174,19 @@ impl VersionService {
                 };
                 // Boxed: the lifecycle's futures are large (7 KiB), and every message's task
                 // would otherwise carry and copy them, task action or not.
+                let actor = ck_loops::data::Actor {
+                    written: request.caller.to_string(),
+                    proven: request.caller.proven().map(str::to_owned),
+                    manages_tasks: request
+                        .caller
+                        .proven()
+                        .is_some_and(|id| self.access.manages_tasks(id)),
+                };
                 let answer = match entry.target {
-                    Target::Task(action) => Box::pin(lifecycle.handle(action, &request)).await?,
-                    _ => Box::pin(lifecycle.amend(&request)).await?,
+                    Target::Task(action) => {
+                        Box::pin(lifecycle.handle(action, &request, &actor)).await?
+                    }
+                    _ => Box::pin(lifecycle.amend(&request, &actor)).await?,
                 };
                 Ok(raw(&answer))
             }
@@ -197,6 +207,18 @@ impl ck_bus::Handler for VersionService {
 
     /// Audited as a deny of the caller's claimed name, coalesced (an unproven caller can send
     /// as many as it likes).
+    /// `anon` actions answered by the guest or the host's protocol; never task or amend
+    /// actions (their answers carry task ids and outputs that are the caller's).
+    fn broadcasts(&self, action: &str) -> bool {
+        self.table.get(action).is_some_and(|entry| {
+            entry.access == Access::Anon
+                && matches!(
+                    entry.target,
+                    Target::Guest | Target::Status | Target::CheckIdentity
+                )
+        })
+    }
+
     fn refused(&self, refusal: &ck_bus::Refusal) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         let record = ck_audit::AuditRecord::now(

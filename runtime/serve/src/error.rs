@@ -28,6 +28,9 @@ pub enum ServeErrorKind {
     TopicsMoved,
     /// The host is stopping or stopped.
     Stopped,
+    /// The compiled-component cache directory is refused (not the host user's, or open to
+    /// others).
+    Cache,
 }
 
 /// A failure of the serving host, with its kind, context and cause.

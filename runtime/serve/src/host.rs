@@ -129,7 +129,17 @@ impl Host {
     /// [`Host::start`] on an engine shared with other hosts in this process (benchmarks
     /// serving one kernel several ways at once); its limits are the engine's, not `config`'s.
     pub async fn with_engine(config: ServeConfig, engine: HostEngine) -> Result<Self, ServeError> {
-        let cache = config.cache_dir.clone().map(ArtifactCache::new);
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(ArtifactCache::open(dir).kinded(ServeErrorKind::Cache, || {
+                "the compiled-component cache is refused".to_owned()
+            })?),
+            None => {
+                tracing::warn!(
+                    "cache.disabled; no cache directory (set CK_CACHE_DIR, XDG_CACHE_HOME or HOME, or --cache-dir): components are compiled at every start"
+                );
+                None
+            }
+        };
         let (identity, verifier) = match &config.identity {
             IdentityMode::Spiffe { socket } => {
                 // One Workload API client for all kernels (its SVID cache is per identity).

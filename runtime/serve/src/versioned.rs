@@ -71,4 +71,14 @@ impl ck_bus::Handler for Versioned {
     fn refused(&self, refusal: &ck_bus::Refusal) {
         ck_bus::Handler::refused(self.pick().as_ref(), refusal);
     }
+
+    /// Only when every version serving now agrees (a canary cannot widen the broadcast).
+    fn broadcasts(&self, action: &str) -> bool {
+        let route = self.route.load();
+        ck_bus::Handler::broadcasts(route.stable.as_ref(), action)
+            && route
+                .canary
+                .as_ref()
+                .is_none_or(|(canary, _)| ck_bus::Handler::broadcasts(canary.as_ref(), action))
+    }
 }

@@ -10,6 +10,8 @@ use thiserror::Error;
 
 use serde_json::Value;
 
+use ck_loops::data::Actor;
+
 use crate::{IllegalTransition, TaskAction, TaskMessage, TaskState, transition};
 
 /// What the bucket holds per task.
@@ -37,6 +39,11 @@ pub struct TaskRecord {
     /// The host that completed the task and owes its seal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealer: Option<String>,
+    /// The proven SPIFFE ID that started the task, if a JWT-SVID proved one: only it (or a
+    /// holder of the kernel's `manage-tasks` grant) may move the task on. `None`: started
+    /// without proof, so anyone the kernel lets call the actions may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// One acknowledged transition.
@@ -87,6 +94,16 @@ pub enum StoreError {
         task_id: String,
         /// The record's size with the change.
         size: usize,
+    },
+    /// The task is owned by another identity (403).
+    #[error(
+        "task {task_id} is owned by {owner}; only that identity (proven by a JWT-SVID) or a holder of the kernel's `manage-tasks` grant may act on it"
+    )]
+    NotOwner {
+        /// The task.
+        task_id: String,
+        /// Its owner.
+        owner: String,
     },
     /// A stored record is unreadable.
     #[error("task {task_id}: stored state is corrupt: {why}")]
@@ -182,18 +199,30 @@ impl TaskStore {
         }
     }
 
-    /// Applies `message` as `by`, on behalf of host `host` (recorded as the sealer of a
+    /// Applies `message` as `actor`, on behalf of host `host` (recorded as the sealer of a
     /// completion). Returns once the broker acknowledged the new state; refuses (changing
-    /// nothing) what the state machine refuses.
+    /// nothing) what the state machine refuses, and any action on a task owned by another
+    /// identity than the actor's proven one.
     pub async fn apply(
         &self,
         message: &TaskMessage,
-        by: &str,
+        actor: &Actor,
         host: &str,
     ) -> Result<Transitioned, StoreError> {
         let (task_id, action) = (message.task_id.as_str(), message.action);
+        let by = actor.written.as_str();
         loop {
             let current = self.get(task_id).await?;
+            let owner = match &current {
+                Some((record, _)) => record.owner.clone(),
+                None => actor.proven.clone(),
+            };
+            if !actor.may_act_on(owner.as_deref()) {
+                return Err(StoreError::NotOwner {
+                    task_id: task_id.to_owned(),
+                    owner: owner.unwrap_or_default(),
+                });
+            }
             let before = current.as_ref().map(|(r, _)| r.state);
             let state = transition(task_id, before, action)?;
             let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
@@ -226,6 +255,7 @@ impl TaskStore {
                     .then(|| message.output.clone())
                     .flatten(),
                 sealer: (action == TaskAction::Complete).then(|| host.to_owned()),
+                owner: owner.clone(),
             };
             let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
             // Every action but the completion leaves room for the largest completion, so a

@@ -1,6 +1,7 @@
 //! Two hosts racing over the same tasks on a real nats-server with JetStream: every task is
 //! completed exactly once.
 
+use ck_loops::data::Actor;
 use ck_task::{StoreError, TaskAction, TaskMessage, TaskState, TaskStore};
 
 fn msg(task_id: &str, action: TaskAction) -> TaskMessage {
@@ -33,17 +34,22 @@ async fn two_hosts_racing_complete_each_task_exactly_once() {
     let (a, b) = (host(&server.url()).await, host(&server.url()).await);
     let tasks: Vec<String> = (0..200).map(|i| format!("t-{i}")).collect();
     for t in &tasks {
-        a.apply(&msg(t, TaskAction::Start), "caller", "host-a")
-            .await
-            .unwrap();
+        a.apply(
+            &msg(t, TaskAction::Start),
+            &Actor::unproven("caller"),
+            "host-a",
+        )
+        .await
+        .unwrap();
     }
     let races = tasks.iter().map(|t| {
         let (a, b, t) = (a.clone(), b.clone(), t.clone());
         async move {
             let complete = msg(&t, TaskAction::Complete);
+            let caller = Actor::unproven("caller");
             let (ra, rb) = tokio::join!(
-                a.apply(&complete, "caller", "host-a"),
-                b.apply(&complete, "caller", "host-b")
+                a.apply(&complete, &caller, "host-a"),
+                b.apply(&complete, &caller, "host-b")
             );
             (t, ra, rb)
         }
@@ -94,7 +100,8 @@ async fn two_hosts_racing_complete_each_task_exactly_once() {
         TaskAction::Retry,
     ] {
         assert!(matches!(
-            b.apply(&msg("t-0", action), "caller", "host-b").await,
+            b.apply(&msg("t-0", action), &Actor::unproven("caller"), "host-b")
+                .await,
             Err(StoreError::Illegal(_))
         ));
     }
@@ -103,7 +110,7 @@ async fn two_hosts_racing_complete_each_task_exactly_once() {
     assert!(matches!(
         a.apply(
             &msg("never-started", TaskAction::Complete),
-            "caller",
+            &Actor::unproven("caller"),
             "host-a"
         )
         .await,

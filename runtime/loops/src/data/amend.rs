@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 use thiserror::Error;
 
-use super::instance::{Finding, blake3_of, instance_dir, pretty, sha256, stage_and_link, valid_id};
+use super::Actor;
+use super::instance::{
+    Finding, OWNER_FIELD, blake3_of, instance_dir, pretty, sha256, stage_and_link, valid_id,
+};
 
 pub use ck_manifest::ontology::InstanceMutability;
 
@@ -37,6 +40,16 @@ pub enum AmendError {
         instance: String,
         /// The field that exists.
         field: String,
+    },
+    /// The instance is owned by another identity (403).
+    #[error(
+        "instance {instance} is owned by {owner}; only that identity (proven by a JWT-SVID) or a holder of the kernel's `manage-tasks` grant may amend it"
+    )]
+    NotOwner {
+        /// The instance.
+        instance: String,
+        /// Its owner.
+        owner: String,
     },
     /// The amendment is not a non-empty JSON object (400).
     #[error("an amendment must be a non-empty JSON object")]
@@ -90,18 +103,30 @@ fn read_object(path: &Path) -> Option<serde_json::Map<String, Value>> {
 }
 
 /// Amends `instance_id` under `policy` with `amendment`, as `actor` at `at_ms` (epoch
-/// milliseconds; a later free millisecond is taken if that one is used).
+/// milliseconds; a later free millisecond is taken if that one is used). An instance whose
+/// sealed manifest names an owner (`ck:owner`) is amended only by that owner or a manager.
 pub fn amend(
     kernel_dir: &Path,
     instance_id: &str,
     policy: InstanceMutability,
     amendment: &Value,
-    actor: &str,
+    actor: &Actor,
     at_ms: u64,
 ) -> Result<Amended, AmendError> {
     let dir = instance_dir(kernel_dir, instance_id);
     if !valid_id(instance_id) || !dir.join("proof.json").is_file() {
         return Err(AmendError::NotFound(instance_id.to_owned()));
+    }
+    let owner = read_object(&dir.join("manifest.json")).and_then(|m| {
+        m.get(OWNER_FIELD)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    if !actor.may_act_on(owner.as_deref()) {
+        return Err(AmendError::NotOwner {
+            instance: instance_id.to_owned(),
+            owner: owner.unwrap_or_default(),
+        });
     }
     if policy == InstanceMutability::Sealed {
         return Err(AmendError::Forbidden {
@@ -160,7 +185,7 @@ pub fn amend(
         "previous_proof": previous_proof,
         "previous_proof_hash": sha256(&previous_proof_bytes),
         "amended_at": amended_at,
-        "amended_by": actor,
+        "amended_by": actor.written,
         "outcome": "PASS",
     }));
     // The amendment first, its proof (which covers it) last; neither ever replaces a file.

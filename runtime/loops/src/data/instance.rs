@@ -30,6 +30,10 @@ pub struct Transition {
     pub at: String,
 }
 
+/// The field of a sealed instance's `manifest.json` naming the proven identity that owns it
+/// (`null` when the task was started without proof).
+pub const OWNER_FIELD: &str = "ck:owner";
+
 /// What to seal.
 #[derive(Debug, Clone)]
 pub struct SealRequest<'a> {
@@ -45,8 +49,10 @@ pub struct SealRequest<'a> {
     pub instance_id: &'a str,
     /// The task it completes, if any.
     pub task_id: Option<&'a str>,
-    /// The actor (`ckp://Actor#…` or a SPIFFE ID).
+    /// The actor as written (`spiffe://…` only when proven, `claimed:{name}`, `anonymous`).
     pub actor: &'a str,
+    /// The proven SPIFFE ID that owns the task, if it was started by one (`ck:owner`).
+    pub owner: Option<&'a str>,
     /// The data (an object), sealed as `data.json`.
     pub data: &'a Value,
     /// The lifecycle so far.
@@ -301,6 +307,7 @@ pub fn seal(request: &SealRequest<'_>) -> Result<Sealed, SealError> {
         "prov:wasAttributedTo": request.kernel_urn,
         "prov:generatedAtTime": sealed_at,
         "prov:wasAssociatedWith": request.actor,
+        OWNER_FIELD: request.owner,
         "prov:wasStartedBy": request.task_id.map(|t| format!("ckp://Task#{t}")),
         "prov:used": [],
     });
@@ -567,6 +574,7 @@ mod tests {
             instance_id: "i-t1-1795720000",
             task_id: Some("t1"),
             actor: "ckp://Actor#tester",
+            owner: None,
             data,
             transitions,
         }
@@ -598,6 +606,10 @@ mod tests {
         let sealed = seal(&request(dir.path(), &data, &t)).unwrap();
         assert!(sealed.wrote_data);
         assert_eq!(verify_instance(&sealed.dir), Vec::<Finding>::new());
+        let manifest: Value =
+            serde_json::from_slice(&std::fs::read(sealed.dir.join("manifest.json")).unwrap())
+                .unwrap();
+        assert_eq!(manifest.get(OWNER_FIELD), Some(&Value::Null), "{manifest}");
         // The same seal again confirms and changes nothing.
         let again = seal(&request(dir.path(), &data, &t)).unwrap();
         assert!(!again.wrote_data);

@@ -1,11 +1,13 @@
 //! Sealed instances of the DATA loop, its git repository, and the verification of a whole
 //! DATA tree.
 
+mod actor;
 mod amend;
 mod instance;
 mod repo;
 mod tree;
 
+pub use actor::Actor;
 pub use amend::{AmendError, Amended, InstanceMutability, amend, amendments, verify_amendments};
 pub use instance::{
     Finding, SealError, SealRequest, Sealed, Transition, file_sha256, instance_dir, seal,

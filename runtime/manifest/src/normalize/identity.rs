@@ -94,16 +94,15 @@ pub(super) fn check_guid(r: &mut Reader<'_>, guid: &str, loc: Option<Loc>, path:
     }
     if guid.len() > MAX_NAME_LEN
         || validate_token(guid).is_err()
-        || !guid
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        || !guid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
     {
         r.d.error(
             loc,
             path,
             format!(
                 "invalid kernel guid '{guid}': it becomes one NATS token and one SPIFFE path segment, \
-                 so only letters, digits, '-' and '_' are allowed (a UUID is expected)"
+                 so only letters and digits and '-' are allowed (a UUID is expected; '_' is refused because \
+                 bucket and stream names write '-' as '_', so two GUIDs would share them)"
             ),
         );
         return false;

@@ -32,14 +32,16 @@ pub(super) fn check_topic(
     }
     let first = topic.split('.').next().unwrap_or_default();
     if !topics::RESERVED_FIRST_TOKENS.contains(&first) {
-        r.d.warn(
+        r.d.error(
             Some(loc),
             path,
             format!(
-                "topic '{topic}' is outside the CKP subject families; other tools will not find it"
+                "topic '{topic}' is outside the kernel's own subject families: a kernel's topics \
+                 must be `{{input,result,event,stream}}.{name}` or `ck.{}.…`",
+                guid.unwrap_or("{guid}")
             ),
         );
-        return true;
+        return false;
     }
     let rest = &topic[first.len() + 1..];
     let own = if first == topics::KERNEL_PREFIX {

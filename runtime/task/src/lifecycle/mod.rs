@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use ck_bus::{Failure, Outbox, Publisher, Request};
-use ck_loops::data::{AmendError, DataRepo, InstanceMutability};
+use ck_loops::data::{Actor, AmendError, DataRepo, InstanceMutability};
 use ck_manifest::Kernel;
 use ck_manifest::topics;
 use serde_json::{Value, json};
@@ -137,6 +137,9 @@ fn failure(e: StoreError) -> Failure {
             "task_store_unavailable",
             format!("{why}; nothing was changed or sealed"),
         ),
+        owned @ StoreError::NotOwner { .. } => {
+            Failure::new(403, "not_task_owner", owned.to_string())
+        }
         large @ StoreError::TooLarge { .. } => {
             Failure::new(413, "task_record_too_large", large.to_string())
         }
@@ -250,7 +253,12 @@ impl Lifecycle {
     /// Answers one lifecycle message. Refusals change nothing: 400 for an unusable message, 409
     /// for a transition the task's state forbids (naming task, state and action), 503 when the
     /// broker did not acknowledge.
-    pub async fn handle(&self, action: TaskAction, request: &Request) -> Result<Value, Failure> {
+    pub async fn handle(
+        &self,
+        action: TaskAction,
+        request: &Request,
+        actor: &Actor,
+    ) -> Result<Value, Failure> {
         let data: Value = serde_json::from_str(&request.data)
             .map_err(|e| Failure::new(400, "bad_task_message", e.to_string()))?;
         let message = read_message(action, &data).map_err(|e: MessageError| {
@@ -264,7 +272,7 @@ impl Lifecycle {
         let started = std::time::Instant::now();
         let done = bound
             .store
-            .apply(&message, &request.user, &self.host_id)
+            .apply(&message, actor, &self.host_id)
             .await
             .map_err(failure)?;
         let record = &done.record;
@@ -301,7 +309,7 @@ impl Lifecycle {
     /// `ontology.yaml`'s `instance_mutability` allows: 409 for a sealed kernel or a field that
     /// exists (`amendments_allowed` adds only), 404 for an instance not in this host's DATA
     /// tree. The amendment is committed and announced (`data.amended`) by the committer.
-    pub async fn amend(&self, request: &Request) -> Result<Value, Failure> {
+    pub async fn amend(&self, request: &Request, actor: &Actor) -> Result<Value, Failure> {
         let bad = |m: String| Failure::new(400, "bad_amendment", m);
         let data: Value = serde_json::from_str(&request.data).map_err(|e| bad(e.to_string()))?;
         let Some(instance_id) = data["instance_id"].as_str().map(str::to_owned) else {
@@ -312,20 +320,21 @@ impl Lifecycle {
         };
         let amendment = data.get("amendment").cloned().unwrap_or(Value::Null);
         let _one_at_a_time = self.amending.lock().await;
-        let (dir, id, policy, actor) = (
+        let (dir, id, policy, amender) = (
             self.dir.clone(),
             instance_id.clone(),
             self.mutability,
-            request.user.clone(),
+            actor.clone(),
         );
         let at = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or_default();
         let amended = tokio::task::spawn_blocking(move || {
-            ck_loops::data::amend(&dir, &id, policy, &amendment, &actor, at)
+            ck_loops::data::amend(&dir, &id, policy, &amendment, &amender, at)
         })
         .await
         .map_err(|e| Failure::new(500, "amend_failed", e.to_string()))?
         .map_err(|e| match e {
             AmendError::NotFound(_) => Failure::new(404, "unknown_instance", e.to_string()),
+            AmendError::NotOwner { .. } => Failure::new(403, "not_instance_owner", e.to_string()),
             AmendError::Forbidden { .. } | AmendError::NotAnAddition { .. } => {
                 Failure::new(409, "amendment_refused", e.to_string())
             }
@@ -336,7 +345,7 @@ impl Lifecycle {
         self.queue_commit(Committed {
             instance_id: instance_id.clone(),
             task_id: String::new(),
-            user: request.user.clone(),
+            user: actor.written.clone(),
             trace_id: request.trace_id.clone(),
             data_hash: amended.amendment_hash.clone(),
             manifest_hash: String::new(),

@@ -31,7 +31,10 @@ impl Lifecycle {
             self.kernel_urn.clone(),
             self.svid.clone(),
         );
+        // The provenance names who completed the task as recorded (`claimed:…` unless proven);
+        // the owner is the proven identity that started it, if any.
         let (task_id, actor, id) = (record.task_id.clone(), record.by.clone(), instance.clone());
+        let owner = record.owner.clone();
         let failed = |e: String| {
             Failure::new(
                 500,
@@ -51,6 +54,7 @@ impl Lifecycle {
                 instance_id: &id,
                 task_id: Some(&task_id),
                 actor: &actor,
+                owner: owner.as_deref(),
                 data: &output,
                 transitions: &transitions,
             })
