@@ -73,6 +73,11 @@ pub enum Decision {
     Allow {
         /// Kernel name.
         kernel: String,
+        /// Kernel GUID.
+        guid: String,
+        /// The kernel declares task lifecycle actions: its bucket and stream are provisioned
+        /// before the answer.
+        declares_tasks: bool,
         /// The identity proven.
         identity: String,
         /// User-JWT expiry.
@@ -297,6 +302,8 @@ impl Authorizer {
         }
         Decision::Allow {
             kernel: kernel.name.clone(),
+            guid: kernel.guid.clone(),
+            declares_tasks: kernel.declares_task_lifecycle(),
             identity,
             expires_at,
             permissions: acl.permissions,

@@ -6,10 +6,14 @@
 //! callout subject in a queue group. Denies are logged and appended to the claimed kernel's
 //! audit ledger; grants marked `audit: true` leave an allow line in the grantor's ledger.
 //!
+//! It also provisions each admitted task kernel's JetStream bucket and stream ([`Provisioner`]),
+//! so that kernel connections need no JetStream administration.
+//!
 //! Does not run kernels or hold kernel connections; does not issue SVIDs.
 
 mod callout;
 pub mod natsjwt;
+mod provision;
 mod registry;
 mod service;
 pub mod setup;
@@ -17,6 +21,7 @@ pub mod setup;
 pub use callout::{
     Authorizer, AuthorizerConfig, CALLOUT_SUBJECT, CalloutRequest, Decision, permissions_json,
 };
+pub use provision::{PROVISION_INBOX, PROVISION_USER, Provisioner};
 pub use registry::Registry;
 pub use service::{QUEUE_GROUP, serve};
 

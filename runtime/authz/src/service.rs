@@ -7,17 +7,20 @@ use async_nats::Client;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::callout::{Authorizer, CALLOUT_SUBJECT};
+use crate::Provisioner;
+use crate::callout::{Authorizer, CALLOUT_SUBJECT, Decision};
 
 /// The queue group every `ck authz` joins.
 pub const QUEUE_GROUP: &str = "ck-authz";
 
 /// Answers authorization requests on `client` (a user of the callout account) until `shutdown`.
 /// Each request is decided on its own task: nats-server holds the connecting client until the
-/// answer comes, so one slow decision must not delay the others.
+/// answer comes, so one slow decision must not delay the others. With a `provisioner`, an
+/// admitted task kernel's bucket and stream are made to exist before it is answered.
 pub async fn serve(
     client: Client,
     authorizer: Arc<Authorizer>,
+    provisioner: Option<Arc<Provisioner>>,
     shutdown: CancellationToken,
 ) -> Result<(), async_nats::SubscribeError> {
     let mut requests = client
@@ -30,13 +33,26 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
             m = requests.next() => match m { Some(m) => m, None => break },
         };
-        let (client, authorizer) = (client.clone(), authorizer.clone());
+        let (client, authorizer, provisioner) =
+            (client.clone(), authorizer.clone(), provisioner.clone());
         tokio::spawn(async move {
             let Some(reply) = message.reply else { return };
             let started = std::time::Instant::now();
             match authorizer.respond(&message.payload) {
                 // The decision was logged and audited by the authorizer.
-                Ok((response, _)) => {
+                Ok((response, decision)) => {
+                    if let (
+                        Some(provisioner),
+                        Decision::Allow {
+                            kernel,
+                            guid,
+                            declares_tasks: true,
+                            ..
+                        },
+                    ) = (&provisioner, &decision)
+                    {
+                        provisioner.ensure(guid, kernel).await;
+                    }
                     tracing::debug!(target: "ck::authz", decide_us = started.elapsed().as_micros() as u64, "authz.decided");
                     if let Err(e) = client.publish(reply, response.into()).await {
                         tracing::error!(target: "ck::authz", error = %e, "authz.reply-failed");

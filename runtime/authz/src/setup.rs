@@ -12,6 +12,8 @@ pub const SERVER_TEMPLATE: &str = include_str!("../../../policies/nats/auth-call
 pub const ISSUER_FILE: &str = "issuer.nk";
 /// The callout user's password.
 pub const PASSWORD_FILE: &str = "callout.password";
+/// The provisioning user's password (`ck-provision`, see [`crate::Provisioner`]).
+pub const PROVISION_PASSWORD_FILE: &str = "provision.password";
 /// The rendered server configuration.
 pub const SERVER_CONFIG_FILE: &str = "nats-server.conf";
 /// The NATS user the callout connects as.
@@ -26,18 +28,23 @@ pub struct CalloutSecrets {
     pub issuer_seed: String,
     /// The callout user's password.
     pub password: String,
+    /// The provisioning user's password; `None` for a directory made before it existed (then
+    /// nothing is provisioned, and task kernels need their buckets made by an operator).
+    pub provision_password: Option<String>,
 }
 
 impl CalloutSecrets {
     /// Fresh secrets.
     pub fn generate() -> Self {
         let issuer = KeyPair::new_account();
-        let password = blake3::hash(KeyPair::new_user().seed().unwrap_or_default().as_bytes())
-            .to_hex()[..40]
-            .to_owned();
+        let secret = || {
+            blake3::hash(KeyPair::new_user().seed().unwrap_or_default().as_bytes()).to_hex()[..40]
+                .to_owned()
+        };
         Self {
             issuer_seed: issuer.seed().unwrap_or_default(),
-            password,
+            password: secret(),
+            provision_password: Some(secret()),
         }
     }
 
@@ -52,6 +59,7 @@ impl CalloutSecrets {
         Ok(Self {
             issuer_seed: read(ISSUER_FILE)?,
             password: read(PASSWORD_FILE)?,
+            provision_password: read(PROVISION_PASSWORD_FILE).ok(),
         })
     }
 
@@ -99,20 +107,27 @@ pub fn render_server_config(
 ) -> Result<String, SetupError> {
     let issuer = secrets.issuer()?.public_key();
     let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
-    let users: Vec<String> = static_users
-        .iter()
-        .map(|u| {
-            format!(
-                "{{ user: {}, password: {} }}",
-                quote(&u.name),
-                quote(&u.password)
-            )
-        })
-        .collect();
-    let names: String = static_users
-        .iter()
-        .map(|u| format!(", {}", quote(&u.name)))
-        .collect();
+    let mut users: Vec<String> = Vec::new();
+    let mut names = String::new();
+    if let Some(password) = &secrets.provision_password {
+        // Stream info and creation only, replies on its own prefix: it makes kernels'
+        // buckets and streams (with `ck_task::provision`'s configuration), nothing else.
+        users.push(format!(
+            "{{ user: {}, password: {}, permissions: {{ publish: {{ allow: [\"$JS.API.INFO\", \"$JS.API.STREAM.INFO.*\", \"$JS.API.STREAM.CREATE.*\"] }}, subscribe: {{ allow: [{}] }} }} }}",
+            quote(crate::PROVISION_USER),
+            quote(password),
+            quote(&format!("{}.>", crate::PROVISION_INBOX)),
+        ));
+        names.push_str(&format!(", {}", quote(crate::PROVISION_USER)));
+    }
+    for u in static_users {
+        users.push(format!(
+            "{{ user: {}, password: {} }}",
+            quote(&u.name),
+            quote(&u.password)
+        ));
+        names.push_str(&format!(", {}", quote(&u.name)));
+    }
     Ok(SERVER_TEMPLATE
         .replace("{{LISTEN}}", listen)
         .replace("{{ISSUER}}", &issuer)
@@ -143,6 +158,10 @@ pub fn init(dir: &Path, listen: &str, static_users: &[StaticUser]) -> Result<Pat
     for (name, text) in [
         (ISSUER_FILE, secrets.issuer_seed.as_str()),
         (PASSWORD_FILE, secrets.password.as_str()),
+        (
+            PROVISION_PASSWORD_FILE,
+            secrets.provision_password.as_deref().unwrap_or_default(),
+        ),
         (SERVER_CONFIG_FILE, config.as_str()),
     ] {
         let path = dir.join(name);

@@ -114,9 +114,15 @@ pub async fn run(connects: usize, storm: usize, json: Option<&std::path::Path>) 
     )
     .connect(url.as_str())
     .await?;
+    let provisioner = ck_authz::Provisioner::for_secrets(url.as_str(), &secrets).await?;
     {
         let token = shutdown.clone();
-        tokio::spawn(ck_authz::serve(callout_client, authorizer, token));
+        tokio::spawn(ck_authz::serve(
+            callout_client,
+            authorizer,
+            provisioner,
+            token,
+        ));
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     println!(

@@ -129,6 +129,7 @@ async fn serve(args: &ServeArgs) -> Result<std::process::ExitCode> {
         .connect(args.nats.as_str())
     })
     .await?;
-    ck_authz::serve(client, authorizer, shutdown).await?;
+    let provisioner = ck_authz::Provisioner::for_secrets(&args.nats, &secrets).await?;
+    ck_authz::serve(client, authorizer, provisioner, shutdown).await?;
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -1067,3 +1067,78 @@ async fn a_forged_or_exposed_component_cache_is_never_loaded() {
         "something was cached in the temporary directory"
     );
 }
+
+/// Point 4. A task kernel's own connection may not administer JetStream: no stream creation
+/// (its configuration could capture foreign subjects, or mirror / source another kernel's
+/// bucket) and no consumer creation (a push consumer delivers to any subject it names), for its
+/// own bucket and stream as for any other; nats-server refuses each attempt. The callout
+/// provisions the bucket and stream, so the kernel's host still serves its tasks. Before, the
+/// kernel's permissions allowed `STREAM.CREATE` and `CONSUMER.CREATE` on its own names, with
+/// any configuration.
+#[test]
+fn a_kernel_connection_cannot_administer_jetstream() {
+    const TASKS: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+    let stack = Stack::start(1, 300);
+    let _host = stack.serve("tasks", "Demo.Tasks");
+    let bucket = format!("KV_ck_tasks_{}", TASKS.replace('-', "_"));
+    let events = format!("ck_data_{}", TASKS.replace('-', "_"));
+    let mut kernel = stack.connect_as("Demo.Tasks", TASKS);
+    for attempt in [
+        format!("$JS.API.STREAM.CREATE.{bucket}"),
+        format!("$JS.API.STREAM.CREATE.{events}"),
+        format!("$JS.API.STREAM.UPDATE.{bucket}"),
+        format!("$JS.API.CONSUMER.CREATE.{bucket}"),
+        format!("$JS.API.CONSUMER.CREATE.{bucket}.push.$KV.>"),
+        format!("$JS.API.CONSUMER.DURABLE.CREATE.{bucket}.push"),
+        format!("$JS.API.CONSUMER.CREATE.{events}"),
+    ] {
+        assert_eq!(
+            kernel.publish(&attempt).unwrap(),
+            Verdict::Denied,
+            "the kernel's connection may publish {attempt}\n{}",
+            stack.authz_logs()
+        );
+    }
+    // What the host needs stays open, and it serves: the callout made bucket and stream.
+    for needed in [
+        format!("$JS.API.STREAM.INFO.{bucket}"),
+        format!("$JS.API.DIRECT.GET.{bucket}.$KV.x.t-1"),
+    ] {
+        assert_eq!(
+            kernel.publish(&needed).unwrap(),
+            Verdict::Allowed,
+            "{needed}"
+        );
+    }
+    assert!(
+        stack.authz_logs().contains("authz.provisioned"),
+        "{}",
+        stack.authz_logs()
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let c = stack.observer().await;
+        let started = ask_as(
+            &c,
+            "input.Demo.Tasks",
+            "task.start",
+            json!({"task_id": "t-1"}),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(started["status"], "ok", "{started}");
+        let js = async_nats::jetstream::new(c.clone());
+        let stream = js.get_stream(&bucket).await.unwrap();
+        let config = &stream.cached_info().config;
+        assert_eq!(
+            config.max_message_size,
+            512 * 1024,
+            "the callout used the host's configuration"
+        );
+        assert_eq!(
+            config.subjects,
+            [format!("$KV.ck_tasks_{}.>", TASKS.replace('-', "_"))]
+        );
+    });
+}

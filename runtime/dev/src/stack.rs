@@ -92,9 +92,10 @@ pub async fn start(kernel: &Kernel, shutdown: &CancellationToken) -> Result<Stac
     .name("ck-dev-authz")
     .connect(server.url())
     .await?;
+    let provisioner = ck_authz::Provisioner::for_secrets(&server.url(), &secrets).await?;
     let token = shutdown.clone();
     tokio::spawn(async move {
-        if let Err(e) = ck_authz::serve(callout, authorizer, token).await {
+        if let Err(e) = ck_authz::serve(callout, authorizer, provisioner, token).await {
             tracing::error!(error = %e, "authz.failed");
         }
     });

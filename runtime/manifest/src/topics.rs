@@ -117,7 +117,11 @@ pub fn data_event_stream(guid: &str) -> String {
 }
 
 /// The JetStream API subjects the host publishes on for one kernel's own lifecycle bucket and
-/// DATA event stream (over that kernel's connection). Nothing else of JetStream is opened.
+/// DATA event stream (over that kernel's connection): reading them (`STREAM.INFO`, `DIRECT.GET`)
+/// and writing task records (`$KV.{bucket}.>`). No administration: no `STREAM.CREATE` (its
+/// configuration could name foreign subjects, a mirror or sources) and no `CONSUMER.CREATE` (a
+/// push consumer could deliver to any subject); the callout provisions the bucket and the
+/// stream (`ck_task::provision`). Nothing else of JetStream is opened.
 pub fn host_jetstream_subjects(guid: &str) -> Vec<String> {
     let bucket = task_bucket(guid);
     let kv = format!("KV_{bucket}");
@@ -125,15 +129,10 @@ pub fn host_jetstream_subjects(guid: &str) -> Vec<String> {
     vec![
         "$JS.API.INFO".to_owned(),
         format!("$JS.API.STREAM.INFO.{kv}"),
-        format!("$JS.API.STREAM.CREATE.{kv}"),
         format!("$JS.API.DIRECT.GET.{kv}"),
         format!("$JS.API.DIRECT.GET.{kv}.>"),
-        format!("$JS.API.CONSUMER.CREATE.{kv}"),
-        format!("$JS.API.CONSUMER.CREATE.{kv}.>"),
-        format!("$JS.API.CONSUMER.DELETE.{kv}.>"),
         format!("$KV.{bucket}.>"),
         format!("$JS.API.STREAM.INFO.{events}"),
-        format!("$JS.API.STREAM.CREATE.{events}"),
     ]
 }
 

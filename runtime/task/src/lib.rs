@@ -9,6 +9,7 @@
 //! on disk belongs to `ck-loops`.
 
 mod lifecycle;
+pub mod provision;
 mod store;
 
 pub use lifecycle::{Lifecycle, Recovery, SealedTask, StartError, instance_id};

@@ -143,40 +143,48 @@ pub fn bucket_for(guid: &str) -> String {
 }
 
 impl TaskStore {
-    /// Opens (creating if needed) the bucket of kernel `guid`: file storage, one value per key
-    /// kept with its history of transitions.
+    /// Opens the bucket of kernel `guid`, creating it ([`crate::provision::bucket_config`])
+    /// when it does not exist and this connection may (a kernel's connection under the
+    /// callout may not: the callout provisions it).
     pub async fn open(js: &jetstream::Context, guid: &str) -> Result<Self, StoreError> {
         let bucket = bucket_for(guid);
         let kv = match js.get_key_value(&bucket).await {
             Ok(kv) => kv,
             Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: bucket.clone(),
-                    description: format!("ck task lifecycle of kernel {guid}"),
-                    history: 64,
-                    max_value_size: MAX_TASK_RECORD as i32,
-                    max_bytes: MAX_BUCKET_BYTES,
-                    storage: jetstream::stream::StorageType::File,
-                    num_replicas: 1,
-                    ..Default::default()
-                })
+                .create_key_value(crate::provision::bucket_config(guid))
                 .await
-                .map_err(|e| StoreError::Unavailable(format!("bucket {bucket}: {e}")))?,
+                .map_err(|e| {
+                    StoreError::Unavailable(format!(
+                        "bucket {bucket} does not exist and could not be created ({e}); under the \
+                         auth callout `ck authz` provisions it when the kernel connects"
+                    ))
+                })?,
         };
         Ok(Self { kv })
     }
 
-    /// Every task id in the bucket.
+    /// Every task id in the bucket, read from the stream's subjects (`STREAM.INFO` with a
+    /// subject filter): no consumer is created, so the kernel's connection needs no consumer
+    /// permission (a push consumer could deliver anywhere).
     pub async fn task_ids(&self) -> Result<Vec<String>, StoreError> {
         use futures::TryStreamExt;
-        let keys = self
+        let prefix = format!("$KV.{}.", self.kv.name);
+        let subjects = self
             .kv
-            .keys()
+            .stream
+            .info_with_subjects(format!("{prefix}>"))
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        keys.try_collect()
+        let subjects: Vec<(String, usize)> = subjects
+            .try_collect()
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let mut ids: Vec<String> = subjects
+            .into_iter()
+            .filter_map(|(subject, _)| subject.strip_prefix(&prefix).map(str::to_owned))
+            .collect();
+        ids.sort();
+        Ok(ids)
     }
 
     /// The current record of `task_id` and its revision.

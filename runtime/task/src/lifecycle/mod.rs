@@ -19,23 +19,17 @@ pub use recovery::Recovery;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream;
 use ck_bus::{Failure, Outbox, Publisher, Request};
 use ck_loops::data::{Actor, AmendError, DataRepo, InstanceMutability};
 use ck_manifest::Kernel;
-use ck_manifest::topics;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::{MessageError, StoreError, TaskAction, TaskRecord, TaskState, TaskStore, read_message};
 
 use committer::Committed;
-
-/// How long the DATA event stream keeps message ids for deduplication: a replay after an
-/// outage shorter than this cannot announce an instance twice.
-const DEDUP_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// The lifecycle of one kernel's tasks, served by one host.
 pub struct Lifecycle {
@@ -228,21 +222,15 @@ impl Lifecycle {
         }
         let js = jetstream::new(self.publisher.client());
         let store = TaskStore::open(&js, &self.guid).await.map_err(failure)?;
-        let stream = topics::data_event_stream(&self.guid);
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: stream.clone(),
-            description: Some(format!("DATA loop events of kernel {}", self.kernel)),
-            subjects: vec![topics::loop_namespace(&self.guid, topics::Loop::Data)],
-            storage: jetstream::stream::StorageType::File,
-            duplicate_window: DEDUP_WINDOW,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| {
+        let config = crate::provision::data_stream_config(&self.guid, &self.kernel);
+        let stream = config.name.clone();
+        js.get_or_create_stream(config).await.map_err(|e| {
             Failure::new(
                 503,
                 "event_stream_unavailable",
-                format!("JetStream stream {stream}: {e}"),
+                format!(
+                    "JetStream stream {stream}: {e} (under the auth callout `ck authz` provisions it when the kernel connects)"
+                ),
             )
         })?;
         let b = Bound { generation, store };

@@ -1,0 +1,78 @@
+//! Provisioning a kernel's JetStream state before it is admitted: the callout, not the kernel,
+//! creates the task bucket and DATA event stream (`ck_task::provision`, the one configuration),
+//! over its own connection as the provisioning user (`ck-provision` in the kernels' account:
+//! it may only ask for JetStream stream info and stream creation, and read its own replies).
+//! Kernel connections get no JetStream administration at all (issue 14 point 4).
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use async_nats::jetstream;
+
+/// The NATS user the callout provisions as (a static user of the kernels' account).
+pub const PROVISION_USER: &str = "ck-provision";
+
+/// The provisioning connection's private reply prefix (the only subjects it may subscribe to).
+pub const PROVISION_INBOX: &str = "_INBOX_ck-provision";
+
+/// Creates kernels' buckets and streams, once per kernel per process.
+pub struct Provisioner {
+    js: jetstream::Context,
+    done: Mutex<HashSet<String>>,
+}
+
+impl Provisioner {
+    /// Connects to `url` as the provisioning user with `password`.
+    pub async fn connect(url: &str, password: &str) -> Result<Self, async_nats::ConnectError> {
+        let client = async_nats::ConnectOptions::with_user_and_password(
+            PROVISION_USER.to_owned(),
+            password.to_owned(),
+        )
+        .name("ck-authz-provision")
+        .custom_inbox_prefix(PROVISION_INBOX)
+        .connect(url)
+        .await?;
+        Ok(Self {
+            js: jetstream::new(client),
+            done: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The provisioner of a callout deployment: connected when its secrets hold a
+    /// provisioning password, `None` (logged `authz.no-provisioning`) for an older directory.
+    pub async fn for_secrets(
+        url: &str,
+        secrets: &crate::setup::CalloutSecrets,
+    ) -> Result<Option<std::sync::Arc<Self>>, async_nats::ConnectError> {
+        match &secrets.provision_password {
+            Some(password) => Ok(Some(std::sync::Arc::new(
+                Self::connect(url, password).await?,
+            ))),
+            None => {
+                tracing::warn!(target: "ck::authz", "authz.no-provisioning; this callout directory has no provision.password (made by an older `ck authz init`): task kernels' buckets and streams must be created by an operator");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Makes sure kernel `guid`'s bucket and stream exist (created with the host's
+    /// configuration where missing). A failure is logged (`authz.provision-failed`) and
+    /// retried at the kernel's next connect; the kernel is admitted all the same, and its task
+    /// actions answer 503 naming the bucket until it exists.
+    pub async fn ensure(&self, guid: &str, name: &str) {
+        if self.done.lock().is_ok_and(|d| d.contains(guid)) {
+            return;
+        }
+        match ck_task::provision::provision(&self.js, guid, name).await {
+            Ok(()) => {
+                tracing::info!(target: "ck::authz", kernel = %name, guid = %guid, "authz.provisioned");
+                if let Ok(mut done) = self.done.lock() {
+                    done.insert(guid.to_owned());
+                }
+            }
+            Err(e) => {
+                tracing::error!(target: "ck::authz", kernel = %name, guid = %guid, error = %e, "authz.provision-failed")
+            }
+        }
+    }
+}

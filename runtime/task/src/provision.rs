@@ -1,0 +1,89 @@
+//! The JetStream state a kernel's task lifecycle lives in — its task bucket `ck_tasks_{guid}`
+//! and its DATA event stream `ck_data_{guid}` — and the one configuration each is created with.
+//!
+//! A kernel's own connection may not create streams (issue 14 point 4: a `STREAM.CREATE` grant
+//! cannot be limited by configuration, so it could name foreign `subjects`, a `mirror` or
+//! `sources`). In a secured deployment the callout provisions both, over its own provisioning
+//! connection, before it admits the kernel ([`provision`]); a host on a server without
+//! authentication creates them itself with the same function. Either way the configuration is
+//! this module's.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use ck_manifest::topics;
+
+use crate::store::{MAX_BUCKET_BYTES, MAX_TASK_RECORD};
+
+/// How long the DATA event stream keeps message ids for deduplication: a replay after an
+/// outage shorter than this cannot announce an instance twice.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// The task bucket's configuration for kernel `guid`: file storage, one value per key kept with
+/// its history of transitions, bounded per value and in total.
+pub fn bucket_config(guid: &str) -> kv::Config {
+    kv::Config {
+        bucket: topics::task_bucket(guid),
+        description: format!("ck task lifecycle of kernel {guid}"),
+        history: 64,
+        max_value_size: MAX_TASK_RECORD as i32,
+        max_bytes: MAX_BUCKET_BYTES,
+        storage: stream::StorageType::File,
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
+
+/// The DATA event stream's configuration for kernel `guid` (`name`: the kernel's name, for the
+/// description): `ck.{guid}.data.>`, file storage, deduplicated by `Nats-Msg-Id`.
+pub fn data_stream_config(guid: &str, name: &str) -> stream::Config {
+    stream::Config {
+        name: topics::data_event_stream(guid),
+        description: Some(format!("DATA loop events of kernel {name}")),
+        subjects: vec![topics::loop_namespace(guid, topics::Loop::Data)],
+        storage: stream::StorageType::File,
+        duplicate_window: DEDUP_WINDOW,
+        ..Default::default()
+    }
+}
+
+/// Why a kernel's JetStream state could not be provisioned.
+#[derive(Debug, thiserror::Error)]
+#[error("provisioning {what} of kernel {guid}: {why}")]
+pub struct ProvisionError {
+    /// The kernel.
+    pub guid: String,
+    /// The bucket or stream.
+    pub what: String,
+    /// The server's answer.
+    pub why: String,
+}
+
+/// Creates kernel `guid`'s task bucket and DATA event stream where they do not exist yet (an
+/// existing one is left as it is).
+pub async fn provision(
+    js: &jetstream::Context,
+    guid: &str,
+    name: &str,
+) -> Result<(), ProvisionError> {
+    let failed = |what: String| {
+        let guid = guid.to_owned();
+        move |e: &dyn std::fmt::Display| ProvisionError {
+            guid,
+            what,
+            why: e.to_string(),
+        }
+    };
+    let bucket = topics::task_bucket(guid);
+    if js.get_key_value(&bucket).await.is_err() {
+        js.create_key_value(bucket_config(guid))
+            .await
+            .map_err(|e| failed(format!("task bucket {bucket}"))(&e))?;
+    }
+    let events = data_stream_config(guid, name);
+    let stream_name = events.name.clone();
+    js.get_or_create_stream(events)
+        .await
+        .map_err(|e| failed(format!("DATA event stream {stream_name}"))(&e))?;
+    Ok(())
+}
