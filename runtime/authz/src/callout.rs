@@ -169,7 +169,9 @@ impl Authorizer {
     pub fn decide(&self, request: &CalloutRequest) -> Decision {
         let mut set = self.registry.current();
         if claimed_kernel(&set, &request.user).is_none() {
-            set = self.registry.rescan();
+            set = self.registry.rescan_for(&request.user, |s| {
+                claimed_kernel(s, &request.user).is_some()
+            });
         }
         let claimed = claimed_kernel(&set, &request.user);
         let decision = self.evaluate(request, &set, claimed);
@@ -192,7 +194,15 @@ impl Authorizer {
                         reason.clone(),
                         RECORDED_BY,
                     );
-                    let _ = ck_audit::append(kernel.dir(), &kernel.name, &record);
+                    // Anyone can send a CONNECT naming a registered kernel with a junk
+                    // password, as often as they like: coalesced per claimed identity and
+                    // reason, so a flood writes one line per interval, not one per attempt.
+                    ck_audit::coalesce::append_refusal(
+                        kernel.dir().to_path_buf(),
+                        kernel.name.clone(),
+                        &format!("connect:{}:{reason}", request.user),
+                        record,
+                    );
                 }
             }
         }
@@ -212,6 +222,10 @@ impl Authorizer {
             );
         }
         let now = unix_now();
+        // A LOCAL kernel is admitted on its name alone: it proved no identity, so it is
+        // compiled as one without a trust domain (no SPIFFE ID): no `auth` action or grant of
+        // its domain, and no grant to its SPIFFE ID, applies to it.
+        let unproven: Kernel;
         let (kernel, identity, svid_expiry) = if request.user.starts_with("LOCAL.") {
             if !self.config.allow_local {
                 return deny(format!(
@@ -221,8 +235,12 @@ impl Authorizer {
             }
             match claimed {
                 Some(k) if k.name.starts_with("LOCAL.") => {
+                    unproven = Kernel {
+                        domain: None,
+                        ..k.clone()
+                    };
                     // A local session gets an hour; the host reconnects after it.
-                    (k, request.user.clone(), now + 3600)
+                    (&unproven, request.user.clone(), now + 3600)
                 }
                 _ => {
                     if let Some(why) = set.refusal(&request.user) {

@@ -19,10 +19,23 @@ struct Snapshot {
     checked: Instant,
 }
 
+/// A connect naming a kernel not in the set forces a rescan (so a manifest registered a moment
+/// ago is found), but at most once per this interval whoever asks: a flood of made-up users
+/// costs at most 100 scans per second, not one each.
+const FORCED_RESCAN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The negative cache: a user a forced rescan did not find forces no other rescan for this
+/// long (its retries cost nothing).
+const UNKNOWN_TTL: Duration = Duration::from_secs(1);
+
+/// Users remembered as unknown at most (the cache is emptied when full).
+const MAX_UNKNOWN: usize = 4096;
+
 /// Kernel manifests found under some directories.
 pub struct Registry {
     roots: Vec<PathBuf>,
     snapshot: Mutex<Snapshot>,
+    unknown: Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 fn manifests(roots: &[PathBuf]) -> Vec<PathBuf> {
@@ -116,6 +129,7 @@ impl Registry {
                 checked: Instant::now(),
             }),
             roots,
+            unknown: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -130,17 +144,45 @@ impl Registry {
         self.scan(false)
     }
 
-    /// The current kernel set, checked against the directories now (for a kernel not found:
-    /// a manifest registered a moment ago must not be refused).
+    /// The current kernel set, checked against the directories now unless they were checked
+    /// less than 10 ms ago (for a kernel not found: a manifest registered a moment ago must
+    /// not be refused, and a flood of unknown users must not rescan for each one).
     pub fn rescan(&self) -> Arc<KernelSet> {
         self.scan(true)
     }
 
-    fn scan(&self, now: bool) -> Arc<KernelSet> {
+    /// [`Registry::rescan`] on behalf of `user`, a user the current set does not know, unless
+    /// a rescan for it found nothing less than a second ago (the negative cache).
+    pub fn rescan_for(&self, user: &str, known: impl Fn(&KernelSet) -> bool) -> Arc<KernelSet> {
+        let recently_unknown = self
+            .unknown
+            .lock()
+            .is_ok_and(|u| u.get(user).is_some_and(|t| t.elapsed() < UNKNOWN_TTL));
+        if recently_unknown {
+            return self.current();
+        }
+        let set = self.scan(true);
+        if !known(&set)
+            && let Ok(mut unknown) = self.unknown.lock()
+        {
+            if unknown.len() >= MAX_UNKNOWN {
+                unknown.clear();
+            }
+            unknown.insert(user.to_owned(), Instant::now());
+        }
+        set
+    }
+
+    fn scan(&self, forced: bool) -> Arc<KernelSet> {
         let Ok(mut snapshot) = self.snapshot.lock() else {
             return Arc::new(KernelSet::new(Vec::new()).0);
         };
-        if now || snapshot.checked.elapsed() >= RESCAN_INTERVAL {
+        let due = if forced {
+            FORCED_RESCAN_INTERVAL
+        } else {
+            RESCAN_INTERVAL
+        };
+        if snapshot.checked.elapsed() >= due {
             let files = manifests(&self.roots);
             let now = fingerprint(&files);
             if now != snapshot.fingerprint {

@@ -13,6 +13,12 @@ use crate::callout::{Authorizer, CALLOUT_SUBJECT, Decision};
 /// The queue group every `ck authz` joins.
 pub const QUEUE_GROUP: &str = "ck-authz";
 
+/// Requests decided at once. Deciding reads manifests and may append to a ledger (blocking file
+/// I/O), so decisions run on the blocking pool, never on the async workers that read requests
+/// and publish answers; beyond this many, requests wait for a slot in arrival order (the
+/// subscription is not read further) instead of piling up unbounded tasks and threads.
+pub const MAX_DECIDING: usize = 16;
+
 /// Answers authorization requests on `client` (a user of the callout account) until `shutdown`.
 /// Each request is decided on its own task: nats-server holds the connecting client until the
 /// answer comes, so one slow decision must not delay the others. With a `provisioner`, an
@@ -28,17 +34,29 @@ pub async fn serve(
         .await?;
     let _ = client.flush().await;
     tracing::info!(target: "ck::authz", subject = CALLOUT_SUBJECT, queue = QUEUE_GROUP, issuer = %authorizer.issuer_public_key(), "authz.serving");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_DECIDING));
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
             m = requests.next() => match m { Some(m) => m, None => break },
         };
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => match slot { Ok(s) => s, Err(_) => break },
+        };
         let (client, authorizer, provisioner) =
             (client.clone(), authorizer.clone(), provisioner.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let Some(reply) = message.reply else { return };
             let started = std::time::Instant::now();
-            match authorizer.respond(&message.payload) {
+            let payload = message.payload;
+            let decided = tokio::task::spawn_blocking(move || authorizer.respond(&payload)).await;
+            let Ok(decided) = decided else {
+                tracing::error!(target: "ck::authz", "authz.decide-panicked");
+                return;
+            };
+            match decided {
                 // The decision was logged and audited by the authorizer.
                 Ok((response, decision)) => {
                     if let (

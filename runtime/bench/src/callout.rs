@@ -38,9 +38,27 @@ async fn connect_once(url: &str, user: &str, password: &str) -> Result<Duration>
     Ok(elapsed)
 }
 
-/// Runs the callout benchmark: `connects` sequential connects each way, then `storm` kernels
-/// connecting at once.
-pub async fn run(connects: usize, storm: usize, json: Option<&std::path::Path>) -> Result<()> {
+/// What the callout benchmark measures.
+pub struct CalloutBench<'a> {
+    /// Sequential connects per path.
+    pub connects: usize,
+    /// Kernels connecting at once.
+    pub storm: usize,
+    /// Bogus connects per second during the flood phase (0 skips it).
+    pub flood: u32,
+    /// Seconds of the flood phase.
+    pub flood_seconds: f64,
+    /// The `ck` binary (the flood runs as `{generator} bench-flood …`, its own process).
+    pub generator: &'a std::path::Path,
+    /// Write the rows as JSON here too.
+    pub json: Option<&'a std::path::Path>,
+}
+
+/// Runs the callout benchmark: `connects` sequential connects each way, `storm` kernels
+/// connecting at once, then sequential connects while an external process floods the callout
+/// with bogus ones.
+pub async fn run(bench: &CalloutBench<'_>) -> Result<()> {
+    let (connects, storm, json) = (bench.connects, bench.storm, bench.json);
     let dir = tempfile::tempdir()?;
     let registry = dir.path().join("registry");
     let mut kernels = Vec::new();
@@ -203,6 +221,47 @@ pub async fn run(connects: usize, storm: usize, json: Option<&std::path::Path>) 
     );
     row["wall_ms"] = serde_json::json!(wall.as_secs_f64() * 1e3);
     rows.push(row);
+
+    if bench.flood > 0 {
+        // The victim: a registered kernel's SPIFFE ID with a junk password (refused, and
+        // audited in its ledger, coalesced). Legitimate connects of another kernel are timed
+        // meanwhile; one slower than nats-server's 2 s auth timeout is a failure.
+        let addr = url.trim_start_matches("nats://").to_owned();
+        let flood = std::process::Command::new(bench.generator)
+            .args(["bench-flood", "--addr", &addr, "--user", &kernels[0]])
+            .args(["--rate", &bench.flood.to_string()])
+            .args(["--seconds", &bench.flood_seconds.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .context("starting the flood generator (ck bench-flood)")?;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let legit = kernels.len().min(2) - 1;
+        let until = Instant::now() + Duration::from_secs_f64((bench.flood_seconds - 2.0).max(1.0));
+        let (mut during, mut errors) = (Vec::new(), 0);
+        while Instant::now() < until {
+            match connect_once(&url, &kernels[legit], &svids[legit]).await {
+                Ok(t) if t < Duration::from_secs(2) => during.push(t),
+                _ => errors += 1,
+            }
+        }
+        let output = flood.wait_with_output()?;
+        let seen: crate::flood::FloodResult = serde_json::from_slice(&output.stdout)
+            .context("reading the flood generator's result")?;
+        let achieved = seen.attempted as f64 / seen.elapsed_s;
+        let mut row = report(
+            &format!("connect through ck authz, {:.0} bogus/s", achieved),
+            during,
+            errors,
+        );
+        println!(
+            "{:<44} flood: {} attempted, {} refused, {} admitted, {} failed otherwise",
+            "", seen.attempted, seen.refused, seen.admitted, seen.errors
+        );
+        row["flood"] = serde_json::to_value(&seen)?;
+        row["flood_rate_per_s"] = serde_json::json!(achieved);
+        rows.push(row);
+    }
     shutdown.cancel();
     if let Some(path) = json {
         std::fs::write(path, serde_json::to_vec_pretty(&rows)?)?;

@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::load::{External, load};
 
 mod callout;
+pub mod flood;
 pub mod instructions;
 pub mod load;
 mod swap;
@@ -52,6 +53,10 @@ pub struct BenchConfig {
     pub callout: bool,
     /// Sequential connects per path (with --callout).
     pub connects: usize,
+    /// Bogus connects per second during the flood phase (with --callout; 0 skips).
+    pub flood: u32,
+    /// Seconds of the flood phase.
+    pub flood_seconds: f64,
     /// Kernels connecting at once (with --callout).
     pub storm: usize,
     /// Measure sealed tasks instead: this many `task.complete`s per concurrency level through
@@ -271,11 +276,14 @@ pub(crate) async fn serve_kernel(
 pub fn run(args: &BenchConfig) -> Result<()> {
     let runtime = ck_serve::runtime::build(args.host_threads)?;
     if args.callout {
-        runtime.block_on(crate::callout::run(
-            args.connects,
-            args.storm,
-            args.json.as_deref(),
-        ))?;
+        runtime.block_on(crate::callout::run(&crate::callout::CalloutBench {
+            connects: args.connects,
+            storm: args.storm,
+            flood: args.flood,
+            flood_seconds: args.flood_seconds,
+            generator: &args.generator,
+            json: args.json.as_deref(),
+        }))?;
         return Ok(());
     }
     if let Some(n) = args.swap {

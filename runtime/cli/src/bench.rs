@@ -43,6 +43,13 @@ pub struct Args {
     /// Kernels connecting at once (with --callout).
     #[arg(long, default_value_t = 200)]
     storm: usize,
+    /// Bogus connects per second (a registered kernel's SPIFFE ID, a junk password) sent by an
+    /// external process while legitimate connects are measured (with --callout; 0 skips).
+    #[arg(long, default_value_t = 2000)]
+    flood: u32,
+    /// Seconds of the flood (with --callout).
+    #[arg(long, default_value_t = 10.0)]
+    flood_seconds: f64,
     /// Measure sealed tasks instead: this many `task.complete`s per concurrency level through
     /// the host (Demo.Tasks), beside as many acknowledged JetStream publishes.
     #[arg(long, value_name = "N")]
@@ -88,6 +95,8 @@ pub fn run(args: &Args) -> Result<std::process::ExitCode> {
         callout: args.callout,
         connects: args.connects,
         storm: args.storm,
+        flood: args.flood,
+        flood_seconds: args.flood_seconds,
         tasks: args.tasks,
         tool_events_rounds: args.tool_events_rounds,
         swap: args.swap,

@@ -37,6 +37,34 @@ pub fn run(args: &Args) -> Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// Arguments of `ck bench-flood` (the connect-flood generator of `ck bench --callout`; not for
+/// people).
+#[derive(clap::Args)]
+pub struct FloodArgs {
+    /// `host:port` of the server.
+    #[arg(long)]
+    addr: String,
+    /// The user every CONNECT claims.
+    #[arg(long)]
+    user: String,
+    /// Attempts per second.
+    #[arg(long)]
+    rate: u32,
+    /// Seconds to run.
+    #[arg(long)]
+    seconds: f64,
+}
+
+pub fn flood(args: &FloodArgs) -> Result<std::process::ExitCode> {
+    ck_bench::flood::run(&ck_bench::flood::FloodSpec {
+        addr: args.addr.clone(),
+        user: args.user.clone(),
+        rate: args.rate,
+        seconds: args.seconds,
+    })?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 /// Arguments of `ck bench-serve` (one target served for `ck bench --instructions`; not for
 /// people).
 #[derive(clap::Args)]

@@ -59,6 +59,9 @@ enum Command {
     /// The external load generator of `ck bench --external` (prints one JSON result).
     #[command(hide = true)]
     BenchLoad(bench_load::Args),
+    /// The connect-flood generator of `ck bench --callout` (prints one JSON result).
+    #[command(hide = true)]
+    BenchFlood(bench_load::FloodArgs),
     /// One target served for `ck bench --instructions` (under callgrind).
     #[command(hide = true)]
     BenchServe(bench_load::ServeArgs),
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::BenchLoad(args) => bench_load::run(&args),
         Command::BenchServe(args) => bench_load::serve(&args),
+        Command::BenchFlood(args) => bench_load::flood(&args),
         Command::Identity(args) => identity::run(&args),
         Command::Authz(args) => authz::run(&args),
         Command::Verify(args) => verify::run(&args),

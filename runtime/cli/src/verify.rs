@@ -19,6 +19,48 @@ pub struct Args {
     /// each within milliseconds); after that they fail. 0: do not wait.
     #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
     wait: f64,
+    /// Also check the tree against what the cluster recorded: every instance announced on the
+    /// kernel's DATA event stream (`ck_data_{guid}`, with its hashes) must be in the tree with
+    /// those hashes, and every instance in the tree must have been announced. This catches a
+    /// consistent rewrite of the tree that an offline check cannot.
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+    /// NATS user for --nats (an operator's static user; it reads the stream).
+    #[arg(long, requires = "nats")]
+    user: Option<String>,
+    /// Password for --user (or the environment variable CK_NATS_PASSWORD).
+    #[arg(
+        long,
+        requires = "user",
+        env = "CK_NATS_PASSWORD",
+        hide_env_values = true
+    )]
+    password: Option<String>,
+}
+
+/// The cluster's disagreements with the tree of `kernel_dir` (`--nats`).
+fn anchored(args: &Args, url: &str, kernel_dir: &std::path::Path) -> Result<(usize, Vec<String>)> {
+    let kernel = crate::validate::load_one(kernel_dir)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let options = match (&args.user, &args.password) {
+            (Some(u), p) => async_nats::ConnectOptions::with_user_and_password(
+                u.clone(),
+                p.clone().unwrap_or_default(),
+            ),
+            (None, _) => async_nats::ConnectOptions::new(),
+        };
+        let client = options
+            .connect(url)
+            .await
+            .map_err(|e| anyhow::anyhow!("--nats {url}: {e}"))?;
+        let js = async_nats::jetstream::new(client);
+        let recorded = ck_task::anchor::recorded(&js, &kernel.guid).await?;
+        Ok((
+            recorded.len(),
+            ck_task::anchor::disagreements(kernel_dir, &recorded),
+        ))
+    })
 }
 
 /// Verifies the DATA tree; exit 0 only when everything verifies, 1 when something is broken,
@@ -46,6 +88,28 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
+    if report.ok()
+        && let Some(url) = &args.nats
+    {
+        let (recorded, findings) = anchored(args, url, &kernel_dir)?;
+        if findings.is_empty() {
+            println!(
+                "ok: {} sealed instance(s) and {} audit ledger line(s) verified under {}, and anchored: they are the {recorded} instance(s) the cluster at {url} recorded, with the same hashes",
+                report.instances,
+                report.ledger_lines,
+                kernel_dir.join("data").display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        let shown = if args.all { findings.len() } else { 1 };
+        for finding in findings.iter().take(shown) {
+            println!("FAIL {finding}");
+        }
+        if !args.all && findings.len() > 1 {
+            println!("({} more; --all lists them)", findings.len() - 1);
+        }
+        return Ok(ExitCode::from(1));
+    }
     if report.ok() {
         println!(
             "ok: {} sealed instance(s) and {} audit ledger line(s) verified under {}",
@@ -54,7 +118,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             kernel_dir.join("data").display()
         );
         println!(
-            "note: an offline check proves the tree agrees with itself and with its history; a consistent rewrite of every hash, the history and the ledger together is not detectable from the tree alone"
+            "note: an offline check proves the tree agrees with itself and with its history; a consistent rewrite of every hash, the history and the ledger together is not detectable from the tree alone (--nats URL checks it against what the cluster recorded)"
         );
         return Ok(ExitCode::SUCCESS);
     }

@@ -368,10 +368,16 @@ async fn oversized_headers_and_refusal_floods_cannot_silence_the_ledger() {
 
 /// `ck verify`'s exit code and output for `path`.
 fn verify_at(path: &Path) -> (i32, String) {
+    verify_with(path, &[])
+}
+
+/// `ck verify path --all extra…`'s exit code and output.
+fn verify_with(path: &Path, extra: &[&str]) -> (i32, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ck"))
         .arg("verify")
         .arg(path)
         .arg("--all")
+        .args(extra)
         .output()
         .unwrap();
     (
@@ -1141,4 +1147,174 @@ fn a_kernel_connection_cannot_administer_jetstream() {
             [format!("$KV.ck_tasks_{}.>", TASKS.replace('-', "_"))]
         );
     });
+}
+
+/// Point 6. A flood of bogus connects (a registered kernel's SPIFFE ID, a junk password; no
+/// secret needed) from its own process does not lock legitimate kernels out, and cannot fill
+/// the victim's ledger: the refusals are coalesced (one line per identity, reason and interval,
+/// with the count). Before, each refused connect was one fsync'd ledger line, decided on an
+/// async worker with a registry rescan, one unbounded task each.
+#[test]
+fn a_connect_flood_neither_locks_kernels_out_nor_fills_the_ledger() {
+    const VICTIM: &str = "aaaaaaaa-1111-4aaa-8aaa-aaaaaaaaaaaa";
+    const LEGIT: &str = "bbbbbbbb-2222-4bbb-8bbb-bbbbbbbbbbbb";
+    let stack = Stack::start(1, 300);
+    stack.register("Victim.K", VICTIM, "");
+    stack.register("Legit.K", LEGIT, "");
+    let victim = spiffe("Victim.K", VICTIM);
+    let legit = spiffe("Legit.K", LEGIT);
+    let token = stack.svid(&legit, None);
+    let flood = std::process::Command::new(env!("CARGO_BIN_EXE_ck"))
+        .args([
+            "bench-flood",
+            "--addr",
+            &format!("127.0.0.1:{}", stack.server.port()),
+        ])
+        .args(["--user", &victim, "--rate", "1000", "--seconds", "6"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    let (mut admitted, mut refused) = (0, Vec::new());
+    while std::time::Instant::now() < until {
+        match stack.connect(&legit, &token) {
+            Ok(_) => admitted += 1,
+            Err(e) => refused.push(e),
+        }
+    }
+    let output = flood.wait_with_output().unwrap();
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        refused.is_empty(),
+        "{} of {} legitimate connects failed during the flood: {:?}",
+        refused.len(),
+        admitted + refused.len(),
+        &refused[..refused.len().min(3)]
+    );
+    assert!(admitted > 10, "only {admitted} legitimate connects");
+    assert!(
+        seen["refused"].as_u64().unwrap() > 2000,
+        "the flood did not happen: {seen}"
+    );
+    assert_eq!(seen["admitted"], 0, "{seen}");
+    let lines = ck_audit::read(&stack.kernel_dir("Victim.K")).unwrap();
+    let denies = lines
+        .iter()
+        .filter(|l| l["action"] == "connect" && l["result"] == "deny")
+        .count();
+    assert!(
+        (1..=5).contains(&denies),
+        "{denies} ledger lines for {} refused connects",
+        seen["refused"]
+    );
+}
+
+/// Point 11 (LOCAL kernels). Under `--allow-local` a `LOCAL.*` kernel connects on its name
+/// alone, without proof; a `domain` in its manifest must not make it count as an authenticated
+/// member of that trust domain. Here another kernel grants `auth` (every authenticated identity
+/// of its domain) `read-storage`: a proven kernel of the domain may read its DATA loop, the
+/// LOCAL one may not. Before, the LOCAL kernel got the grant.
+#[test]
+fn an_unproven_local_kernel_gets_no_auth_level_access() {
+    const OWNER: &str = "aaaaaaaa-1111-4aaa-8aaa-aaaaaaaaaaaa";
+    const PROVEN: &str = "bbbbbbbb-2222-4bbb-8bbb-bbbbbbbbbbbb";
+    let stack = Stack::start_with(1, 300, &["--allow-local"]);
+    stack.register(
+        "Owner.K",
+        OWNER,
+        "  - identity: auth\n    actions: [read-storage]\n    expires: never\n",
+    );
+    stack.register("Proven.K", PROVEN, "");
+    stack.register("LOCAL.Scratch", "dddddddd-4444-4ddd-8ddd-dddddddddddd", "");
+    let data = format!("ck.{OWNER}.data.>");
+    let mut proven = stack.connect_as("Proven.K", PROVEN);
+    assert_eq!(proven.subscribe(&data).unwrap(), Verdict::Allowed);
+    let mut local = stack
+        .connect("LOCAL.Scratch", "")
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.authz_logs()));
+    assert_eq!(
+        local.subscribe(&data).unwrap(),
+        Verdict::Denied,
+        "an unproven LOCAL kernel got the `auth` grant of its domain"
+    );
+    assert_eq!(
+        local.publish("result.LOCAL.Scratch").unwrap(),
+        Verdict::Allowed
+    );
+}
+
+/// Point 10 (`--nats`). A consistent rewrite: the kernel's tree replaced by one a real host
+/// produced elsewhere (another NATS server, the same kernel, the same task id, another output)
+/// — every hash, the history and the ledger agree with each other, so the offline check passes.
+/// Checked against what the victim's cluster recorded (the `data.written` events in its DATA
+/// event stream, with each instance's hashes) it fails, naming the instance. Before, `ck
+/// verify` had no way to consult the cluster (no `--nats`).
+#[tokio::test(flavor = "multi_thread")]
+async fn ck_verify_against_the_cluster_catches_a_consistent_rewrite() {
+    let mut victim = Victim::start(|m| m).await;
+    let kernel = victim.kernel.clone();
+    for (action, data) in [
+        ("task.start", json!({"task_id": "pay-1"})),
+        (
+            "task.complete",
+            json!({"task_id": "pay-1", "output": {"amount": 10}}),
+        ),
+    ] {
+        let answer = victim.call(action, data).await;
+        assert_eq!(answer["status"], "ok", "{answer}");
+    }
+    eventually(
+        Duration::from_secs(20),
+        || verify_at(&kernel).0 == 0,
+        || verify_at(&kernel).1,
+    );
+    victim.host.kill();
+    let url = victim.server.url();
+    let (code, out) = verify_with(&kernel, &["--nats", &url]);
+    assert_eq!(code, 0, "the genuine tree: {out}");
+    assert!(out.contains("anchored"), "{out}");
+
+    // The rewrite: the same kernel served against another server, the same task completed
+    // with another output; then that tree put in the victim's place.
+    let elsewhere = victim.tmp.path().join("elsewhere");
+    let server = nats_jetstream(&elsewhere.join("js"));
+    let forged = built_kernel(&elsewhere.join("tasks"), |m| m);
+    let mut host = start_host(&server, &forged, &elsewhere, "forger");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    for (action, data) in [
+        ("task.start", json!({"task_id": "pay-1"})),
+        (
+            "task.complete",
+            json!({"task_id": "pay-1", "output": {"amount": 1000000}}),
+        ),
+    ] {
+        let answer = request(
+            &client,
+            HeaderMap::new(),
+            json!({"action": action, "data": data}),
+        )
+        .await;
+        assert_eq!(answer["status"], "ok", "{answer}");
+    }
+    eventually(
+        Duration::from_secs(20),
+        || verify_at(&forged).0 == 0,
+        || verify_at(&forged).1,
+    );
+    host.kill();
+    let (code, out) = verify_at(&forged);
+    assert_eq!(
+        code, 0,
+        "the rewrite is consistent, so the offline check passes: {out}"
+    );
+    let (code, out) = verify_with(&forged, &["--nats", &url]);
+    assert_eq!(
+        code, 1,
+        "the rewrite checked against the victim's cluster: {out}"
+    );
+    assert!(
+        out.contains("missing from the tree") || out.contains("the cluster recorded"),
+        "{out}"
+    );
 }

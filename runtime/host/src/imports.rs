@@ -57,7 +57,7 @@ impl std::fmt::Display for MemoryCapExceeded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "memory limit of {} bytes exceeded (wanted {})",
+            "memory limit of {} bytes exceeded (wanted {} for all of the instance's memories)",
             self.cap, self.desired
         )
     }
@@ -65,21 +65,26 @@ impl std::fmt::Display for MemoryCapExceeded {
 
 impl std::error::Error for MemoryCapExceeded {}
 
+/// The resource limits of one store (one kernel instance). The memory cap is for the instance
+/// as a whole: every linear memory of every core instance in it counts against one budget (a
+/// per-memory limit would let a component with eight memories take eight times the cap).
 pub(crate) struct CapLimiter {
     inner: StoreLimits,
     cap: usize,
+    /// Bytes of all this store's linear memories together.
+    used: usize,
 }
 
 impl CapLimiter {
     pub fn new(cap: usize) -> Self {
         Self {
             inner: StoreLimitsBuilder::new()
-                .memory_size(cap)
                 .instances(64)
                 .tables(64)
                 .memories(16)
                 .build(),
             cap,
+            used: 0,
         }
     }
 }
@@ -91,11 +96,14 @@ impl ResourceLimiter for CapLimiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if self.inner.memory_growing(current, desired, maximum)? {
+        // A new memory grows from 0; memories only grow, so `used` is their sum.
+        let total = self.used.saturating_sub(current).saturating_add(desired);
+        if total <= self.cap && self.inner.memory_growing(current, desired, maximum)? {
+            self.used = total;
             Ok(true)
         } else {
             Err(MemoryCapExceeded {
-                desired,
+                desired: total,
                 cap: self.cap,
             }
             .into())
@@ -330,5 +338,38 @@ impl host::Host for State {
         tokio::fs::read_to_string(&path)
             .await
             .map_err(|e| format!("cannot read instance '{instance_id}': {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two core instances with a 192 KiB memory each, under a 256 KiB cap: each alone fits,
+    /// together they do not, so the component does not instantiate.
+    #[test]
+    fn the_memory_cap_counts_every_memory_of_an_instance() {
+        let component = wat::parse_str(
+            r#"(component
+                 (core module $a (memory (export "m") 3))
+                 (core module $b (memory (export "m") 3))
+                 (core instance $ia (instantiate $a))
+                 (core instance $ib (instantiate $b)))"#,
+        )
+        .unwrap();
+        let engine = wasmtime::Engine::default();
+        let component = wasmtime::component::Component::new(&engine, component).unwrap();
+        let linker = wasmtime::component::Linker::<CapLimiter>::new(&engine);
+        let instantiate = |cap: usize| {
+            let mut store = wasmtime::Store::new(&engine, CapLimiter::new(cap));
+            store.limiter(|l| l);
+            linker.instantiate(&mut store, &component).map(|_| ())
+        };
+        let e = instantiate(256 * 1024).unwrap_err();
+        assert!(
+            format!("{e:?}").contains("memory limit of 262144 bytes exceeded"),
+            "{e:?}"
+        );
+        instantiate(384 * 1024).unwrap();
     }
 }

@@ -8,6 +8,7 @@
 //! which seals acknowledged completions into the DATA loop ([`Lifecycle`]). What a seal writes
 //! on disk belongs to `ck-loops`.
 
+pub mod anchor;
 mod lifecycle;
 pub mod provision;
 mod store;

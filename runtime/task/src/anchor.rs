@@ -1,0 +1,131 @@
+//! What the cluster recorded of a kernel's sealed instances, checked against its DATA tree
+//! (`ck verify --nats`). The tree alone proves only that it agrees with itself: proofs are
+//! hashes of its own files, so a consistent rewrite of every hash, the history and the ledger
+//! passes. The `data.written` events the committer announced on `ck.{guid}.data.written` are
+//! kept by the kernel's DATA event stream (`ck_data_{guid}`) outside the tree, with each
+//! instance's `data_hash` and `manifest_hash`: an instance the stream records must be in the
+//! tree with those hashes, and an instance in the tree must be recorded.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use async_nats::jetstream;
+use ck_manifest::topics::{self, LoopEvent};
+use serde_json::Value;
+
+/// The hashes the cluster recorded for one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// `sha256:…` of `data.json`.
+    pub data_hash: String,
+    /// `sha256:…` of `manifest.json`.
+    pub manifest_hash: String,
+}
+
+/// Why the cluster's record could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the DATA event stream {stream}: {why}")]
+pub struct AnchorError {
+    /// The stream.
+    pub stream: String,
+    /// What failed.
+    pub why: String,
+}
+
+/// Every instance the DATA event stream of kernel `guid` recorded as written, with its hashes
+/// (the last record of an instance wins; replays carry the same).
+pub async fn recorded(
+    js: &jetstream::Context,
+    guid: &str,
+) -> Result<BTreeMap<String, Recorded>, AnchorError> {
+    let name = topics::data_event_stream(guid);
+    let fail = |why: String| AnchorError {
+        stream: name.clone(),
+        why,
+    };
+    let mut stream = js
+        .get_stream(&name)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let state = stream
+        .info()
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .state
+        .clone();
+    let written = topics::loop_event_subject(guid, LoopEvent::DataWritten);
+    let mut found = BTreeMap::new();
+    if state.messages == 0 {
+        return Ok(found);
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        let message = match stream.get_raw_message(seq).await {
+            Ok(m) => m,
+            // A sequence removed by limits or deletes is a gap, not an error.
+            Err(_) => continue,
+        };
+        if message.subject.as_str() != written {
+            continue;
+        }
+        let body: Value = serde_json::from_slice(&message.payload)
+            .map_err(|e| fail(format!("message {seq} is not JSON: {e}")))?;
+        let data = &body["data"];
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        if data["amendment"].is_null() && data["instance_id"].is_string() {
+            found.insert(
+                text(&data["instance_id"]),
+                Recorded {
+                    data_hash: text(&data["data_hash"]),
+                    manifest_hash: text(&data["manifest_hash"]),
+                },
+            );
+        }
+    }
+    Ok(found)
+}
+
+/// What disagrees between the tree under `kernel_dir` and what the cluster `recorded`: each
+/// finding names the instance and what differs. Empty: every instance is anchored.
+pub fn disagreements(kernel_dir: &Path, recorded: &BTreeMap<String, Recorded>) -> Vec<String> {
+    let mut findings = Vec::new();
+    let root = kernel_dir.join("data/instances");
+    let mut in_tree = BTreeMap::new();
+    for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        if !entry.path().join("proof.json").is_file() {
+            continue;
+        }
+        let read = |file: &str| -> Value {
+            std::fs::read(entry.path().join(file))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or(Value::Null)
+        };
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        in_tree.insert(
+            id,
+            Recorded {
+                data_hash: text(&read("manifest.json")["data_hash"]),
+                manifest_hash: text(&read("proof.json")["manifest_hash"]),
+            },
+        );
+    }
+    for (id, theirs) in recorded {
+        match in_tree.get(id) {
+            None => findings.push(format!(
+                "instance {id} was announced by the host (DATA event stream) but is missing from the tree"
+            )),
+            Some(ours) if ours != theirs => findings.push(format!(
+                "instance {id}: the tree has data_hash {} and manifest_hash {}, the cluster recorded {} and {}",
+                ours.data_hash, ours.manifest_hash, theirs.data_hash, theirs.manifest_hash
+            )),
+            Some(_) => {}
+        }
+    }
+    for id in in_tree.keys().filter(|id| !recorded.contains_key(*id)) {
+        findings.push(format!(
+            "instance {id} is in the tree but the cluster never recorded it (data.written)"
+        ));
+    }
+    findings
+}
