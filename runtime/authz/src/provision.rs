@@ -22,16 +22,22 @@ pub struct Provisioner {
 }
 
 impl Provisioner {
-    /// Connects to `url` as the provisioning user with `password`.
-    pub async fn connect(url: &str, password: &str) -> Result<Self, async_nats::ConnectError> {
-        let client = async_nats::ConnectOptions::with_user_and_password(
+    /// Connects to `url` as the provisioning user with `password` (TLS against `tls_ca` when
+    /// given).
+    pub async fn connect(
+        url: &str,
+        password: &str,
+        tls_ca: Option<&std::path::Path>,
+    ) -> Result<Self, async_nats::ConnectError> {
+        let options = async_nats::ConnectOptions::with_user_and_password(
             PROVISION_USER.to_owned(),
             password.to_owned(),
-        )
-        .name("ck-authz-provision")
-        .custom_inbox_prefix(PROVISION_INBOX)
-        .connect(url)
-        .await?;
+        );
+        let client = ck_bus::with_tls(options, tls_ca)
+            .name("ck-authz-provision")
+            .custom_inbox_prefix(PROVISION_INBOX)
+            .connect(url)
+            .await?;
         Ok(Self {
             js: jetstream::new(client),
             done: Mutex::new(HashSet::new()),
@@ -43,10 +49,11 @@ impl Provisioner {
     pub async fn for_secrets(
         url: &str,
         secrets: &crate::setup::CalloutSecrets,
+        tls_ca: Option<&std::path::Path>,
     ) -> Result<Option<std::sync::Arc<Self>>, async_nats::ConnectError> {
         match &secrets.provision_password {
             Some(password) => Ok(Some(std::sync::Arc::new(
-                Self::connect(url, password).await?,
+                Self::connect(url, password, tls_ca).await?,
             ))),
             None => {
                 tracing::warn!(target: "ck::authz", "authz.no-provisioning; this callout directory has no provision.password (made by an older `ck authz init`): task kernels' buckets and streams must be created by an operator");

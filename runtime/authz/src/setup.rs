@@ -97,13 +97,24 @@ pub struct StaticUser {
     pub password: String,
 }
 
+/// The server's TLS certificate and key (PEM files): with them the server requires TLS of
+/// every client.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The certificate (chain), PEM.
+    pub cert_file: PathBuf,
+    /// Its private key, PEM.
+    pub key_file: PathBuf,
+}
+
 /// Renders the server configuration for `secrets`, listening on `listen` (`host:port`), with
-/// JetStream stored under `store_dir`.
+/// JetStream stored under `store_dir`, and TLS required when `tls` is given.
 pub fn render_server_config(
     secrets: &CalloutSecrets,
     listen: &str,
     static_users: &[StaticUser],
     store_dir: &Path,
+    tls: Option<&ServerTls>,
 ) -> Result<String, SetupError> {
     let issuer = secrets.issuer()?.public_key();
     let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
@@ -128,8 +139,16 @@ pub fn render_server_config(
         ));
         names.push_str(&format!(", {}", quote(&u.name)));
     }
+    let tls = tls.map_or_else(String::new, |t| {
+        format!(
+            "tls {{\n  cert_file: {}\n  key_file: {}\n  timeout: 2\n}}",
+            quote(&t.cert_file.display().to_string()),
+            quote(&t.key_file.display().to_string())
+        )
+    });
     Ok(SERVER_TEMPLATE
         .replace("{{LISTEN}}", listen)
+        .replace("{{TLS}}", &tls)
         .replace("{{ISSUER}}", &issuer)
         .replace("{{CALLOUT_PASSWORD}}", &secrets.password)
         .replace("{{STATIC_USERS}}", &users.join(", "))
@@ -143,7 +162,12 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 
 /// Writes fresh secrets and the rendered server configuration into `dir`; refuses to overwrite
 /// existing secrets (that would lock out every running server).
-pub fn init(dir: &Path, listen: &str, static_users: &[StaticUser]) -> Result<PathBuf, SetupError> {
+pub fn init(
+    dir: &Path,
+    listen: &str,
+    static_users: &[StaticUser],
+    tls: Option<&ServerTls>,
+) -> Result<PathBuf, SetupError> {
     let io = |p: &Path| {
         let path = p.to_path_buf();
         move |source| SetupError::Io { path, source }
@@ -154,7 +178,7 @@ pub fn init(dir: &Path, listen: &str, static_users: &[StaticUser]) -> Result<Pat
     }
     let secrets = CalloutSecrets::generate();
     let store = dir.canonicalize().map_err(io(dir))?.join(STORE_DIR);
-    let config = render_server_config(&secrets, listen, static_users, &store)?;
+    let config = render_server_config(&secrets, listen, static_users, &store, tls)?;
     for (name, text) in [
         (ISSUER_FILE, secrets.issuer_seed.as_str()),
         (PASSWORD_FILE, secrets.password.as_str()),

@@ -97,6 +97,7 @@ pub async fn run(bench: &CalloutBench<'_>) -> Result<()> {
             password: "bench".into(),
         }],
         &dir.path().join("jetstream"),
+        None,
     )?;
     let body: Vec<&str> = config
         .lines()
@@ -132,7 +133,7 @@ pub async fn run(bench: &CalloutBench<'_>) -> Result<()> {
     )
     .connect(url.as_str())
     .await?;
-    let provisioner = ck_authz::Provisioner::for_secrets(url.as_str(), &secrets).await?;
+    let provisioner = ck_authz::Provisioner::for_secrets(url.as_str(), &secrets, None).await?;
     {
         let token = shutdown.clone();
         tokio::spawn(ck_authz::serve(

@@ -64,6 +64,22 @@ pub struct ConnectSpec {
     /// Notified when the connection must be renewed before its credentials come due (the
     /// kernel's permissions changed: only a new connection gets them from the auth callout).
     pub renew_now: Option<Arc<tokio::sync::Notify>>,
+    /// The CA that signs the server's certificate: TLS is required and the server verified
+    /// against it (a `tls://` URL requires TLS too, against the system's roots).
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+/// TLS for a connection the runtime makes: with a CA file, TLS is required and the server's
+/// certificate must chain to that CA (the one rule every `ck` connection uses: kernels, the
+/// callout and its provisioner, `ck call`, `ck verify --nats`). Credentials — JWT-SVIDs as
+/// passwords — then never cross the network in clear.
+pub fn with_tls(options: ConnectOptions, ca: Option<&std::path::Path>) -> ConnectOptions {
+    match ca {
+        Some(ca) => options
+            .add_root_certificates(ca.to_owned())
+            .require_tls(true),
+        None => options,
+    }
 }
 
 impl std::fmt::Debug for ConnectSpec {
@@ -73,6 +89,7 @@ impl std::fmt::Debug for ConnectSpec {
             .field("name", &self.name)
             .field("inbox_prefix", &self.inbox_prefix)
             .field("authenticated", &self.credentials.is_some())
+            .field("tls_ca", &self.tls_ca)
             .finish()
     }
 }
@@ -100,6 +117,7 @@ pub async fn connect(spec: &ConnectSpec) -> Result<Client, async_nats::ConnectEr
         }
         None => ConnectOptions::new(),
     };
+    let options = with_tls(options, spec.tls_ca.as_deref());
     let name = spec.name.clone();
     let on_violation = spec.on_violation.clone();
     options

@@ -36,6 +36,12 @@ struct InitArgs {
     /// A user that bypasses the callout, NAME:PASSWORD (operator tools; repeatable).
     #[arg(long = "static-user", value_name = "NAME:PASSWORD")]
     static_users: Vec<String>,
+    /// The server's TLS certificate (PEM): clients must then speak TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -62,6 +68,10 @@ struct ServeArgs {
     /// Let kernels named LOCAL.* connect without SPIFFE.
     #[arg(long)]
     allow_local: bool,
+    /// The CA file that signs the NATS server's certificate: the callout's connections require
+    /// TLS and verify the server against it.
+    #[arg(long, value_name = "FILE", env = "CK_NATS_TLS_CA")]
+    tls_ca: Option<PathBuf>,
 }
 
 pub fn run(args: &Args) -> Result<std::process::ExitCode> {
@@ -86,7 +96,14 @@ fn init(args: &InitArgs) -> Result<std::process::ExitCode> {
             _ => bail!("--static-user '{u}': expected NAME:PASSWORD"),
         })
         .collect::<Result<Vec<_>>>()?;
-    let config = ck_authz::setup::init(&args.dir, &args.listen, &users)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(ck_authz::setup::ServerTls {
+            cert_file: std::path::absolute(cert)?,
+            key_file: std::path::absolute(key)?,
+        }),
+        _ => None,
+    };
+    let config = ck_authz::setup::init(&args.dir, &args.listen, &users, tls.as_ref())?;
     let secrets = CalloutSecrets::load(&args.dir)?;
     println!("wrote {}", config.display());
     println!("issuer {}", secrets.issuer()?.public_key());
@@ -121,15 +138,19 @@ async fn serve(args: &ServeArgs) -> Result<std::process::ExitCode> {
         trigger.cancel();
     });
     let client = ck_serve::retry_connect(&shutdown, &args.nats, || {
-        async_nats::ConnectOptions::with_user_and_password(
-            CALLOUT_USER.to_owned(),
-            secrets.password.clone(),
+        ck_bus::with_tls(
+            async_nats::ConnectOptions::with_user_and_password(
+                CALLOUT_USER.to_owned(),
+                secrets.password.clone(),
+            ),
+            args.tls_ca.as_deref(),
         )
         .name("ck-authz")
         .connect(args.nats.as_str())
     })
     .await?;
-    let provisioner = ck_authz::Provisioner::for_secrets(&args.nats, &secrets).await?;
+    let provisioner =
+        ck_authz::Provisioner::for_secrets(&args.nats, &secrets, args.tls_ca.as_deref()).await?;
     ck_authz::serve(client, authorizer, provisioner, shutdown).await?;
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -36,6 +36,9 @@ pub struct Args {
     /// Its password.
     #[arg(long, env = "CK_NATS_PASSWORD", requires = "nats_user")]
     nats_password: Option<String>,
+    /// The CA file that signs the NATS server's certificate (TLS required).
+    #[arg(long, value_name = "FILE", env = "CK_NATS_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
@@ -55,7 +58,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             }
             _ => async_nats::ConnectOptions::new(),
         };
-        let client = options
+        let client = ck_bus::with_tls(options, args.tls_ca.as_deref())
             .connect(args.nats.as_str())
             .await
             .with_context(|| format!("connecting to {}", args.nats))?;

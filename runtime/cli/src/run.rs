@@ -27,6 +27,10 @@ pub struct Args {
     /// entries are authenticated with a key kept in it (`.key`, mode 0600).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// The CA file that signs the NATS server's certificate: every kernel connection requires
+    /// TLS and verifies the server against it (with a tls:// URL, or a server requiring TLS).
+    #[arg(long, value_name = "FILE", env = "CK_NATS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// Do not use the compiled-component cache.
     #[arg(long)]
     pub no_cache: bool,
@@ -88,6 +92,7 @@ impl Args {
             nats: self.nats.clone(),
             identity,
             allow_local: self.allow_local,
+            tls_ca: self.tls_ca.clone(),
             cache_dir: if self.no_cache {
                 None
             } else {

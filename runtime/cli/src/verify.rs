@@ -36,6 +36,9 @@ pub struct Args {
         hide_env_values = true
     )]
     password: Option<String>,
+    /// The CA file that signs the NATS server's certificate (TLS required).
+    #[arg(long, value_name = "FILE", env = "CK_NATS_TLS_CA")]
+    tls_ca: Option<PathBuf>,
 }
 
 /// The cluster's disagreements with the tree of `kernel_dir` (`--nats`).
@@ -50,7 +53,7 @@ fn anchored(args: &Args, url: &str, kernel_dir: &std::path::Path) -> Result<(usi
             ),
             (None, _) => async_nats::ConnectOptions::new(),
         };
-        let client = options
+        let client = ck_bus::with_tls(options, args.tls_ca.as_deref())
             .connect(url)
             .await
             .map_err(|e| anyhow::anyhow!("--nats {url}: {e}"))?;

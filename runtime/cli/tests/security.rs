@@ -1318,3 +1318,67 @@ async fn ck_verify_against_the_cluster_catches_a_consistent_rewrite() {
         "{out}"
     );
 }
+
+/// Point 11 (TLS). With a CA made in the test, the stack's nats-server requires TLS
+/// (`ck authz init --tls-cert/--tls-key`), `ck authz` (callout and provisioner) and `ck run`
+/// connect with `--tls-ca`, and a kernel is served and answers over TLS. A client speaking in
+/// clear is refused by the server before it can present a password (an SVID), and a TLS client
+/// that does not trust the CA does not connect. Before, no TLS option existed anywhere.
+#[test]
+fn every_connection_can_require_tls_against_a_ca() {
+    let stack = Stack::start_tls();
+    let _host = stack.serve("tasks", "Demo.Tasks");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let c = stack.observer_tls().await;
+        let answer = ask_as(
+            &c,
+            "input.Demo.Tasks",
+            "task.start",
+            json!({"task_id": "t-tls"}),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(
+            answer["status"], "ok",
+            "served and provisioned over TLS: {answer}"
+        );
+        let untrusted = async_nats::ConnectOptions::with_user_and_password(
+            "observer".into(),
+            "observer-secret".into(),
+        )
+        .require_tls(true)
+        .connect(stack.server.url())
+        .await;
+        assert!(
+            untrusted.is_err(),
+            "a client that does not trust the CA connected"
+        );
+    });
+    let clear = stack.connect(
+        &spiffe("Demo.Tasks", "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"),
+        "svid-in-clear",
+    );
+    assert!(clear.is_err(), "a plain-text client was let in");
+    // `ck call` and `ck verify --nats` take the CA too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ck"))
+        .args([
+            "call",
+            "input.Demo.Tasks",
+            "status",
+            "--nats",
+            &stack.server.url(),
+        ])
+        .args([
+            "--nats-user",
+            "observer",
+            "--nats-password",
+            "observer-secret",
+        ])
+        .arg("--tls-ca")
+        .arg(stack.tls_ca())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ck call over TLS: {out:?}");
+}

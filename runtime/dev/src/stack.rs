@@ -53,6 +53,7 @@ pub async fn start(kernel: &Kernel, shutdown: &CancellationToken) -> Result<Stac
             name: user.0.clone(),
             password: user.1.clone(),
         }],
+        None,
     )?;
     // The rendered configuration without its listen line: the server picks a free port.
     let body: String = std::fs::read_to_string(&config)?
@@ -92,7 +93,7 @@ pub async fn start(kernel: &Kernel, shutdown: &CancellationToken) -> Result<Stac
     .name("ck-dev-authz")
     .connect(server.url())
     .await?;
-    let provisioner = ck_authz::Provisioner::for_secrets(&server.url(), &secrets).await?;
+    let provisioner = ck_authz::Provisioner::for_secrets(&server.url(), &secrets, None).await?;
     let token = shutdown.clone();
     tokio::spawn(async move {
         if let Err(e) = ck_authz::serve(callout, authorizer, provisioner, token).await {

@@ -31,6 +31,9 @@ pub struct ServeConfig {
     pub identity: IdentityMode,
     /// Kernels named `LOCAL.*` connect as their name, without proof.
     pub allow_local: bool,
+    /// The CA that signs the NATS server's certificate: every kernel connection then requires
+    /// TLS and verifies the server against it (`ck_bus::with_tls`).
+    pub tls_ca: Option<PathBuf>,
     /// The compiled-component cache directory; `None` serves without a cache.
     pub cache_dir: Option<PathBuf>,
     /// Messages handled at once per kernel.
@@ -60,6 +63,7 @@ impl Default for ServeConfig {
             nats: "nats://127.0.0.1:4222".into(),
             identity: IdentityMode::Insecure,
             allow_local: false,
+            tls_ca: None,
             cache_dir: ck_host::ArtifactCache::default_dir(),
             max_in_flight: 256,
             max_instances: 1000,

@@ -141,6 +141,7 @@ pub(crate) fn connect_spec(
         credentials,
         on_violation: Some(on_violation),
         renew_now: None,
+        tls_ca: None,
     })
 }
 

@@ -315,6 +315,7 @@ impl Host {
             &kernel,
         )?;
         spec.renew_now = Some(renew.clone());
+        spec.tls_ca = self.config.tls_ca.clone();
         let token = self.shutdown.child_token();
         let client = retry_connect(&token, &self.config.nats, || ck_bus::connect(&spec)).await?;
         let publisher = Publisher::new(client.clone(), kernel.name.clone());

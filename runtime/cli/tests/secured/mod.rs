@@ -39,8 +39,39 @@ impl Stack {
     }
 
     pub fn start_with(authz_count: usize, ttl_s: u64, authz_flags: &[&str]) -> Stack {
+        Stack::start_full(authz_count, ttl_s, authz_flags, false)
+    }
+
+    /// A stack whose nats-server requires TLS, with a CA made here (`tls/ca.pem`, made with
+    /// the `openssl` tool) that `ck authz` is told of; `ck run` and clients need `--tls-ca`.
+    pub fn start_tls() -> Stack {
+        Stack::start_full(1, 300, &[], true)
+    }
+
+    /// The CA of a [`Stack::start_tls`] stack.
+    pub fn tls_ca(&self) -> PathBuf {
+        self.root().join("tls/ca.pem")
+    }
+
+    fn start_full(authz_count: usize, ttl_s: u64, authz_flags: &[&str], tls: bool) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
+        let mut authz_flags: Vec<String> = authz_flags.iter().map(|f| f.to_string()).collect();
+        let mut init_tls = Vec::new();
+        if tls {
+            let t = root.join("tls");
+            make_test_ca(&t);
+            init_tls = vec![
+                "--tls-cert".to_owned(),
+                t.join("server.pem").display().to_string(),
+                "--tls-key".to_owned(),
+                t.join("server.key").display().to_string(),
+            ];
+            authz_flags.extend([
+                "--tls-ca".to_owned(),
+                t.join("ca.pem").display().to_string(),
+            ]);
+        }
         std::fs::create_dir_all(root.join("registry")).unwrap();
         let socket = root.join("spiffe.sock");
         let identity = ck_proc(
@@ -64,6 +95,7 @@ impl Stack {
             .args(["authz", "init"])
             .arg(root.join("authz"))
             .args(["--static-user", &format!("{}:{}", OBSERVER.0, OBSERVER.1)])
+            .args(&init_tls)
             .output()
             .unwrap();
         assert!(init.status.success(), "{init:?}");
@@ -81,7 +113,7 @@ impl Stack {
             server,
             _identity: identity,
             authz: Vec::new(),
-            authz_flags: authz_flags.iter().map(|f| f.to_string()).collect(),
+            authz_flags,
         };
         for _ in 0..authz_count {
             stack.add_authz();
@@ -167,21 +199,35 @@ impl Stack {
         let text = std::fs::read_to_string(&manifest).unwrap();
         std::fs::write(&manifest, edit(text)).unwrap();
         ck_build(CK, &[&dir]);
-        let host = ck_proc(
-            &[
-                "run",
-                dir.to_str().unwrap(),
-                "--nats",
-                &self.server.url(),
-                "--spiffe-socket",
-                &self.socket(),
-                "--cache-dir",
-                self.root().join("cache").to_str().unwrap(),
-            ],
-            self.root().join(format!("host-{name}.log")),
-        );
+        let ca = self.tls_ca().display().to_string();
+        let (url, socket) = (self.server.url(), self.socket());
+        let cache = self.root().join("cache").display().to_string();
+        let mut args = vec![
+            "run",
+            dir.to_str().unwrap(),
+            "--nats",
+            &url,
+            "--spiffe-socket",
+            &socket,
+            "--cache-dir",
+            &cache,
+        ];
+        if self.tls_ca().exists() {
+            args.extend(["--tls-ca", ca.as_str()]);
+        }
+        let host = ck_proc(&args, self.root().join(format!("host-{name}.log")));
         host.wait_for("\"ready\"");
         host
+    }
+
+    /// The observer over TLS (a [`Stack::start_tls`] stack).
+    pub async fn observer_tls(&self) -> async_nats::Client {
+        async_nats::ConnectOptions::with_user_and_password(OBSERVER.0.into(), OBSERVER.1.into())
+            .add_root_certificates(self.tls_ca())
+            .require_tls(true)
+            .connect(self.server.url())
+            .await
+            .unwrap()
     }
 
     /// A client connected as the static observer user (no callout), for sending requests.
@@ -235,4 +281,71 @@ impl Stack {
             || format!("ck authz did not log '{reason}':\n{}", self.authz_logs()),
         );
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 / localhost signed by it, in `dir` (`ca.pem`,
+/// `server.pem`, `server.key`), made with the `openssl` command-line tool.
+pub fn make_test_ca(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl tool (Debian: openssl) makes the test CA");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ck test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
 }
