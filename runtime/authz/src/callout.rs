@@ -104,7 +104,13 @@ pub struct AuthorizerConfig {
     pub allow_local: bool,
     /// Reply permissions and other policy.
     pub policy: Policy,
+    /// The callout's curve key: requests sealed to it (header `Nats-Server-Xkey`) are opened
+    /// with it, and their answers sealed back to the server.
+    pub xkey: Option<nkeys::XKey>,
 }
+
+/// The header naming the server's curve key on a sealed callout request.
+pub const SERVER_XKEY_HEADER: &str = "Nats-Server-Xkey";
 
 /// Decides callout requests.
 pub struct Authorizer {
@@ -325,6 +331,36 @@ impl Authorizer {
             identity,
             expires_at,
             permissions: acl.permissions,
+        }
+    }
+
+    /// Decides one callout message: opens it when it was sealed (`server_xkey`, the server's
+    /// curve key from [`SERVER_XKEY_HEADER`]), and seals the answer back to the server.
+    pub fn respond_message(
+        &self,
+        server_xkey: Option<&str>,
+        payload: &[u8],
+    ) -> Result<(Vec<u8>, Decision), AuthzError> {
+        match (server_xkey, &self.config.xkey) {
+            (Some(theirs), Some(ours)) => {
+                let server = nkeys::XKey::from_public_key(theirs)
+                    .map_err(|e| AuthzError::Request(format!("{SERVER_XKEY_HEADER}: {e}")))?;
+                let request = ours
+                    .open(payload, &server)
+                    .map_err(|e| AuthzError::Request(format!("cannot open the sealed request: {e}")))?;
+                let (response, decision) = self.respond(&request)?;
+                let sealed = ours
+                    .seal(response.as_bytes(), &server)
+                    .map_err(|e| AuthzError::Jwt(format!("cannot seal the answer: {e}")))?;
+                Ok((sealed, decision))
+            }
+            (Some(_), None) => Err(AuthzError::Request(
+                "the server seals callout requests (xkey) but this callout has no curve key (callout.xk)".into(),
+            )),
+            (None, _) => {
+                let (response, decision) = self.respond(payload)?;
+                Ok((response.into_bytes(), decision))
+            }
         }
     }
 

@@ -51,7 +51,15 @@ pub async fn serve(
             let Some(reply) = message.reply else { return };
             let started = std::time::Instant::now();
             let payload = message.payload;
-            let decided = tokio::task::spawn_blocking(move || authorizer.respond(&payload)).await;
+            let server_xkey = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(crate::callout::SERVER_XKEY_HEADER))
+                .map(|v| v.as_str().to_owned());
+            let decided = tokio::task::spawn_blocking(move || {
+                authorizer.respond_message(server_xkey.as_deref(), &payload)
+            })
+            .await;
             let Ok(decided) = decided else {
                 tracing::error!(target: "ck::authz", "authz.decide-panicked");
                 return;

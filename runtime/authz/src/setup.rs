@@ -12,6 +12,8 @@ pub const SERVER_TEMPLATE: &str = include_str!("../../../policies/nats/auth-call
 pub const ISSUER_FILE: &str = "issuer.nk";
 /// The callout user's password.
 pub const PASSWORD_FILE: &str = "callout.password";
+/// The callout's curve key seed (`xkey`): requests are sealed to it.
+pub const XKEY_FILE: &str = "callout.xk";
 /// The provisioning user's password (`ck-provision`, see [`crate::Provisioner`]).
 pub const PROVISION_PASSWORD_FILE: &str = "provision.password";
 /// The rendered server configuration.
@@ -31,6 +33,9 @@ pub struct CalloutSecrets {
     /// The provisioning user's password; `None` for a directory made before it existed (then
     /// nothing is provisioned, and task kernels need their buckets made by an operator).
     pub provision_password: Option<String>,
+    /// The callout's curve key seed; `None` for a directory made before it existed (then
+    /// requests travel unsealed).
+    pub xkey_seed: Option<String>,
 }
 
 impl CalloutSecrets {
@@ -45,6 +50,7 @@ impl CalloutSecrets {
             issuer_seed: issuer.seed().unwrap_or_default(),
             password: secret(),
             provision_password: Some(secret()),
+            xkey_seed: nkeys::XKey::new().seed().ok(),
         }
     }
 
@@ -60,7 +66,19 @@ impl CalloutSecrets {
             issuer_seed: read(ISSUER_FILE)?,
             password: read(PASSWORD_FILE)?,
             provision_password: read(PROVISION_PASSWORD_FILE).ok(),
+            xkey_seed: read(XKEY_FILE).ok(),
         })
+    }
+
+    /// The callout's curve key, if its directory has one.
+    pub fn xkey(&self) -> Result<Option<nkeys::XKey>, SetupError> {
+        self.xkey_seed
+            .as_deref()
+            .map(|seed| {
+                nkeys::XKey::from_seed(seed)
+                    .map_err(|e| SetupError::Issuer(format!("{XKEY_FILE}: {e}")))
+            })
+            .transpose()
     }
 
     /// The issuing key pair.
@@ -150,6 +168,12 @@ pub fn render_server_config(
         .replace("{{LISTEN}}", listen)
         .replace("{{TLS}}", &tls)
         .replace("{{ISSUER}}", &issuer)
+        .replace(
+            "{{XKEY}}",
+            &secrets
+                .xkey()?
+                .map_or_else(String::new, |x| format!("xkey: {}", x.public_key())),
+        )
         .replace("{{CALLOUT_PASSWORD}}", &secrets.password)
         .replace("{{STATIC_USERS}}", &users.join(", "))
         .replace("{{STATIC_USER_NAMES}}", &names)
@@ -186,6 +210,7 @@ pub fn init(
             PROVISION_PASSWORD_FILE,
             secrets.provision_password.as_deref().unwrap_or_default(),
         ),
+        (XKEY_FILE, secrets.xkey_seed.as_deref().unwrap_or_default()),
         (SERVER_CONFIG_FILE, config.as_str()),
     ] {
         let path = dir.join(name);

@@ -123,6 +123,7 @@ pub async fn run(bench: &CalloutBench<'_>) -> Result<()> {
             trust_domains: vec![TrustDomain::new(DOMAIN)?],
             allow_local: false,
             policy: ck_acl::Policy::default(),
+            xkey: secrets.xkey()?,
         },
         Registry::open(vec![registry]),
         TrustBundles::Live(ck_identity::bundle_source(&socket_text).await?),

@@ -127,6 +127,7 @@ async fn serve(args: &ServeArgs) -> Result<std::process::ExitCode> {
             trust_domains: args.trust_domains.clone(),
             allow_local: args.allow_local,
             policy: ck_acl::Policy::default(),
+            xkey: secrets.xkey()?,
         },
         registry,
         TrustBundles::Live(bundles),

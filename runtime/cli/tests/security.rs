@@ -1382,3 +1382,47 @@ fn every_connection_can_require_tls_against_a_ca() {
         .unwrap();
     assert!(out.status.success(), "ck call over TLS: {out:?}");
 }
+
+/// Point 11 (`xkey`). The server seals every authorization request to the callout's curve key
+/// (`ck authz init` writes `callout.xk` and the server's `auth_callout { xkey }`), and the
+/// callout seals its answer back: a second subscriber on the callout subject holding the
+/// callout's password sees sealed bytes, not the request JWT with the SVID presented as the
+/// password. Before, requests were plain JWTs.
+#[test]
+fn callout_requests_are_sealed_to_the_callouts_key() {
+    const KERNEL: &str = "aaaaaaaa-1111-4aaa-8aaa-aaaaaaaaaaaa";
+    let stack = Stack::start(1, 300);
+    stack.register("Sealed.K", KERNEL, "");
+    let password = std::fs::read_to_string(stack.root().join("authz/callout.password")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (headers, payload) = runtime.block_on(async {
+        let eavesdropper = async_nats::ConnectOptions::with_user_and_password(
+            "ck-authz".into(),
+            password.trim().into(),
+        )
+        .connect(stack.server.url())
+        .await
+        .unwrap();
+        let mut requests = eavesdropper.subscribe("$SYS.REQ.USER.AUTH").await.unwrap();
+        eavesdropper.flush().await.unwrap();
+        stack.connect_as("Sealed.K", KERNEL);
+        let seen = tokio::time::timeout(Duration::from_secs(5), requests.next())
+            .await
+            .unwrap()
+            .unwrap();
+        (seen.headers, seen.payload)
+    });
+    let server_key = headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Server-Xkey"))
+        .map(|v| v.as_str().to_owned());
+    assert!(
+        server_key.as_deref().is_some_and(|k| k.starts_with('X')),
+        "no server curve key: the request was not sealed ({headers:?})"
+    );
+    assert!(
+        !payload.starts_with(b"eyJ"),
+        "the request is a readable JWT: {}",
+        String::from_utf8_lossy(&payload[..payload.len().min(80)])
+    );
+}

@@ -82,6 +82,7 @@ pub async fn start(kernel: &Kernel, shutdown: &CancellationToken) -> Result<Stac
             trust_domains: vec![trust_domain],
             allow_local: kernel.is_local(),
             policy: ck_acl::Policy::default(),
+            xkey: secrets.xkey()?,
         },
         registry,
         ck_identity::TrustBundles::Live(bundles),
