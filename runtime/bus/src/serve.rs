@@ -29,9 +29,11 @@ pub trait Handler: Send + Sync + 'static {
         request: Request,
     ) -> impl Future<Output = Result<Box<RawValue>, Failure>> + Send;
 
-    /// A message refused before it reached [`Handler::handle`] and not answered (its reply
-    /// subject is not a caller's inbox). Already logged (`reply.refused`); the handler records
-    /// it where its kernel's refusals go (the host: the audit ledger).
+    /// A message refused before it reached [`Handler::handle`]: not answered at all (its reply
+    /// subject is not a caller's inbox, `reply.refused`), or answered with an error because it
+    /// could not be read (oversized, bad headers, not JSON: `request.refused`). Already logged;
+    /// the handler records it where its kernel's refusals go (the host: the audit ledger,
+    /// coalesced — anyone can send these).
     fn refused(&self, refusal: &Refusal);
 
     /// Whether a successful answer to `action` is also published on the kernel's result topic
@@ -40,11 +42,14 @@ pub trait Handler: Send + Sync + 'static {
     fn broadcasts(&self, action: &str) -> bool;
 }
 
-/// A message the serving loop refused without answering it.
+/// A message the serving loop refused before handling it.
 #[derive(Debug, Clone)]
 pub struct Refusal {
-    /// Machine key of what was refused (`reply.refused`).
+    /// Machine key of what was refused: `reply.refused` (not answered) or `request.refused`
+    /// (answered with the error).
     pub kind: &'static str,
+    /// Whether the caller was answered (with the error).
+    pub answered: bool,
     /// The subject at fault (cut to [`topics::MAX_REPLY_SUBJECT`] bytes).
     pub subject: String,
     /// Why.
@@ -242,6 +247,7 @@ async fn answer<H: Handler>(
         };
         let refusal = Refusal {
             kind: "reply.refused",
+            answered: false,
             subject: cut(reply, topics::MAX_REPLY_SUBJECT).to_owned(),
             reason: why.to_string(),
             claimed_user,
@@ -263,11 +269,18 @@ async fn answer<H: Handler>(
                 // moved into place on every spawn.
                 (Some(action), user, Box::pin(handler.handle(request)).await)
             }
-            Err(e) => (
-                None,
-                crate::envelope::ANONYMOUS.to_owned(),
-                Err(e.failure()),
-            ),
+            Err(e) => {
+                let failure = e.failure();
+                handler.refused(&Refusal {
+                    kind: "request.refused",
+                    answered: true,
+                    subject: endpoint.input.clone(),
+                    reason: format!("{} {}: {}", failure.code, failure.error, failure.message),
+                    claimed_user: crate::Caller::Anonymous.to_string(),
+                    trace_id: trace_id.clone(),
+                });
+                (None, crate::envelope::ANONYMOUS.to_owned(), Err(failure))
+            }
         };
         if let Err(f) = &outcome {
             tracing::warn!(code = f.code, error = %f.error, message = %f.message, "error.dispatch");

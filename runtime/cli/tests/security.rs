@@ -293,6 +293,16 @@ async fn oversized_headers_and_refusal_floods_cannot_silence_the_ledger() {
             "{answer}"
         );
     }
+    // The unreadable requests are audited too (coalesced: anyone can send them).
+    eventually(
+        Duration::from_secs(5),
+        || {
+            audit_lines(&kernel)
+                .iter()
+                .any(|l| l["action"] == "request.refused" && l["result"] == "deny")
+        },
+        || format!("no request.refused line: {:?}", audit_lines(&kernel)),
+    );
     // A flood of unauthenticated calls: every one refused (401), few lines written.
     let before = audit_lines(&kernel).len();
     let flood = 300;

@@ -225,7 +225,14 @@ impl ck_bus::Handler for VersionService {
             refusal.claimed_user.clone(),
             refusal.kind,
             ck_audit::Verdict::Deny,
-            format!("not answered: {}", refusal.reason),
+            if refusal.answered {
+                format!(
+                    "unreadable request, answered with the error: {}",
+                    refusal.reason
+                )
+            } else {
+                format!("not answered: {}", refusal.reason)
+            },
             "ck host",
         )
         .subject(refusal.subject.clone());
