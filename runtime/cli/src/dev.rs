@@ -28,6 +28,9 @@ pub struct Args {
     /// With --nats: connect without identity (a server without authentication).
     #[arg(long, requires = "nats", conflicts_with = "spiffe_socket")]
     pub insecure_no_identity: bool,
+    /// With --nats: the CA file that signs the server's certificate (TLS required).
+    #[arg(long, value_name = "FILE", env = "CK_NATS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// Compiled-component cache directory (default: $CK_CACHE_DIR or ~/.cache/ck/components).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -103,6 +106,7 @@ pub fn run(args: &Args) -> Result<std::process::ExitCode> {
         nats: args.nats.clone(),
         spiffe_socket: args.spiffe_socket.clone(),
         insecure_no_identity: args.insecure_no_identity,
+        tls_ca: args.tls_ca.clone(),
         cache_dir: args
             .cache_dir
             .clone()

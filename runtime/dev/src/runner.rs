@@ -21,6 +21,8 @@ pub struct DevConfig {
     pub spiffe_socket: Option<String>,
     /// With `nats`: connect without identity (a server without authentication).
     pub insecure_no_identity: bool,
+    /// With `nats`: the CA that signs the server's certificate (TLS required).
+    pub tls_ca: Option<PathBuf>,
     /// The compiled-component cache directory (`None`: no cache).
     pub cache_dir: Option<PathBuf>,
     /// Quiet time after a change before rebuilding.
@@ -136,6 +138,7 @@ pub async fn run(
         nats: url.clone(),
         identity,
         allow_local: stack.is_some(),
+        tls_ca: config.tls_ca.clone(),
         cache_dir: config.cache_dir.clone(),
         follow_serving_record: false,
         grace: config.grace,
