@@ -28,13 +28,9 @@ pub struct Args {
     /// NATS user for --nats (an operator's static user; it reads the stream).
     #[arg(long, requires = "nats")]
     user: Option<String>,
-    /// Password for --user (or the environment variable CK_NATS_PASSWORD).
-    #[arg(
-        long,
-        requires = "user",
-        env = "CK_NATS_PASSWORD",
-        hide_env_values = true
-    )]
+    /// Password for --user (or the environment variable CK_NATS_PASSWORD; used only with
+    /// --user, so a password in the environment does not make `ck verify` ask for one).
+    #[arg(long, env = "CK_NATS_PASSWORD", hide_env_values = true)]
     password: Option<String>,
     /// The CA file that signs the NATS server's certificate (TLS required).
     #[arg(long, value_name = "FILE", env = "CK_NATS_TLS_CA")]

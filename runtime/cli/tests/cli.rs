@@ -302,3 +302,22 @@ fn every_command_has_help() {
         );
     }
 }
+
+/// A NATS password in the environment (as `ck call` reads it) does not turn `ck verify` into a
+/// command that demands `--nats` and `--user` (found by the demo, which exports one).
+#[test]
+fn ck_verify_ignores_a_nats_password_in_the_environment() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ck"))
+        .args(["verify"])
+        .arg(empty.path())
+        .env("CK_NATS_PASSWORD", "secret")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("nothing to verify"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
