@@ -100,14 +100,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             );
             return Ok(ExitCode::SUCCESS);
         }
-        let shown = if args.all { findings.len() } else { 1 };
-        for finding in findings.iter().take(shown) {
-            println!("FAIL {finding}");
-        }
-        if !args.all && findings.len() > 1 {
-            println!("({} more; --all lists them)", findings.len() - 1);
-        }
-        return Ok(ExitCode::from(1));
+        return Ok(print_failures(&findings, args.all));
     }
     if report.ok() {
         println!(
@@ -121,15 +114,20 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let shown = if args.all { report.findings.len() } else { 1 };
-    for finding in report.findings.iter().take(shown) {
+    Ok(print_failures(&report.findings, args.all))
+}
+
+/// Prints the first failure (every one with `all`) and says how many more there are; exit 1.
+fn print_failures<T: std::fmt::Display>(findings: &[T], all: bool) -> ExitCode {
+    let shown = if all { findings.len() } else { 1 };
+    for finding in findings.iter().take(shown) {
         println!("FAIL {finding}");
     }
-    if !args.all && report.findings.len() > 1 {
+    if !all && findings.len() > 1 {
         println!(
             "({} more broken link(s); --all lists them)",
-            report.findings.len() - 1
+            findings.len() - 1
         );
     }
-    Ok(ExitCode::from(1))
+    ExitCode::from(1)
 }

@@ -51,6 +51,25 @@ async fn request(client: &Client, headers: HeaderMap, body: Value) -> Value {
     serde_json::from_slice(&reply.payload).unwrap()
 }
 
+/// Starts task `task_id` and completes it with `output` through `client`; each answer must be ok.
+async fn start_and_complete(client: &Client, task_id: &str, output: Value) {
+    for (action, data) in [
+        ("task.start", json!({"task_id": task_id})),
+        (
+            "task.complete",
+            json!({"task_id": task_id, "output": output}),
+        ),
+    ] {
+        let answer = request(
+            client,
+            HeaderMap::new(),
+            json!({"action": action, "data": data}),
+        )
+        .await;
+        assert_eq!(answer["status"], "ok", "{action} {task_id}: {answer}");
+    }
+}
+
 fn audit_lines(kernel: &Path) -> Vec<Value> {
     let path = kernel.join("data/ledger/audit.jsonl");
     std::fs::read_to_string(path)
@@ -319,21 +338,7 @@ async fn oversized_headers_and_refusal_floods_cannot_silence_the_ledger() {
         assert_eq!(answer["code"], 401, "{answer}");
     }
     // The seal after the flood is audited and committed.
-    for (action, data) in [
-        ("task.start", json!({"task_id": "t-1"})),
-        (
-            "task.complete",
-            json!({"task_id": "t-1", "output": {"ok": 1}}),
-        ),
-    ] {
-        let answer = request(
-            &client,
-            HeaderMap::new(),
-            json!({"action": action, "data": data}),
-        )
-        .await;
-        assert_eq!(answer["status"], "ok", "{answer}");
-    }
+    start_and_complete(&client, "t-1", json!({"ok": 1})).await;
     eventually(
         Duration::from_secs(20),
         || {
@@ -416,13 +421,7 @@ async fn ck_verify_fails_whenever_it_cannot_prove_what_it_claims() {
     let mut victim = Victim::start(|m| m).await;
     let kernel = victim.kernel.clone();
     for t in ["t-1", "t-2"] {
-        for (action, data) in [
-            ("task.start", json!({"task_id": t})),
-            ("task.complete", json!({"task_id": t, "output": {"t": t}})),
-        ] {
-            let answer = victim.call(action, data).await;
-            assert_eq!(answer["status"], "ok", "{answer}");
-        }
+        start_and_complete(&victim.client, t, json!({"t": t})).await;
     }
     eventually(
         Duration::from_secs(20),
@@ -1268,16 +1267,7 @@ fn an_unproven_local_kernel_gets_no_auth_level_access() {
 async fn ck_verify_against_the_cluster_catches_a_consistent_rewrite() {
     let mut victim = Victim::start(|m| m).await;
     let kernel = victim.kernel.clone();
-    for (action, data) in [
-        ("task.start", json!({"task_id": "pay-1"})),
-        (
-            "task.complete",
-            json!({"task_id": "pay-1", "output": {"amount": 10}}),
-        ),
-    ] {
-        let answer = victim.call(action, data).await;
-        assert_eq!(answer["status"], "ok", "{answer}");
-    }
+    start_and_complete(&victim.client, "pay-1", json!({"amount": 10})).await;
     eventually(
         Duration::from_secs(20),
         || verify_at(&kernel).0 == 0,
@@ -1296,21 +1286,7 @@ async fn ck_verify_against_the_cluster_catches_a_consistent_rewrite() {
     let forged = built_kernel(&elsewhere.join("tasks"), |m| m);
     let mut host = start_host(&server, &forged, &elsewhere, "forger");
     let client = async_nats::connect(server.url()).await.unwrap();
-    for (action, data) in [
-        ("task.start", json!({"task_id": "pay-1"})),
-        (
-            "task.complete",
-            json!({"task_id": "pay-1", "output": {"amount": 1000000}}),
-        ),
-    ] {
-        let answer = request(
-            &client,
-            HeaderMap::new(),
-            json!({"action": action, "data": data}),
-        )
-        .await;
-        assert_eq!(answer["status"], "ok", "{answer}");
-    }
+    start_and_complete(&client, "pay-1", json!({"amount": 1000000})).await;
     eventually(
         Duration::from_secs(20),
         || verify_at(&forged).0 == 0,
