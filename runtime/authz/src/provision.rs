@@ -4,8 +4,9 @@
 //! it may only ask for JetStream stream info and stream creation, and read its own replies).
 //! Kernel connections get no JetStream administration at all (issue 14 point 4).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 
@@ -15,10 +16,18 @@ pub const PROVISION_USER: &str = "ck-provision";
 /// The provisioning connection's private reply prefix (the only subjects it may subscribe to).
 pub const PROVISION_INBOX: &str = "_INBOX_ck-provision";
 
+/// How long provisioning may hold a connect: the server waits 2 s for the whole answer.
+const PROVISION_BUDGET: Duration = Duration::from_millis(1000);
+
+/// After a failed provisioning, how long the kernel's connects go on without trying again (a
+/// server without JetStream must not cost every connect the budget).
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+
 /// Creates kernels' buckets and streams, once per kernel per process.
 pub struct Provisioner {
     js: jetstream::Context,
-    done: Mutex<HashSet<String>>,
+    /// Per GUID: provisioned (`None`), or the time of the last failure.
+    done: Mutex<HashMap<String, Option<Instant>>>,
 }
 
 impl Provisioner {
@@ -40,7 +49,7 @@ impl Provisioner {
             .await?;
         Ok(Self {
             js: jetstream::new(client),
-            done: Mutex::new(HashSet::new()),
+            done: Mutex::new(HashMap::new()),
         })
     }
 
@@ -63,23 +72,40 @@ impl Provisioner {
     }
 
     /// Makes sure kernel `guid`'s bucket and stream exist (created with the host's
-    /// configuration where missing). A failure is logged (`authz.provision-failed`) and
-    /// retried at the kernel's next connect; the kernel is admitted all the same, and its task
-    /// actions answer 503 naming the bucket until it exists.
+    /// configuration where missing), within one second. A failure is logged
+    /// (`authz.provision-failed`) and tried again at a connect 30 s later; the kernel is
+    /// admitted all the same, and its task actions answer 503 naming the bucket until it
+    /// exists.
     pub async fn ensure(&self, guid: &str, name: &str) {
-        if self.done.lock().is_ok_and(|d| d.contains(guid)) {
+        let skip = self.done.lock().is_ok_and(|d| match d.get(guid) {
+            Some(None) => true,
+            Some(Some(failed)) => failed.elapsed() < RETRY_AFTER,
+            None => false,
+        });
+        if skip {
             return;
         }
-        match ck_task::provision::provision(&self.js, guid, name).await {
-            Ok(()) => {
+        let outcome = tokio::time::timeout(
+            PROVISION_BUDGET,
+            ck_task::provision::provision(&self.js, guid, name),
+        )
+        .await;
+        let failed = match outcome {
+            Ok(Ok(())) => {
                 tracing::info!(target: "ck::authz", kernel = %name, guid = %guid, "authz.provisioned");
-                if let Ok(mut done) = self.done.lock() {
-                    done.insert(guid.to_owned());
-                }
+                None
             }
-            Err(e) => {
-                tracing::error!(target: "ck::authz", kernel = %name, guid = %guid, error = %e, "authz.provision-failed")
+            Ok(Err(e)) => {
+                tracing::error!(target: "ck::authz", kernel = %name, guid = %guid, error = %e, "authz.provision-failed");
+                Some(Instant::now())
             }
+            Err(_) => {
+                tracing::error!(target: "ck::authz", kernel = %name, guid = %guid, error = "no answer from JetStream within 1 s", "authz.provision-failed");
+                Some(Instant::now())
+            }
+        };
+        if let Ok(mut done) = self.done.lock() {
+            done.insert(guid.to_owned(), failed);
         }
     }
 }

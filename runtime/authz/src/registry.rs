@@ -144,15 +144,11 @@ impl Registry {
         self.scan(false)
     }
 
-    /// The current kernel set, checked against the directories now unless they were checked
-    /// less than 10 ms ago (for a kernel not found: a manifest registered a moment ago must
-    /// not be refused, and a flood of unknown users must not rescan for each one).
-    pub fn rescan(&self) -> Arc<KernelSet> {
-        self.scan(true)
-    }
-
-    /// [`Registry::rescan`] on behalf of `user`, a user the current set does not know, unless
-    /// a rescan for it found nothing less than a second ago (the negative cache).
+    /// The current kernel set for `user`, a user the current set does not know: checked
+    /// against the directories now (a manifest registered a moment ago must not be refused),
+    /// unless they were checked less than 10 ms ago or a rescan for this user found nothing
+    /// less than a second ago (the negative cache), so a flood of unknown users does not
+    /// rescan for each one. `known` says whether a set knows the user.
     pub fn rescan_for(&self, user: &str, known: impl Fn(&KernelSet) -> bool) -> Arc<KernelSet> {
         let recently_unknown = self
             .unknown
