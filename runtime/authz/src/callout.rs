@@ -249,16 +249,9 @@ impl Authorizer {
                     (&unproven, request.user.clone(), now + 3600)
                 }
                 _ => {
-                    if let Some(why) = set.refusal(&request.user) {
-                        return deny(format!(
-                            "{} is refused by the registry rule: {why}",
-                            request.user
-                        ));
-                    }
-                    return deny(format!(
-                        "no LOCAL kernel named {} is registered",
-                        request.user
-                    ));
+                    return deny(refused_by_rule(set, &request.user).unwrap_or_else(|| {
+                        format!("no LOCAL kernel named {} is registered", request.user)
+                    }));
                 }
             }
         } else {
@@ -272,22 +265,18 @@ impl Authorizer {
                 Err(rejection) => return deny(rejection.to_string()),
             };
             let Some(kernel) = claimed else {
-                if let Some(why) = set.refusal(&request.user) {
-                    return deny(format!(
-                        "{} is refused by the registry rule: {why}",
-                        request.user
-                    ));
-                }
-                return deny(format!(
-                    "no kernel registered with SPIFFE ID {} (registry: {})",
-                    request.user,
-                    self.registry
-                        .roots()
-                        .iter()
-                        .map(|r| r.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
+                return deny(refused_by_rule(set, &request.user).unwrap_or_else(|| {
+                    format!(
+                        "no kernel registered with SPIFFE ID {} (registry: {})",
+                        request.user,
+                        self.registry
+                            .roots()
+                            .iter()
+                            .map(|r| r.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }));
             };
             let expiry = verified
                 .expires_at
@@ -412,6 +401,12 @@ impl Authorizer {
         claims.insert("nats".into(), permissions_json(permissions)?);
         encode(claims, &self.config.issuer)
     }
+}
+
+/// Why the kernel `user` claims was left out of `set` by the registry rule, if it was.
+fn refused_by_rule(set: &KernelSet, user: &str) -> Option<String> {
+    set.refusal(user)
+        .map(|why| format!("{user} is refused by the registry rule: {why}"))
 }
 
 fn claimed_kernel<'a>(set: &'a KernelSet, user: &str) -> Option<&'a Kernel> {

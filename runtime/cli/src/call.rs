@@ -52,16 +52,14 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let body = serde_json::to_vec(&serde_json::json!({ "action": args.action, "data": data }))?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let options = match (&args.nats_user, &args.nats_password) {
-            (Some(user), Some(password)) => {
-                async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
-            }
-            _ => async_nats::ConnectOptions::new(),
-        };
-        let client = ck_bus::with_tls(options, args.tls_ca.as_deref())
-            .connect(args.nats.as_str())
-            .await
-            .with_context(|| format!("connecting to {}", args.nats))?;
+        let client = operator_options(
+            args.nats_user.as_deref(),
+            args.nats_password.as_deref(),
+            args.tls_ca.as_deref(),
+        )
+        .connect(args.nats.as_str())
+        .await
+        .with_context(|| format!("connecting to {}", args.nats))?;
         let mut headers = async_nats::HeaderMap::new();
         let trace = new_trace_id();
         headers.insert(TRACE_ID, trace.as_str());
@@ -84,4 +82,22 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             ExitCode::FAILURE
         })
     })
+}
+
+/// How an operator's command connects (`ck call`, `ck verify --nats`): as a static user when
+/// one is given (a missing password is empty), else anonymously; TLS against `tls_ca` when
+/// given.
+pub(crate) fn operator_options(
+    user: Option<&str>,
+    password: Option<&str>,
+    tls_ca: Option<&Path>,
+) -> async_nats::ConnectOptions {
+    let options = match user {
+        Some(user) => async_nats::ConnectOptions::with_user_and_password(
+            user.to_owned(),
+            password.unwrap_or_default().to_owned(),
+        ),
+        None => async_nats::ConnectOptions::new(),
+    };
+    ck_bus::with_tls(options, tls_ca)
 }

@@ -42,17 +42,14 @@ fn anchored(args: &Args, url: &str, kernel_dir: &std::path::Path) -> Result<(usi
     let kernel = crate::validate::load_one(kernel_dir)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let options = match (&args.user, &args.password) {
-            (Some(u), p) => async_nats::ConnectOptions::with_user_and_password(
-                u.clone(),
-                p.clone().unwrap_or_default(),
-            ),
-            (None, _) => async_nats::ConnectOptions::new(),
-        };
-        let client = ck_bus::with_tls(options, args.tls_ca.as_deref())
-            .connect(url)
-            .await
-            .map_err(|e| anyhow::anyhow!("--nats {url}: {e}"))?;
+        let client = crate::call::operator_options(
+            args.user.as_deref(),
+            args.password.as_deref(),
+            args.tls_ca.as_deref(),
+        )
+        .connect(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("--nats {url}: {e}"))?;
         let js = async_nats::jetstream::new(client);
         let recorded = ck_task::anchor::recorded(&js, &kernel.guid).await?;
         Ok((

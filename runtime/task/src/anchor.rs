@@ -10,17 +10,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use async_nats::jetstream;
+use ck_loops::data::SealedHashes;
 use ck_manifest::topics::{self, LoopEvent};
 use serde_json::Value;
 
-/// The hashes the cluster recorded for one instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recorded {
-    /// `sha256:…` of `data.json`.
-    pub data_hash: String,
-    /// `sha256:…` of `manifest.json`.
-    pub manifest_hash: String,
-}
+/// The hashes the cluster recorded for one instance (the same pair a tree holds).
+pub use ck_loops::data::SealedHashes as Recorded;
 
 /// Why the cluster's record could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -91,24 +86,15 @@ pub fn disagreements(kernel_dir: &Path, recorded: &BTreeMap<String, Recorded>) -
     let root = kernel_dir.join("data/instances");
     let mut in_tree = BTreeMap::new();
     for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-        let id = entry.file_name().to_string_lossy().into_owned();
         if !entry.path().join("proof.json").is_file() {
             continue;
         }
-        let read = |file: &str| -> Value {
-            std::fs::read(entry.path().join(file))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or(Value::Null)
-        };
-        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-        in_tree.insert(
-            id,
-            Recorded {
-                data_hash: text(&read("manifest.json")["data_hash"]),
-                manifest_hash: text(&read("proof.json")["manifest_hash"]),
-            },
-        );
+        let id = entry.file_name().to_string_lossy().into_owned();
+        let hashes = SealedHashes::read(&entry.path()).unwrap_or(SealedHashes {
+            data_hash: String::new(),
+            manifest_hash: String::new(),
+        });
+        in_tree.insert(id, hashes);
     }
     for (id, theirs) in recorded {
         match in_tree.get(id) {

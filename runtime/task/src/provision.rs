@@ -59,6 +59,40 @@ pub struct ProvisionError {
     pub why: String,
 }
 
+/// Kernel `guid`'s task bucket, created with [`bucket_config`] when it does not exist yet (an
+/// existing one is left as it is).
+pub async fn task_bucket(js: &jetstream::Context, guid: &str) -> Result<kv::Store, ProvisionError> {
+    let bucket = topics::task_bucket(guid);
+    if let Ok(kv) = js.get_key_value(&bucket).await {
+        return Ok(kv);
+    }
+    js.create_key_value(bucket_config(guid))
+        .await
+        .map_err(|e| ProvisionError {
+            guid: guid.to_owned(),
+            what: format!("task bucket {bucket}"),
+            why: e.to_string(),
+        })
+}
+
+/// Kernel `guid`'s DATA event stream, created with [`data_stream_config`] when it does not
+/// exist yet.
+pub async fn data_stream(
+    js: &jetstream::Context,
+    guid: &str,
+    name: &str,
+) -> Result<stream::Stream, ProvisionError> {
+    let config = data_stream_config(guid, name);
+    let stream_name = config.name.clone();
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|e| ProvisionError {
+            guid: guid.to_owned(),
+            what: format!("DATA event stream {stream_name}"),
+            why: e.to_string(),
+        })
+}
+
 /// Creates kernel `guid`'s task bucket and DATA event stream where they do not exist yet (an
 /// existing one is left as it is).
 pub async fn provision(
@@ -66,24 +100,7 @@ pub async fn provision(
     guid: &str,
     name: &str,
 ) -> Result<(), ProvisionError> {
-    let failed = |what: String| {
-        let guid = guid.to_owned();
-        move |e: &dyn std::fmt::Display| ProvisionError {
-            guid,
-            what,
-            why: e.to_string(),
-        }
-    };
-    let bucket = topics::task_bucket(guid);
-    if js.get_key_value(&bucket).await.is_err() {
-        js.create_key_value(bucket_config(guid))
-            .await
-            .map_err(|e| failed(format!("task bucket {bucket}"))(&e))?;
-    }
-    let events = data_stream_config(guid, name);
-    let stream_name = events.name.clone();
-    js.get_or_create_stream(events)
-        .await
-        .map_err(|e| failed(format!("DATA event stream {stream_name}"))(&e))?;
+    task_bucket(js, guid).await?;
+    data_stream(js, guid, name).await?;
     Ok(())
 }

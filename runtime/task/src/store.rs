@@ -147,19 +147,11 @@ impl TaskStore {
     /// when it does not exist and this connection may (a kernel's connection under the
     /// callout may not: the callout provisions it).
     pub async fn open(js: &jetstream::Context, guid: &str) -> Result<Self, StoreError> {
-        let bucket = bucket_for(guid);
-        let kv = match js.get_key_value(&bucket).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(crate::provision::bucket_config(guid))
-                .await
-                .map_err(|e| {
-                    StoreError::Unavailable(format!(
-                        "bucket {bucket} does not exist and could not be created ({e}); under the \
-                         auth callout `ck authz` provisions it when the kernel connects"
-                    ))
-                })?,
-        };
+        let kv = crate::provision::task_bucket(js, guid).await.map_err(|e| {
+            StoreError::Unavailable(format!(
+                "{e}; under the auth callout `ck authz` provisions it when the kernel connects"
+            ))
+        })?;
         Ok(Self { kv })
     }
 

@@ -30,6 +30,31 @@ pub struct Transition {
     pub at: String,
 }
 
+/// The two hashes a seal announces for an instance (`data.written`): `data_hash` from its
+/// `manifest.json`, `manifest_hash` from its `proof.json`, as written (not recomputed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedHashes {
+    /// `sha256:…` of `data.json`.
+    pub data_hash: String,
+    /// `sha256:…` of `manifest.json`.
+    pub manifest_hash: String,
+}
+
+impl SealedHashes {
+    /// Reads them from the instance directory `dir`; `None` when either file is unreadable.
+    pub fn read(dir: &Path) -> Option<Self> {
+        let read = |f: &str| -> Option<Value> {
+            serde_json::from_slice(&std::fs::read(dir.join(f)).ok()?).ok()
+        };
+        let (manifest, proof) = (read("manifest.json")?, read("proof.json")?);
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        Some(Self {
+            data_hash: text(&manifest["data_hash"]),
+            manifest_hash: text(&proof["manifest_hash"]),
+        })
+    }
+}
+
 /// The field of a sealed instance's `manifest.json` naming the proven identity that owns it
 /// (`null` when the task was started without proof).
 pub const OWNER_FIELD: &str = "ck:owner";

@@ -10,8 +10,8 @@ mod tree;
 pub use actor::Actor;
 pub use amend::{AmendError, Amended, InstanceMutability, amend, amendments, verify_amendments};
 pub use instance::{
-    Finding, SealError, SealRequest, Sealed, Transition, file_sha256, instance_dir, seal,
-    verify_instance,
+    Finding, SealError, SealRequest, Sealed, SealedHashes, Transition, file_sha256, instance_dir,
+    seal, verify_instance,
 };
 pub use repo::{DataRepo, InstanceFiles, RepoError, verify_history};
 pub use tree::{TreeReport, kernel_dir_of, remove_leftovers, verify_tree, verify_tree_settled};

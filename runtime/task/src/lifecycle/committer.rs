@@ -36,18 +36,17 @@ impl Committed {
     /// Rebuilt from a sealed instance's files (recovery knows no request).
     pub(super) fn from_instance(kernel_dir: &Path, instance_id: &str) -> Option<Self> {
         let dir = ck_loops::data::instance_dir(kernel_dir, instance_id);
-        let read = |f: &str| -> Option<Value> {
-            serde_json::from_slice(&std::fs::read(dir.join(f)).ok()?).ok()
-        };
-        let (manifest, proof) = (read("manifest.json")?, read("proof.json")?);
+        let hashes = ck_loops::data::SealedHashes::read(&dir)?;
+        let manifest: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()?;
         let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
         Some(Self {
             instance_id: instance_id.to_owned(),
             task_id: text(&manifest["task_id"]),
             user: text(&manifest["prov:wasAssociatedWith"]),
             trace_id: "recovery".to_owned(),
-            data_hash: text(&manifest["data_hash"]),
-            manifest_hash: text(&proof["manifest_hash"]),
+            data_hash: hashes.data_hash,
+            manifest_hash: hashes.manifest_hash,
             needs_audit: false,
             amendment: None,
         })

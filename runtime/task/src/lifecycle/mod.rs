@@ -222,17 +222,17 @@ impl Lifecycle {
         }
         let js = jetstream::new(self.publisher.client());
         let store = TaskStore::open(&js, &self.guid).await.map_err(failure)?;
-        let config = crate::provision::data_stream_config(&self.guid, &self.kernel);
-        let stream = config.name.clone();
-        js.get_or_create_stream(config).await.map_err(|e| {
-            Failure::new(
-                503,
-                "event_stream_unavailable",
-                format!(
-                    "JetStream stream {stream}: {e} (under the auth callout `ck authz` provisions it when the kernel connects)"
-                ),
-            )
-        })?;
+        crate::provision::data_stream(&js, &self.guid, &self.kernel)
+            .await
+            .map_err(|e| {
+                Failure::new(
+                    503,
+                    "event_stream_unavailable",
+                    format!(
+                        "{e} (under the auth callout `ck authz` provisions it when the kernel connects)"
+                    ),
+                )
+            })?;
         let b = Bound { generation, store };
         *bound = Some(b.clone());
         Ok(b)
