@@ -60,6 +60,106 @@ pub struct ServingRecord {
     pub previous: Vec<VersionRef>,
 }
 
+/// A change of a serving record that cannot be made; the message says why and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ServingRefused(pub String);
+
+/// What a rollback did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RolledBack {
+    /// The canary ended; stable answers everything.
+    CanaryEnded(Canary),
+    /// The previous stable version is stable again.
+    Stable {
+        /// The version that was stable.
+        from: VersionRef,
+    },
+}
+
+impl RolledBack {
+    /// The version that stopped being served.
+    pub fn from(&self) -> &VersionRef {
+        match self {
+            RolledBack::CanaryEnded(c) => &c.pin,
+            RolledBack::Stable { from } => from,
+        }
+    }
+}
+
+/// The one rule of promote, canary and rollback, for a record kept in a file (`state`) and for
+/// one kept in the cluster (`ck_control`) alike. Each changes the record in place; the caller
+/// stamps it ([`ServingRecord::stamp`]) and stores it.
+impl ServingRecord {
+    /// Makes `to` the stable version; returns the version it replaces. A canary of that same
+    /// version ends. Refused when `to` is stable already (except on a first record).
+    pub fn promote(&mut self, to: VersionRef) -> Result<VersionRef, ServingRefused> {
+        let from = self.stable.clone();
+        if from == to && self.revision > 0 {
+            return Err(ServingRefused(format!(
+                "{} already serves {} as stable",
+                self.kernel,
+                to.short()
+            )));
+        }
+        if self.canary.as_ref().is_some_and(|c| c.pin == to) {
+            self.canary = None;
+        }
+        if from != to {
+            self.previous.push(from.clone());
+        }
+        self.stable = to;
+        Ok(from)
+    }
+
+    /// Sends `weight` percent of the messages to `pin`; 0 ends the canary.
+    pub fn set_canary(&mut self, pin: VersionRef, weight: u8) -> Result<(), ServingRefused> {
+        if weight > 99 {
+            return Err(ServingRefused(format!(
+                "a canary takes 1–99 % of the messages (got {weight}); use `ck promote` to serve it for all"
+            )));
+        }
+        self.canary = (weight > 0).then_some(Canary { pin, weight });
+        Ok(())
+    }
+
+    /// Ends a running canary or, without one, makes the previous stable version stable again.
+    pub fn rollback(&mut self) -> Result<RolledBack, ServingRefused> {
+        if let Some(canary) = self.canary.take() {
+            return Ok(RolledBack::CanaryEnded(canary));
+        }
+        let Some(previous) = self.previous.pop() else {
+            return Err(ServingRefused(format!(
+                "{} serves its first pinned version {}: there is no earlier one to roll back to",
+                self.kernel,
+                self.stable.short()
+            )));
+        };
+        let from = std::mem::replace(&mut self.stable, previous);
+        Ok(RolledBack::Stable { from })
+    }
+
+    /// Counts the change: the next revision, now.
+    pub fn stamp(&mut self) {
+        self.revision += 1;
+        self.updated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    }
+
+    /// Every version the record names (stable, canary, previous), each once.
+    pub fn versions(&self) -> Vec<&VersionRef> {
+        let mut all: Vec<&VersionRef> = vec![&self.stable];
+        all.extend(self.canary.as_ref().map(|c| &c.pin));
+        all.extend(self.previous.iter());
+        let mut seen = Vec::new();
+        all.retain(|v| {
+            let fresh = !seen.contains(v);
+            seen.push(*v);
+            fresh
+        });
+        all
+    }
+}
+
 /// Which version answers message number `n` (counted from 0) under a canary of `weight`
 /// percent: exactly `weight` of every 100 consecutive messages, spread evenly rather than in a
 /// burst.

@@ -20,6 +20,7 @@ mod record;
 mod snapshot;
 mod versions;
 
+pub use record::store_artifact;
 pub use snapshot::{ck_snapshot, materialize, stable_manifest, tool_snapshot};
 
 use std::path::{Path, PathBuf};
@@ -64,6 +65,12 @@ pub enum LoopError {
     /// The request cannot be carried out; the message says why and what to do.
     #[error("{0}")]
     Refused(String),
+}
+
+impl From<crate::serving::ServingRefused> for LoopError {
+    fn from(refused: crate::serving::ServingRefused) -> Self {
+        LoopError::Refused(refused.0)
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LoopError + '_ {
@@ -226,7 +233,8 @@ impl Loops {
         Ok(names)
     }
 
-    fn develop(&self) -> Option<VersionRef> {
+    /// `develop` of both loops (None before both were recorded once).
+    pub fn develop(&self) -> Option<VersionRef> {
         Some(VersionRef {
             ck: self.ck.head(DEVELOP)?,
             tool: self.tool.head(DEVELOP)?,

@@ -1,7 +1,7 @@
 //! Recording the kernel as it is now on `develop`: its CK files, its TOOL sources and the
 //! component they built (stored by digest).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ck_manifest::topics::LoopEvent;
 use serde_json::{Value, json};
@@ -125,13 +125,20 @@ impl Loops {
 
     fn store_artifact(&self, component: &Path) -> Result<(String, u64), LoopError> {
         let bytes = std::fs::read(component).map_err(io(component))?;
-        let hex = blake3::hash(&bytes).to_hex().to_string();
-        let dir = self.dir.join("artifacts");
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let path = dir.join(format!("{hex}.wasm"));
-        if !path.is_file() {
-            ck_fs::write_atomic(&path, &bytes).map_err(io(&path))?;
-        }
-        Ok((format!("blake3:{hex}"), bytes.len() as u64))
+        let (digest, _) = store_artifact(&self.kernel_dir, &bytes)?;
+        Ok((digest, bytes.len() as u64))
     }
+}
+
+/// Stores a component in the artifact store of the kernel in `kernel_dir` (`.ck/artifacts/`,
+/// content-addressed, written once) and returns its digest `blake3:{hex}` and its path.
+pub fn store_artifact(kernel_dir: &Path, bytes: &[u8]) -> Result<(String, PathBuf), LoopError> {
+    let hex = blake3::hash(bytes).to_hex().to_string();
+    let dir = super::state_dir(kernel_dir).join("artifacts");
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let path = dir.join(format!("{hex}.wasm"));
+    if !path.is_file() {
+        ck_fs::write_atomic(&path, bytes).map_err(io(&path))?;
+    }
+    Ok((format!("blake3:{hex}"), path))
 }

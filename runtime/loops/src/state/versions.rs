@@ -5,7 +5,7 @@ use ck_manifest::topics::LoopEvent;
 use serde_json::json;
 
 use super::{CANARY, LoopError, Loops, Pending, STABLE, io, serving, serving_path};
-use crate::serving::{Canary, ServingRecord, VersionRef};
+use crate::serving::{RolledBack, ServingRecord, VersionRef};
 
 impl Loops {
     fn resolve(&self, spec: &str) -> Result<(Option<String>, Option<String>), LoopError> {
@@ -44,8 +44,7 @@ impl Loops {
     }
 
     fn save(&self, mut record: ServingRecord) -> Result<ServingRecord, LoopError> {
-        record.revision += 1;
-        record.updated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        record.stamp();
         let path = serving_path(&self.kernel_dir);
         let bytes = serde_json::to_vec_pretty(&record).unwrap_or_default();
         ck_fs::write_atomic(&path, &bytes).map_err(io(&path))?;
@@ -102,25 +101,14 @@ impl Loops {
             tool: tool.unwrap_or_else(|| record.stable.tool.clone()),
         };
         self.materialize(&to)?;
-        let from = record.stable.clone();
-        if from == to && record.revision > 0 {
-            return Err(LoopError::Refused(format!(
-                "{} already serves {} as stable",
-                self.name,
-                to.short()
-            )));
-        }
+        let canary_before = record.canary.clone();
         let next = record.revision + 1;
+        let from = record.promote(to.clone())?;
         let mut events = self.move_branches(STABLE, &to, &format!("promote {spec}"), next)?;
-        if record.canary.as_ref().is_some_and(|c| c.pin == to) {
-            record.canary = None;
+        if canary_before.is_some() && record.canary.is_none() {
             self.ck.delete_branch(CANARY)?;
             self.tool.delete_branch(CANARY)?;
         }
-        if from != to {
-            record.previous.push(from.clone());
-        }
-        record.stable = to.clone();
         let record = self.save(record)?;
         let key = format!("rev{}", record.revision);
         let data = json!({"from": from, "to": to, "ref": spec, "revision": record.revision});
@@ -134,17 +122,13 @@ impl Loops {
 
     /// Sends `weight` percent of the messages to the version `spec` names (0 ends the canary).
     pub fn canary(&self, spec: &str, weight: u8) -> Result<ServingRecord, LoopError> {
-        if weight > 99 {
-            return Err(LoopError::Refused(format!(
-                "a canary takes 1–99 % of the messages (got {weight}); use `ck promote` to serve it for all"
-            )));
-        }
         let (ck, tool) = self.resolve(spec)?;
         let mut record = self.current()?;
         let pin = VersionRef {
             ck: ck.unwrap_or_else(|| record.stable.ck.clone()),
             tool: tool.unwrap_or_else(|| record.stable.tool.clone()),
         };
+        record.set_canary(pin.clone(), weight)?;
         self.materialize(&pin)?;
         let next = record.revision + 1;
         let mut events = if record.revision == 0 {
@@ -153,7 +137,6 @@ impl Loops {
             Vec::new()
         };
         if weight == 0 {
-            record.canary = None;
             self.ck.delete_branch(CANARY)?;
             self.tool.delete_branch(CANARY)?;
         } else {
@@ -163,10 +146,6 @@ impl Loops {
                 &format!("canary {spec} {weight}%"),
                 next,
             )?);
-            record.canary = Some(Canary {
-                pin: pin.clone(),
-                weight,
-            });
         }
         let record = self.save(record)?;
         events.push(self.event(
@@ -188,35 +167,26 @@ impl Loops {
             )));
         };
         let mut events = Vec::new();
-        let (from, what) = if let Some(canary) = record.canary.take() {
-            self.ck.delete_branch(CANARY)?;
-            self.tool.delete_branch(CANARY)?;
-            let what = format!(
-                "canary {} ({}%) ended; {} answers everything",
-                canary.pin.short(),
-                canary.weight,
-                record.stable.short()
-            );
-            (canary.pin, what)
-        } else {
-            let Some(previous) = record.previous.pop() else {
-                return Err(LoopError::Refused(format!(
-                    "{} serves its first pinned version {}: there is no earlier one to roll back to",
-                    self.name,
+        let next = record.revision + 1;
+        let rolled = record.rollback()?;
+        let what = match &rolled {
+            RolledBack::CanaryEnded(canary) => {
+                self.ck.delete_branch(CANARY)?;
+                self.tool.delete_branch(CANARY)?;
+                format!(
+                    "canary {} ({}%) ended; {} answers everything",
+                    canary.pin.short(),
+                    canary.weight,
                     record.stable.short()
-                )));
-            };
-            self.materialize(&previous)?;
-            events.extend(self.move_branches(
-                STABLE,
-                &previous,
-                "rollback",
-                record.revision + 1,
-            )?);
-            let from = std::mem::replace(&mut record.stable, previous);
-            let what = format!("stable {} → {}", from.short(), record.stable.short());
-            (from, what)
+                )
+            }
+            RolledBack::Stable { from } => {
+                self.materialize(&record.stable)?;
+                events.extend(self.move_branches(STABLE, &record.stable, "rollback", next)?);
+                format!("stable {} → {}", from.short(), record.stable.short())
+            }
         };
+        let from = rolled.from().clone();
         let record = self.save(record)?;
         events.push(self.event(
             LoopEvent::CkRollback,
