@@ -45,7 +45,7 @@ impl Provisioner {
         let client = ck_bus::with_tls(options, tls_ca)
             .name("ck-authz-provision")
             .custom_inbox_prefix(PROVISION_INBOX)
-            .connect(url)
+            .connect(ck_bus::servers(url).as_slice())
             .await?;
         Ok(Self {
             js: jetstream::new(client),

@@ -47,6 +47,16 @@ pub trait CredentialSource: Send + Sync + 'static {
     fn credentials(&self) -> BoxFuture<'static, Result<Credentials, CredentialsUnavailable>>;
 }
 
+/// The servers of a URL list (`nats://a:4222,nats://b:4222`): every connection in `ck` takes
+/// several, so a client fails over between the nodes of a cluster (async-nats takes a list,
+/// not a comma-separated string).
+pub fn servers(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
 /// How to connect as one kernel.
 #[derive(Clone)]
 pub struct ConnectSpec {
@@ -142,7 +152,7 @@ pub async fn connect(spec: &ConnectSpec) -> Result<Client, async_nats::ConnectEr
         })
         .name(spec.name.clone())
         .custom_inbox_prefix(spec.inbox_prefix.clone())
-        .connect(spec.url.as_str())
+        .connect(servers(&spec.url).as_slice())
         .await
 }
 

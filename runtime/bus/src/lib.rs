@@ -24,7 +24,7 @@ pub use caller::{CLAIMED_PREFIX, Caller};
 pub use cloudevent::LoopCloudEvent;
 pub use connection::{
     ConnectSpec, CredentialSource, Credentials, CredentialsUnavailable, connect, serve_rotating,
-    with_tls,
+    servers, with_tls,
 };
 pub use envelope::{Failure, Request, RequestError};
 pub use outbox::{LoopEventMessage, Outbox};

@@ -138,6 +138,7 @@ async fn serve(args: &ServeArgs) -> Result<std::process::ExitCode> {
         ck_serve::signal::terminated().await;
         trigger.cancel();
     });
+    let servers = ck_bus::servers(&args.nats);
     let client = ck_serve::retry_connect(&shutdown, &args.nats, || {
         ck_bus::with_tls(
             async_nats::ConnectOptions::with_user_and_password(
@@ -147,7 +148,7 @@ async fn serve(args: &ServeArgs) -> Result<std::process::ExitCode> {
             args.tls_ca.as_deref(),
         )
         .name("ck-authz")
-        .connect(args.nats.as_str())
+        .connect(servers.as_slice())
     })
     .await?;
     let provisioner =

@@ -57,7 +57,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             args.nats_password.as_deref(),
             args.tls_ca.as_deref(),
         )
-        .connect(args.nats.as_str())
+        .connect(ck_bus::servers(&args.nats).as_slice())
         .await
         .with_context(|| format!("connecting to {}", args.nats))?;
         let mut headers = async_nats::HeaderMap::new();

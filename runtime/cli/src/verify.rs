@@ -47,7 +47,7 @@ fn anchored(args: &Args, url: &str, kernel_dir: &std::path::Path) -> Result<(usi
             args.password.as_deref(),
             args.tls_ca.as_deref(),
         )
-        .connect(url)
+        .connect(ck_bus::servers(url).as_slice())
         .await
         .map_err(|e| anyhow::anyhow!("--nats {url}: {e}"))?;
         let js = async_nats::jetstream::new(client);

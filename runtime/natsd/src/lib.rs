@@ -2,7 +2,8 @@
 //! bound to 127.0.0.1 on a port it picks itself, reloadable, and killed when dropped.
 //!
 //! Used by the test suite, by `ck bench`, and by `ck dev` when no server is configured. It owns
-//! nothing but the process and its temporary directory (config and log).
+//! nothing but the process and its temporary directory (config and log) — and, for
+//! [`NatsCluster`], several such processes routed into one JetStream cluster.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -187,6 +188,95 @@ impl NatsServer {
         } else {
             format!("{log}\n--- stderr ---\n{stderr}")
         }
+    }
+}
+
+/// Log lines saying a JetStream cluster elected its metadata leader (so streams can be made).
+const META_LEADER: [&str; 2] = ["new metadata leader", "JetStream cluster metadata leader"];
+
+/// Several nats-servers on loopback routed into one cluster named `ck`, each with JetStream
+/// (file storage under one temporary directory, so a node's store survives its restart).
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+    _stores: tempfile::TempDir,
+}
+
+fn free_port() -> Result<u16, NatsdError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes, each configured with `body` plus its name (`n1`, `n2`, …), its
+    /// JetStream store and the routes to the others, and waits until JetStream elected a
+    /// metadata leader every node knows.
+    pub fn start(size: usize, body: &str) -> Result<NatsCluster, NatsdError> {
+        let stores = tempfile::tempdir()?;
+        let ports = (0..size)
+            .map(|_| free_port())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut nodes = Vec::with_capacity(size);
+        for (i, port) in ports.iter().enumerate() {
+            let routes: Vec<String> = ports
+                .iter()
+                .filter(|p| *p != port)
+                .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+                .collect();
+            let store = stores.path().join(format!("n{}", i + 1));
+            let node_body = format!(
+                "server_name: n{n}\njetstream {{ store_dir: \"{store}\" }}\ncluster {{\n  name: ck\n  host: 127.0.0.1\n  port: {port}\n  routes: [{routes}]\n}}\n{body}",
+                n = i + 1,
+                store = store.display(),
+                routes = routes.join(", "),
+            );
+            nodes.push(NatsServer::start(&node_body)?);
+        }
+        let cluster = NatsCluster {
+            nodes,
+            _stores: stores,
+        };
+        cluster.wait_meta_leader(Duration::from_secs(30))?;
+        Ok(cluster)
+    }
+
+    fn wait_meta_leader(&self, timeout: Duration) -> Result<(), NatsdError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self
+                .nodes
+                .iter()
+                .all(|n| META_LEADER.iter().any(|m| n.log().contains(m)))
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(NatsdError::NotReady {
+                    timeout,
+                    log: self.nodes.first().map(|n| n.log()).unwrap_or_default(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every node's client URL, comma-separated (what a client is given to fail over).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[NatsServer] {
+        &self.nodes
+    }
+
+    /// One node, to stop or restart.
+    pub fn node_mut(&mut self, i: usize) -> &mut NatsServer {
+        &mut self.nodes[i]
     }
 }
 
