@@ -10,6 +10,7 @@ mod call;
 mod dev;
 mod identity;
 mod new;
+mod publish;
 mod run;
 mod validate;
 mod verify;
@@ -80,7 +81,11 @@ enum Command {
     /// Send a share of the messages (--weight percent) to a version; 0 ends the canary.
     Canary(versions::CanaryArgs),
     /// End a running canary, or else make the previous stable version stable again.
-    Rollback(versions::KernelArg),
+    Rollback(versions::RollbackArgs),
+    /// Publish kernels' recorded versions (manifests, components) to the cluster's control
+    /// plane, creating a serving record where the cluster has none. Hosts started with
+    /// `ck run --control` serve what the cluster's serving records name.
+    Publish(publish::Args),
     /// Show the serving record and the CK and TOOL loops' branches of a kernel.
     Versions(versions::KernelArg),
     /// Serve one kernel for its author: start a local nats-server with the auth callout and
@@ -134,6 +139,7 @@ fn main() -> ExitCode {
         Command::Promote(args) => versions::promote(&args),
         Command::Canary(args) => versions::canary(&args),
         Command::Rollback(args) => versions::rollback(&args),
+        Command::Publish(args) => publish::run(&args),
         Command::Versions(args) => versions::versions(&args),
         Command::Dev(args) => dev::run(&args),
         Command::New(args) => new::run(&args),

@@ -69,6 +69,23 @@ pub struct Args {
     /// is abandoned to the durable queues; keep it under the orchestrator's kill timeout.
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     pub grace: f64,
+    /// Serve what the cluster's control plane says (the serving records and versions `ck
+    /// publish` and `ck promote --nats` write), following it through a watch, instead of each
+    /// kernel's `.ck/`. Its URL(s); `--nats` when given without a value.
+    #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
+    pub control: Option<String>,
+    /// The host's own NATS user for the control plane (it may read the registry, the
+    /// component store and the serving records).
+    #[arg(long, env = "CK_CONTROL_USER", requires = "control")]
+    pub control_user: Option<String>,
+    /// That user's password.
+    #[arg(
+        long,
+        env = "CK_CONTROL_PASSWORD",
+        requires = "control_user",
+        hide_env_values = true
+    )]
+    pub control_password: Option<String>,
 }
 
 impl Args {
@@ -107,6 +124,17 @@ impl Args {
             publish_events: !self.no_events,
             tool_events: !self.no_tool_events,
             follow_serving_record: true,
+            control: self.control.as_ref().map(|url| ck_serve::ControlConfig {
+                nats: if url.is_empty() {
+                    self.nats.clone()
+                } else {
+                    url.clone()
+                },
+                user: self
+                    .control_user
+                    .clone()
+                    .map(|u| (u, self.control_password.clone().unwrap_or_default())),
+            }),
             grace: Duration::from_secs_f64(self.grace),
         })
     }
@@ -149,7 +177,11 @@ pub fn run(args: &Args) -> Result<std::process::ExitCode> {
                 .filter(|k| k.manifest_path != kernel.manifest_path)
                 .cloned()
                 .collect();
-            plans.push(host.plan_recorded(kernel, others, "served by ck run")?);
+            plans.push(if host.control().is_some() {
+                host.plan_cluster(kernel, others).await?
+            } else {
+                host.plan_recorded(kernel, others, "served by ck run")?
+            });
         }
         let stop = ck_serve::signal::terminated();
         tokio::pin!(stop);

@@ -1,6 +1,7 @@
 //! `ck promote` / `ck canary` / `ck rollback` / `ck versions`: moving and showing the versions
 //! a host serves (the serving record and the loops' branches). Running hosts follow the
-//! serving record themselves (`ck_serve`).
+//! serving record themselves (`ck_serve`). With `--nats`, the record changed is the cluster's
+//! (`ck_control`), from any machine.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,12 +10,23 @@ use anyhow::Result;
 use ck_loops::serving::ServingRecord;
 use ck_loops::state::{self, Loops};
 
+use crate::publish::ClusterArgs;
+
 /// Arguments naming one kernel.
 #[derive(clap::Args)]
 pub struct KernelArg {
-    /// The kernel directory (or its manifest).
+    /// The kernel directory (or its manifest); with --nats also its name or GUID.
     #[arg(value_name = "KERNEL")]
     pub kernel: PathBuf,
+}
+
+/// Arguments of `ck rollback`.
+#[derive(clap::Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    kernel: KernelArg,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 /// Arguments of `ck promote`.
@@ -25,6 +37,8 @@ pub struct PromoteArgs {
     /// A branch (`develop`, `canary`) or commit id of the CK or TOOL loop.
     #[arg(value_name = "REF")]
     reference: String,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 /// Arguments of `ck canary`.
@@ -38,6 +52,8 @@ pub struct CanaryArgs {
     /// Percentage of messages the canary answers (1–99; 0 ends the canary).
     #[arg(long)]
     weight: u8,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 fn open(path: &Path) -> Result<Loops> {
@@ -59,8 +75,41 @@ fn print_record(record: &ServingRecord) {
     );
 }
 
+/// The kernel a cluster command names: a kernel directory or manifest (its GUID), else a
+/// name or GUID as given.
+fn cluster_kernel(arg: &Path) -> Result<String> {
+    if arg.exists() {
+        return Ok(crate::validate::load_one(arg)?.guid);
+    }
+    Ok(arg.to_string_lossy().into_owned())
+}
+
+/// Changes the cluster's serving record of `kernel` and prints what changed.
+fn in_cluster<F>(cluster: &ClusterArgs, kernel: &Path, change: F) -> Result<ExitCode>
+where
+    F: AsyncFnOnce(
+        &ck_control::ControlPlane,
+        &str,
+    ) -> Result<ck_control::Changed, ck_control::ControlError>,
+{
+    let kernel = cluster_kernel(kernel)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let plane = cluster.open(None).await?;
+        let changed = change(&plane, &kernel).await?;
+        println!("{}", changed.what);
+        print_record(&changed.record);
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 /// `ck promote`.
 pub fn promote(args: &PromoteArgs) -> Result<ExitCode> {
+    if args.cluster.nats.is_some() {
+        return in_cluster(&args.cluster, &args.kernel.kernel, async |plane, kernel| {
+            plane.promote(kernel, &args.reference).await
+        });
+    }
     let record = open(&args.kernel.kernel)?.promote(&args.reference)?;
     print_record(&record);
     Ok(ExitCode::SUCCESS)
@@ -68,14 +117,24 @@ pub fn promote(args: &PromoteArgs) -> Result<ExitCode> {
 
 /// `ck canary`.
 pub fn canary(args: &CanaryArgs) -> Result<ExitCode> {
+    if args.cluster.nats.is_some() {
+        return in_cluster(&args.cluster, &args.kernel.kernel, async |plane, kernel| {
+            plane.canary(kernel, &args.reference, args.weight).await
+        });
+    }
     let record = open(&args.kernel.kernel)?.canary(&args.reference, args.weight)?;
     print_record(&record);
     Ok(ExitCode::SUCCESS)
 }
 
 /// `ck rollback`.
-pub fn rollback(args: &KernelArg) -> Result<ExitCode> {
-    let (record, what) = open(&args.kernel)?.rollback()?;
+pub fn rollback(args: &RollbackArgs) -> Result<ExitCode> {
+    if args.cluster.nats.is_some() {
+        return in_cluster(&args.cluster, &args.kernel.kernel, async |plane, kernel| {
+            plane.rollback(kernel).await
+        });
+    }
+    let (record, what) = open(&args.kernel.kernel)?.rollback()?;
     println!("{what}");
     print_record(&record);
     Ok(ExitCode::SUCCESS)

@@ -116,6 +116,54 @@ pub fn data_event_stream(guid: &str) -> String {
     format!("ck_data_{}", guid.replace('-', "_"))
 }
 
+/// The control plane's registry bucket (JetStream KV): every published CK and TOOL commit of
+/// every kernel (`{guid}.ck.{commit}`: the manifest; `{guid}.tool.{commit}`: the component's
+/// digest; `{guid}.develop`: the newest published version). Written only by operators.
+pub const REGISTRY_BUCKET: &str = "CK_REGISTRY";
+/// The control plane's serving bucket (JetStream KV): one serving record per kernel, key
+/// `{guid}`, changed only by revision-checked updates and watched by every serving host.
+pub const SERVING_BUCKET: &str = "CK_SERVING";
+/// The control plane's object store of components, each named by its blake3 digest (hex).
+pub const ARTIFACT_STORE: &str = "CK_ARTIFACTS";
+/// The stream of CK and TOOL loop events of every kernel (DATA events have their kernel's own
+/// stream), deduplicated by `Nats-Msg-Id`: several hosts of one kernel publish each event
+/// once.
+pub const LOOP_EVENT_STREAM: &str = "CK_LOOP_EVENTS";
+
+/// Registry key of kernel `guid`'s CK or TOOL commit `commit`.
+pub fn registry_commit_key(guid: &str, lp: Loop, commit: &str) -> String {
+    format!("{guid}.{}.{commit}", lp.as_str())
+}
+
+/// Registry key of kernel `guid`'s newest published `develop` version.
+pub fn registry_develop_key(guid: &str) -> String {
+    format!("{guid}.develop")
+}
+
+/// Serving-bucket key of kernel `guid`.
+pub fn serving_key(guid: &str) -> String {
+    guid.to_owned()
+}
+
+/// The subjects [`LOOP_EVENT_STREAM`] keeps: the CK loop's events and the TOOL loop's
+/// version events of every kernel — not the TOOL loop's per-call events (`tool.invoked`,
+/// `tool.completed`, `tool.failed`), which are one per request and no part of a version's
+/// history.
+pub fn loop_event_stream_subjects() -> Vec<String> {
+    LoopEvent::ALL
+        .iter()
+        .filter(|e| match e.loop_() {
+            Loop::Ck => true,
+            Loop::Tool => !matches!(
+                e,
+                LoopEvent::ToolInvoked | LoopEvent::ToolCompleted | LoopEvent::ToolFailed
+            ),
+            Loop::Data => false,
+        })
+        .map(|e| format!("{KERNEL_PREFIX}.*.{}.{}", e.loop_().as_str(), e.name()))
+        .collect()
+}
+
 /// The JetStream API subjects the host publishes on for one kernel's own lifecycle bucket and
 /// DATA event stream (over that kernel's connection): reading them (`STREAM.INFO`, `DIRECT.GET`)
 /// and writing task records (`$KV.{bucket}.>`). No administration: no `STREAM.CREATE` (its

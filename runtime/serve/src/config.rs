@@ -52,6 +52,10 @@ pub struct ServeConfig {
     pub tool_events: bool,
     /// Follow each kernel's serving record (promote / canary / rollback) while serving.
     pub follow_serving_record: bool,
+    /// The cluster's control plane: when set, what each kernel serves comes from its serving
+    /// record in the cluster (versions from the registry and the component store), followed
+    /// through a KV watch, instead of from its `.ck/` directory.
+    pub control: Option<ControlConfig>,
     /// How long stopping may take in any state (serving, reconnecting, NATS gone, mid-swap,
     /// mid-seal) before what is left is abandoned; durable queues stay for the next start.
     pub grace: Duration,
@@ -72,9 +76,21 @@ impl Default for ServeConfig {
             publish_events: true,
             tool_events: true,
             follow_serving_record: true,
+            control: None,
             grace: DEFAULT_GRACE,
         }
     }
+}
+
+/// How the host reaches the cluster's control plane (`ck_control`): one connection of the
+/// host's own, which may read the registry, the component store and the serving records (the
+/// server's permissions for that user say so; it writes none of them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// NATS server URL(s), comma-separated.
+    pub nats: String,
+    /// The host's user and password, when the server asks for them.
+    pub user: Option<(String, String)>,
 }
 
 /// The default grace period of a stop: well inside the 30 s an orchestrator gives a pod.

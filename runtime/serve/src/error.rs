@@ -28,6 +28,8 @@ pub enum ServeErrorKind {
     TopicsMoved,
     /// The host is stopping or stopped.
     Stopped,
+    /// The cluster's control plane refused or holds nothing to serve for the kernel.
+    Control,
     /// The compiled-component cache directory is refused (not the host user's, or open to
     /// others).
     Cache,

@@ -37,6 +37,9 @@ pub struct KernelPlan {
     pub canary: Option<(PreparedVersion, u8)>,
     /// The serving record's revision to follow from; None when the record is not followed.
     pub revision: Option<u64>,
+    /// Whether the record followed is the cluster's (`Host::plan_cluster`), not the one in
+    /// the kernel's `.ck/`.
+    pub from_cluster: bool,
     /// Loads later versions of this kernel.
     pub loader: Loader,
 }
@@ -103,6 +106,7 @@ pub struct Host {
     cache: Option<ArtifactCache>,
     identity: Option<ck_identity::IdentityClient>,
     verifier: Option<Arc<SvidVerifier>>,
+    control: Option<ck_control::ControlPlane>,
     kernels: tokio::sync::Mutex<BTreeMap<String, Served>>,
     shutdown: CancellationToken,
 }
@@ -163,12 +167,17 @@ impl Host {
             }
             IdentityMode::None | IdentityMode::Insecure => (None, None),
         };
+        let control = match &config.control {
+            Some(c) => Some(crate::cluster::open(c, config.tls_ca.as_deref()).await?),
+            None => None,
+        };
         Ok(Self {
             config,
             engine,
             cache,
             identity,
             verifier,
+            control,
             kernels: Default::default(),
             shutdown: CancellationToken::new(),
         })
@@ -246,8 +255,70 @@ impl Host {
             stable,
             canary,
             revision: self.config.follow_serving_record.then_some(record.revision),
+            from_cluster: false,
             loader,
         })
+    }
+
+    /// Plans serving `kernel` as the cluster's control plane says (`ServeConfig::control`):
+    /// the versions its serving record in the cluster names, read back from the registry and
+    /// the component store, then followed through a watch. Nothing is recorded in the
+    /// kernel's `.ck/` (operators publish versions with `ck publish`); its directory holds
+    /// its DATA.
+    pub async fn plan_cluster(
+        &self,
+        kernel: &Kernel,
+        others: Vec<Kernel>,
+    ) -> Result<KernelPlan, ServeError> {
+        let Some(control) = &self.control else {
+            return Err(ServeError::new(
+                ServeErrorKind::Control,
+                "the host has no control plane configured",
+            ));
+        };
+        let (record, _) = control
+            .record(&kernel.guid)
+            .await
+            .kinded(ServeErrorKind::Control, || {
+                format!("{}: reading its serving record", kernel.name)
+            })?
+            .ok_or_else(|| {
+                ServeError::with_source(
+                    ServeErrorKind::Control,
+                    format!("{}: nothing to serve", kernel.name),
+                    ck_control::ControlError::NotPublished {
+                        guid: kernel.guid.clone(),
+                    },
+                )
+            })?;
+        let loader = self.loader(others);
+        let (stable, canary) = crate::cluster::load_record(control, &loader, kernel.dir(), &record)
+            .await
+            .map_err(|e| {
+                ServeError::new(
+                    ServeErrorKind::Control,
+                    format!(
+                        "{}: loading the versions its serving record (revision {}) names: {e:#}",
+                        kernel.name, record.revision
+                    ),
+                )
+            })?;
+        for v in std::iter::once(&stable).chain(canary.as_ref().map(|c| &c.0)) {
+            log_loaded(v);
+        }
+        Ok(KernelPlan {
+            kernel: stable.kernel.clone(),
+            stable,
+            canary,
+            revision: Some(record.revision),
+            from_cluster: true,
+            loader,
+        })
+    }
+
+    /// The cluster's control plane, when the host has one.
+    pub fn control(&self) -> Option<&ck_control::ControlPlane> {
+        self.control.as_ref()
     }
 
     /// Plans serving `kernel` as it stands in its directory (its built component, its working
@@ -284,6 +355,7 @@ impl Host {
             stable: version,
             canary: None,
             revision: None,
+            from_cluster: false,
             loader,
         }
     }
@@ -352,6 +424,11 @@ impl Host {
                 swapper: swapper.clone(),
                 loader: plan.loader,
                 revision: plan.revision,
+                control: if plan.from_cluster {
+                    self.control.clone()
+                } else {
+                    None
+                },
             }
             .run(token.clone()),
         );

@@ -25,13 +25,13 @@
 //! format or the lifecycle's rules (`ck-host`, `ck-bus`, `ck-task`): it composes them.
 
 mod access;
+mod cluster;
 mod config;
 mod connection;
 mod dispatch;
 mod error;
 mod follower;
 mod host;
-mod journal;
 mod lifecycle;
 mod protocol;
 pub mod runtime;
@@ -41,13 +41,12 @@ mod version;
 mod versioned;
 
 pub use access::{CallerRejected, CallerVerifier};
-pub use config::{DEFAULT_GRACE, IdentityMode, ServeConfig};
+pub use config::{ControlConfig, DEFAULT_GRACE, IdentityMode, ServeConfig};
 pub use connection::retry_connect;
 pub use dispatch::VersionService;
 pub use error::{ServeError, ServeErrorKind};
 pub use follower::FOLLOW_INTERVAL;
 pub use host::{Health, Host, KernelPlan, KernelReport, Removed};
-pub use journal::publish_journal;
 pub use protocol::VersionStats;
 pub use swap::Swapped;
 pub use version::{Loader, PreparedVersion, topics_moved};

@@ -42,6 +42,8 @@ pub(crate) fn status(
             "coalesced_refusals": ck_audit::coalesce::coalesced_total(),
         },
         "serving": version,
+        // Which host process answered (several hosts of a cluster share one queue group).
+        "host": { "pid": std::process::id() },
         "uptime_ms": uptime_ms,
         "component": {
             "path": component.path,

@@ -102,18 +102,33 @@ impl Loader {
         })
     }
 
-    /// Loads the stable version (and the canary, if any) of `record`.
+    /// Loads the stable version (and the canary, if any) of `record`, as the loops in
+    /// `kernel_dir` hold them.
     pub fn load_record(
         &self,
         kernel_dir: &Path,
         record: &ServingRecord,
     ) -> anyhow::Result<(PreparedVersion, Option<(PreparedVersion, u8)>)> {
         let stable = state::materialize(kernel_dir, &record.stable)?;
-        let stable = self.load(kernel_dir, &stable, state::STABLE)?;
         let canary = match &record.canary {
-            Some(c) => {
-                let version = state::materialize(kernel_dir, &c.pin)?;
-                Some((self.load(kernel_dir, &version, state::CANARY)?, c.weight))
+            Some(c) => Some((state::materialize(kernel_dir, &c.pin)?, c.weight)),
+            None => None,
+        };
+        self.load_versions(kernel_dir, &stable, canary.as_ref().map(|(v, w)| (v, *w)))
+    }
+
+    /// Loads a stable version (and a canary with its weight) read back already, from the
+    /// loops or from the cluster.
+    pub fn load_versions(
+        &self,
+        kernel_dir: &Path,
+        stable: &VersionSnapshot,
+        canary: Option<(&VersionSnapshot, u8)>,
+    ) -> anyhow::Result<(PreparedVersion, Option<(PreparedVersion, u8)>)> {
+        let stable = self.load(kernel_dir, stable, state::STABLE)?;
+        let canary = match canary {
+            Some((version, weight)) => {
+                Some((self.load(kernel_dir, version, state::CANARY)?, weight))
             }
             None => None,
         };
