@@ -26,6 +26,8 @@
 //! topic functions, and it refuses (rather than emits) anything that would widen through a
 //! wildcard.
 
+pub mod control;
+
 use chrono::{DateTime, Utc};
 use ck_manifest::topics::{self, Loop};
 use ck_manifest::{Access, Expiry, GrantIdentity, Kernel, KernelSet, Predicate};

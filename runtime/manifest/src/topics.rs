@@ -145,6 +145,88 @@ pub fn serving_key(guid: &str) -> String {
     guid.to_owned()
 }
 
+/// One of the control plane's stores, for permissions (`ck_acl::control`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ControlStore {
+    /// [`REGISTRY_BUCKET`].
+    Registry,
+    /// [`SERVING_BUCKET`].
+    Serving,
+    /// [`ARTIFACT_STORE`].
+    Artifacts,
+    /// [`LOOP_EVENT_STREAM`].
+    LoopEvents,
+}
+
+impl ControlStore {
+    /// Every store.
+    pub const ALL: [ControlStore; 4] = [
+        ControlStore::Registry,
+        ControlStore::Serving,
+        ControlStore::Artifacts,
+        ControlStore::LoopEvents,
+    ];
+
+    /// The JetStream stream behind it.
+    pub fn stream(self) -> String {
+        match self {
+            ControlStore::Registry => format!("KV_{REGISTRY_BUCKET}"),
+            ControlStore::Serving => format!("KV_{SERVING_BUCKET}"),
+            ControlStore::Artifacts => format!("OBJ_{ARTIFACT_STORE}"),
+            ControlStore::LoopEvents => LOOP_EVENT_STREAM.to_owned(),
+        }
+    }
+
+    /// What reading it takes on the JetStream API: stream info, direct and stored message
+    /// gets, and (ordered) consumers for watches, key listings and object reads.
+    pub fn read_api(self) -> Vec<String> {
+        let s = self.stream();
+        vec![
+            format!("$JS.API.STREAM.INFO.{s}"),
+            format!("$JS.API.STREAM.MSG.GET.{s}"),
+            format!("$JS.API.DIRECT.GET.{s}"),
+            format!("$JS.API.DIRECT.GET.{s}.>"),
+            format!("$JS.API.CONSUMER.CREATE.{s}"),
+            format!("$JS.API.CONSUMER.CREATE.{s}.>"),
+            format!("$JS.API.CONSUMER.INFO.{s}.*"),
+            format!("$JS.API.CONSUMER.DELETE.{s}.*"),
+        ]
+    }
+
+    /// The subjects writing it publishes on.
+    pub fn write_subjects(self) -> Vec<String> {
+        match self {
+            ControlStore::Registry => vec![format!("$KV.{REGISTRY_BUCKET}.>")],
+            ControlStore::Serving => vec![format!("$KV.{SERVING_BUCKET}.>")],
+            ControlStore::Artifacts => vec![format!("$O.{ARTIFACT_STORE}.>")],
+            ControlStore::LoopEvents => loop_event_stream_subjects(),
+        }
+    }
+
+    /// Creating it.
+    pub fn create_api(self) -> String {
+        format!("$JS.API.STREAM.CREATE.{}", self.stream())
+    }
+
+    /// Administering it (no `ck` command does): update, delete, purge, message delete.
+    pub fn admin_api(self) -> Vec<String> {
+        let s = self.stream();
+        ["UPDATE", "DELETE", "PURGE", "MSG.DELETE"]
+            .iter()
+            .map(|op| format!("$JS.API.STREAM.{op}.{s}"))
+            .collect()
+    }
+}
+
+/// The JetStream account-information request every JetStream client may send.
+pub const JS_ACCOUNT_INFO: &str = "$JS.API.INFO";
+
+/// Replies of a client using the default inbox prefix.
+pub const CLIENT_INBOX: &str = "_INBOX.>";
+
 /// The subjects [`LOOP_EVENT_STREAM`] keeps: the CK loop's events and the TOOL loop's
 /// version events of every kernel — not the TOOL loop's per-call events (`tool.invoked`,
 /// `tool.completed`, `tool.failed`), which are one per request and no part of a version's
