@@ -269,12 +269,7 @@ impl Authorizer {
                     format!(
                         "no kernel registered with SPIFFE ID {} (registry: {})",
                         request.user,
-                        self.registry
-                            .roots()
-                            .iter()
-                            .map(|r| r.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        self.registry.describe()
                     )
                 }));
             };

@@ -12,6 +12,7 @@
 //! Does not run kernels or hold kernel connections; does not issue SVIDs.
 
 mod callout;
+mod cluster;
 pub mod natsjwt;
 mod provision;
 mod registry;

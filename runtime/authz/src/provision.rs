@@ -53,6 +53,12 @@ impl Provisioner {
         })
     }
 
+    /// Its JetStream context (the callout's APP-side connection, which also reads the
+    /// control plane's published manifests).
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
     /// The provisioner of a callout deployment: connected when its secrets hold a
     /// provisioning password, `None` (logged `authz.no-provisioning`) for an older directory.
     pub async fn for_secrets(

@@ -1,8 +1,9 @@
 //! The registry of kernel manifests the callout decides from: one or more directories, rescanned
 //! when a manifest or a serving record changes (so a new grant takes effect at the next
-//! connect, without a restart). A kernel with a serving record counts as its promoted stable
-//! version (its CK commit), not as whatever its working files say: a grant takes effect when it
-//! is promoted.
+//! connect, without a restart) — or the cluster's control plane, followed through a watch of
+//! its serving records (`ck authz serve --control`; `cluster`). A kernel with a serving record
+//! counts as its promoted stable version (its CK commit), not as whatever its working files
+//! say: a grant takes effect when it is promoted.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -31,11 +32,14 @@ const UNKNOWN_TTL: Duration = Duration::from_secs(1);
 /// Users remembered as unknown at most (the cache is emptied when full).
 const MAX_UNKNOWN: usize = 4096;
 
-/// Kernel manifests found under some directories.
+/// Kernel manifests found under some directories, or published in the cluster.
 pub struct Registry {
     roots: Vec<PathBuf>,
     snapshot: Mutex<Snapshot>,
     unknown: Mutex<std::collections::HashMap<String, Instant>>,
+    /// The set the cluster's serving records name, kept current by a watch; None for
+    /// directories.
+    cluster: Option<Arc<Mutex<Arc<KernelSet>>>>,
 }
 
 fn manifests(roots: &[PathBuf]) -> Vec<PathBuf> {
@@ -130,17 +134,55 @@ impl Registry {
             }),
             roots,
             unknown: Mutex::new(std::collections::HashMap::new()),
+            cluster: None,
         }
     }
 
-    /// The directories scanned.
-    pub fn roots(&self) -> &[PathBuf] {
-        &self.roots
+    /// A registry of the kernels the cluster's serving records name (their stable manifests
+    /// as published), following every change until `shutdown`. Returns once the current
+    /// records are loaded.
+    pub async fn follow_cluster(
+        plane: ck_control::ControlPlane,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<Self, ck_control::ControlError> {
+        let shared = crate::cluster::follow(plane, shutdown).await?;
+        Ok(Self {
+            roots: Vec::new(),
+            snapshot: Mutex::new(Snapshot {
+                set: Arc::new(KernelSet::new(Vec::new()).0),
+                fingerprint: blake3::hash(b""),
+                checked: Instant::now(),
+            }),
+            unknown: Mutex::new(std::collections::HashMap::new()),
+            cluster: Some(shared),
+        })
+    }
+
+    /// Where the manifests come from, for messages.
+    pub fn describe(&self) -> String {
+        match &self.cluster {
+            Some(_) => format!(
+                "the cluster's serving records, {}",
+                ck_manifest::topics::SERVING_BUCKET
+            ),
+            None => self
+                .roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
     }
 
     /// The current kernel set, reloaded first if a manifest was added, removed or changed
-    /// (checked at most every 200 ms).
+    /// (checked at most every 200 ms; the cluster's is kept current by its watch).
     pub fn current(&self) -> Arc<KernelSet> {
+        if let Some(shared) = &self.cluster {
+            return shared
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_else(|_| Arc::new(KernelSet::new(Vec::new()).0));
+        }
         self.scan(false)
     }
 
@@ -150,6 +192,10 @@ impl Registry {
     /// less than a second ago (the negative cache), so a flood of unknown users does not
     /// rescan for each one. `known` says whether a set knows the user.
     pub fn rescan_for(&self, user: &str, known: impl Fn(&KernelSet) -> bool) -> Arc<KernelSet> {
+        if self.cluster.is_some() {
+            // The watch delivers a change within milliseconds; nothing to rescan.
+            return self.current();
+        }
         let recently_unknown = self
             .unknown
             .lock()

@@ -7,6 +7,11 @@ use nkeys::KeyPair;
 
 /// The server configuration template (policies/nats/auth-callout.conf).
 pub const SERVER_TEMPLATE: &str = include_str!("../../../policies/nats/auth-callout.conf");
+/// Who may read and change the cluster's control plane (policies/control-plane.yaml).
+pub const CONTROL_POLICY: &str = include_str!("../../../policies/control-plane.yaml");
+/// The control-plane role of the callout's APP-side user (`ck-provision`): it reads the
+/// published manifests the callout decides from.
+pub const CALLOUT_ROLE: &str = "callout";
 
 /// File names inside a callout directory.
 pub const ISSUER_FILE: &str = "issuer.nk";
@@ -104,6 +109,9 @@ pub enum SetupError {
     /// The issuer seed is not an account nkey seed.
     #[error("{ISSUER_FILE}: {0}")]
     Issuer(String),
+    /// The control-plane policy is unusable or lacks a role asked for.
+    #[error(transparent)]
+    Policy(#[from] ck_acl::control::ControlPolicyError),
 }
 
 /// A user that bypasses the callout with a password (operator tools, load generators).
@@ -113,6 +121,9 @@ pub struct StaticUser {
     pub name: String,
     /// Password.
     pub password: String,
+    /// Its control-plane role (`policies/control-plane.yaml`): exactly that role's
+    /// permissions. None: anything but the control plane's writes.
+    pub role: Option<String>,
 }
 
 /// The server's TLS certificate and key (PEM files): with them the server requires TLS of
@@ -136,24 +147,45 @@ pub fn render_server_config(
 ) -> Result<String, SetupError> {
     let issuer = secrets.issuer()?.public_key();
     let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let policy = ck_acl::control::ControlPolicy::parse(CONTROL_POLICY)?;
     let mut users: Vec<String> = Vec::new();
     let mut names = String::new();
     if let Some(password) = &secrets.provision_password {
         // Stream info and creation only, replies on its own prefix: it makes kernels'
-        // buckets and streams (with `ck_task::provision`'s configuration), nothing else.
+        // buckets and streams (with `ck_task::provision`'s configuration); and it reads the
+        // control plane's published manifests (the `callout` role). Nothing else.
+        let mut permissions = policy.permissions(CALLOUT_ROLE)?;
+        permissions
+            .publish
+            .allow
+            .extend(["$JS.API.STREAM.INFO.*", "$JS.API.STREAM.CREATE.*"].map(str::to_owned));
+        permissions.publish.deny = ck_acl::control::write_denials();
+        permissions.subscribe =
+            ck_subject::PermissionList::allow_only([format!("{}.>", crate::PROVISION_INBOX)]);
         users.push(format!(
-            "{{ user: {}, password: {}, permissions: {{ publish: {{ allow: [\"$JS.API.INFO\", \"$JS.API.STREAM.INFO.*\", \"$JS.API.STREAM.CREATE.*\"] }}, subscribe: {{ allow: [{}] }} }} }}",
+            "{{ user: {}, password: {}, {} }}",
             quote(crate::PROVISION_USER),
             quote(password),
-            quote(&format!("{}.>", crate::PROVISION_INBOX)),
+            permissions.to_nats_config(),
         ));
         names.push_str(&format!(", {}", quote(crate::PROVISION_USER)));
     }
     for u in static_users {
+        let permissions = match &u.role {
+            Some(role) => policy.permissions(role)?,
+            None => ck_subject::Permissions {
+                publish: ck_subject::PermissionList {
+                    allow: Vec::new(),
+                    deny: ck_acl::control::write_denials(),
+                },
+                ..Default::default()
+            },
+        };
         users.push(format!(
-            "{{ user: {}, password: {} }}",
+            "{{ user: {}, password: {}, {} }}",
             quote(&u.name),
-            quote(&u.password)
+            quote(&u.password),
+            permissions.to_nats_config(),
         ));
         names.push_str(&format!(", {}", quote(&u.name)));
     }

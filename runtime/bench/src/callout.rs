@@ -95,6 +95,7 @@ pub async fn run(bench: &CalloutBench<'_>) -> Result<()> {
         &[StaticUser {
             name: "bench".into(),
             password: "bench".into(),
+            role: None,
         }],
         &dir.path().join("jetstream"),
         None,

@@ -33,9 +33,18 @@ struct InitArgs {
     /// Address nats-server listens on.
     #[arg(long, default_value = "127.0.0.1:4222")]
     listen: String,
-    /// A user that bypasses the callout, NAME:PASSWORD (operator tools; repeatable).
+    /// A user that bypasses the callout, NAME:PASSWORD (operator tools; repeatable). It may
+    /// do anything but write the cluster's control plane.
     #[arg(long = "static-user", value_name = "NAME:PASSWORD")]
     static_users: Vec<String>,
+    /// An operator, NAME:PASSWORD: the `operator` role of policies/control-plane.yaml (`ck
+    /// publish`, `ck promote --nats`; repeatable).
+    #[arg(long = "operator", value_name = "NAME:PASSWORD")]
+    operators: Vec<String>,
+    /// A serving host's control-plane user, NAME:PASSWORD: the `host` role (`ck run
+    /// --control`; repeatable).
+    #[arg(long = "control-host", value_name = "NAME:PASSWORD")]
+    control_hosts: Vec<String>,
     /// The server's TLS certificate (PEM): clients must then speak TLS.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -54,8 +63,17 @@ struct ServeArgs {
     nats: String,
     /// Where kernel manifests are registered (repeatable): directories searched for
     /// conceptkernel.yaml, rescanned when one changes.
-    #[arg(long = "registry", required = true, value_name = "DIR")]
+    #[arg(
+        long = "registry",
+        required_unless_present = "control",
+        value_name = "DIR"
+    )]
     registry: Vec<PathBuf>,
+    /// Decide from the cluster's control plane instead: the stable manifests its serving
+    /// records name (`ck publish`, `ck promote --nats`), followed through a watch. Read as the
+    /// callout's APP-side user (the `callout` role of policies/control-plane.yaml).
+    #[arg(long, conflicts_with = "registry")]
+    control: bool,
     /// Trust domain whose SVIDs are accepted (repeatable).
     #[arg(long = "trust-domain", required = true, value_name = "DOMAIN", value_parser = crate::identity::parse_trust_domain)]
     trust_domains: Vec<TrustDomain>,
@@ -85,16 +103,28 @@ pub fn run(args: &Args) -> Result<std::process::ExitCode> {
 }
 
 fn init(args: &InitArgs) -> Result<std::process::ExitCode> {
+    let parse = |flag: &str, u: &String, role: Option<&str>| match u.split_once(':') {
+        Some((name, password)) if !name.is_empty() && !password.is_empty() => Ok(StaticUser {
+            name: name.to_owned(),
+            password: password.to_owned(),
+            role: role.map(str::to_owned),
+        }),
+        _ => bail!("--{flag} '{u}': expected NAME:PASSWORD"),
+    };
     let users = args
         .static_users
         .iter()
-        .map(|u| match u.split_once(':') {
-            Some((name, password)) if !name.is_empty() && !password.is_empty() => Ok(StaticUser {
-                name: name.to_owned(),
-                password: password.to_owned(),
-            }),
-            _ => bail!("--static-user '{u}': expected NAME:PASSWORD"),
-        })
+        .map(|u| parse("static-user", u, None))
+        .chain(
+            args.operators
+                .iter()
+                .map(|u| parse("operator", u, Some("operator"))),
+        )
+        .chain(
+            args.control_hosts
+                .iter()
+                .map(|u| parse("control-host", u, Some("host"))),
+        )
         .collect::<Result<Vec<_>>>()?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(ck_authz::setup::ServerTls {
@@ -119,7 +149,38 @@ async fn serve(args: &ServeArgs) -> Result<std::process::ExitCode> {
     let secrets = CalloutSecrets::load(&args.dir)?;
     let issuer = secrets.issuer()?;
     let bundles = ck_identity::bundle_source(&args.spiffe_socket).await?;
-    let registry = Registry::open(args.registry.clone());
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        ck_serve::signal::terminated().await;
+        trigger.cancel();
+    });
+    let provisioner =
+        ck_authz::Provisioner::for_secrets(&args.nats, &secrets, args.tls_ca.as_deref()).await?;
+    let registry = if args.control {
+        let Some(provisioner) = &provisioner else {
+            bail!(
+                "--control reads the cluster as the callout's APP-side user, whose password ({}) is missing from {}",
+                ck_authz::setup::PROVISION_PASSWORD_FILE,
+                args.dir.display()
+            );
+        };
+        let plane = loop {
+            match ck_control::ControlPlane::open(provisioner.jetstream().clone()).await {
+                Ok(plane) => break plane,
+                Err(e) => {
+                    tracing::warn!(target: "ck::authz", error = %e, "registry.waiting-for-control-plane");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(std::process::ExitCode::SUCCESS),
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        Registry::follow_cluster(plane, shutdown.clone()).await?
+    } else {
+        Registry::open(args.registry.clone())
+    };
     let authorizer = Arc::new(Authorizer::new(
         AuthorizerConfig {
             issuer,
@@ -132,12 +193,6 @@ async fn serve(args: &ServeArgs) -> Result<std::process::ExitCode> {
         registry,
         TrustBundles::Live(bundles),
     ));
-    let shutdown = CancellationToken::new();
-    let trigger = shutdown.clone();
-    tokio::spawn(async move {
-        ck_serve::signal::terminated().await;
-        trigger.cancel();
-    });
     let servers = ck_bus::servers(&args.nats);
     let client = ck_serve::retry_connect(&shutdown, &args.nats, || {
         ck_bus::with_tls(
@@ -151,8 +206,6 @@ async fn serve(args: &ServeArgs) -> Result<std::process::ExitCode> {
         .connect(servers.as_slice())
     })
     .await?;
-    let provisioner =
-        ck_authz::Provisioner::for_secrets(&args.nats, &secrets, args.tls_ca.as_deref()).await?;
     ck_authz::serve(client, authorizer, provisioner, shutdown).await?;
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -30,10 +30,37 @@ pub struct ClusterArgs {
     pub tls_ca: Option<PathBuf>,
 }
 
+/// What nats-server refused on an operator's connection (`Permissions Violation …`): a
+/// refused JetStream request only times out, so the refusal itself is what explains it.
+#[derive(Clone, Default)]
+pub struct Refusals(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Refusals {
+    /// `error` with the server's refusals appended (and why they happen).
+    pub fn explain(&self, error: anyhow::Error) -> anyhow::Error {
+        let seen = self.0.lock().map(|v| v.clone()).unwrap_or_default();
+        match seen.first() {
+            Some(first) => error.context(format!(
+                "nats-server refused this user ({first}{}): policies/control-plane.yaml gives writes to the `operator` role only (`ck authz init --operator NAME:PASSWORD`)",
+                if seen.len() > 1 {
+                    format!(", and {} more", seen.len() - 1)
+                } else {
+                    String::new()
+                }
+            )),
+            None => error,
+        }
+    }
+}
+
 impl ClusterArgs {
     /// Connects and opens the control plane (creating what is missing with `config` when
-    /// given).
-    pub async fn open(&self, config: Option<&PlaneConfig>) -> Result<ControlPlane> {
+    /// given); what the server refuses on the connection is collected in `refusals`.
+    pub async fn open(
+        &self,
+        config: Option<&PlaneConfig>,
+        refusals: &Refusals,
+    ) -> Result<ControlPlane> {
         let url = self
             .nats
             .as_deref()
@@ -44,6 +71,20 @@ impl ClusterArgs {
             self.tls_ca.as_deref(),
         )
         .connection_timeout(std::time::Duration::from_secs(5))
+        .event_callback({
+            let seen = refusals.0.clone();
+            move |event| {
+                let seen = seen.clone();
+                async move {
+                    if let async_nats::Event::ServerError(async_nats::ServerError::Other(e)) = event
+                        && e.contains("Permissions Violation")
+                        && let Ok(mut seen) = seen.lock()
+                    {
+                        seen.push(e);
+                    }
+                }
+            }
+        })
         .connect(ck_bus::servers(url).as_slice())
         .await
         .with_context(|| format!("connecting to {url}"))?;
@@ -81,12 +122,18 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         let config = PlaneConfig {
             replicas: usize::from(args.replicas),
         };
-        let plane = args.cluster.open(Some(&config)).await?;
+        let refusals = Refusals::default();
+        let plane = args
+            .cluster
+            .open(Some(&config), &refusals)
+            .await
+            .map_err(|e| refusals.explain(e))?;
         for kernel in &kernels {
             let published = plane
                 .publish(kernel)
                 .await
-                .with_context(|| format!("publishing {}", kernel.name))?;
+                .with_context(|| format!("publishing {}", kernel.name))
+                .map_err(|e| refusals.explain(e))?;
             println!(
                 "{} ({}): {} version(s) published, {} component(s) uploaded, {} loop event(s) announced; cluster serving revision {}: stable {}{}{}",
                 kernel.name,

@@ -95,8 +95,14 @@ where
     let kernel = cluster_kernel(kernel)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let plane = cluster.open(None).await?;
-        let changed = change(&plane, &kernel).await?;
+        let refusals = crate::publish::Refusals::default();
+        let plane = cluster
+            .open(None, &refusals)
+            .await
+            .map_err(|e| refusals.explain(e))?;
+        let changed = change(&plane, &kernel)
+            .await
+            .map_err(|e| refusals.explain(e.into()))?;
         println!("{}", changed.what);
         print_record(&changed.record);
         Ok(ExitCode::SUCCESS)

@@ -31,7 +31,7 @@ pub use events::{
     LOOP_EVENT_DEDUP_WINDOW, loop_event_stream_config, publish_journal, publish_loop_event,
 };
 pub use registry::{CkCommitDoc, Published, ToolCommitDoc};
-pub use serving::{Changed, ServingWatch};
+pub use serving::{Changed, ServingFeed, ServingUpdate, ServingWatch};
 
 /// Why a control-plane operation failed.
 #[derive(Debug, thiserror::Error)]

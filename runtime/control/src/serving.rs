@@ -76,7 +76,67 @@ impl ServingWatch {
     }
 }
 
+/// Every kernel's serving record: the current ones first, then each change.
+pub struct ServingFeed {
+    inner: kv::Watch,
+}
+
+/// One entry of a [`ServingFeed`].
+#[derive(Debug, Clone)]
+pub struct ServingUpdate {
+    /// The kernel's GUID (the key).
+    pub guid: String,
+    /// Its record; None when the key was deleted or purged.
+    pub record: Option<ServingRecord>,
+    /// Whether the feed has delivered every current record (later entries are changes).
+    pub current: bool,
+}
+
+impl ServingFeed {
+    /// The next entry; None when the feed ended. An unreadable record is reported as an
+    /// error for its key (the feed goes on).
+    pub async fn next(&mut self) -> Option<Result<ServingUpdate, ControlError>> {
+        let entry = match self.inner.next().await? {
+            Ok(entry) => entry,
+            Err(e) => {
+                return Some(Err(ControlError::Nats {
+                    what: format!("watching {}", topics::SERVING_BUCKET),
+                    why: e.to_string(),
+                }));
+            }
+        };
+        let current = entry.delta == 0 || entry.seen_current;
+        if entry.operation != kv::Operation::Put {
+            return Some(Ok(ServingUpdate {
+                guid: entry.key,
+                record: None,
+                current,
+            }));
+        }
+        Some(
+            decode(&entry.value, &entry.key).map(|record| ServingUpdate {
+                guid: entry.key.clone(),
+                record: Some(record),
+                current,
+            }),
+        )
+    }
+}
+
 impl ControlPlane {
+    /// Follows every kernel's serving record (the callout's view of the cluster).
+    pub async fn watch_serving(&self) -> Result<ServingFeed, ControlError> {
+        let inner = self
+            .serving
+            .watch_with_history(">")
+            .await
+            .map_err(|e| ControlError::Nats {
+                what: format!("watching {}", topics::SERVING_BUCKET),
+                why: e.to_string(),
+            })?;
+        Ok(ServingFeed { inner })
+    }
+
     /// Kernel `guid`'s serving record and its KV revision, None when it has none.
     pub async fn record(&self, guid: &str) -> Result<Option<(ServingRecord, u64)>, ControlError> {
         let key = topics::serving_key(guid);

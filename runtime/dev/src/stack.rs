@@ -52,6 +52,7 @@ pub async fn start(kernel: &Kernel, shutdown: &CancellationToken) -> Result<Stac
         &[ck_authz::setup::StaticUser {
             name: user.0.clone(),
             password: user.1.clone(),
+            role: None,
         }],
         None,
     )?;

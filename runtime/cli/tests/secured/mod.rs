@@ -15,6 +15,10 @@ pub const DOMAIN: &str = "example.org";
 pub const A_GUID: &str = "aaaaaaaa-1111-4aaa-8aaa-aaaaaaaaaaaa";
 pub const B_GUID: &str = "bbbbbbbb-2222-4bbb-8bbb-bbbbbbbbbbbb";
 pub const OBSERVER: (&str, &str) = ("observer", "observer-secret");
+/// The control plane's operator (`operator` role of policies/control-plane.yaml).
+pub const OPERATOR: (&str, &str) = ("operator", "operator-secret");
+/// A serving host's control-plane user (`host` role).
+pub const CONTROL_HOST: (&str, &str) = ("host", "host-secret");
 
 pub fn spiffe(class: &str, guid: &str) -> String {
     format!("spiffe://{DOMAIN}/ck/{class}/{guid}")
@@ -95,6 +99,11 @@ impl Stack {
             .args(["authz", "init"])
             .arg(root.join("authz"))
             .args(["--static-user", &format!("{}:{}", OBSERVER.0, OBSERVER.1)])
+            .args(["--operator", &format!("{}:{}", OPERATOR.0, OPERATOR.1)])
+            .args([
+                "--control-host",
+                &format!("{}:{}", CONTROL_HOST.0, CONTROL_HOST.1),
+            ])
             .args(&init_tls)
             .output()
             .unwrap();
@@ -144,13 +153,15 @@ impl Stack {
             &dir,
             "--nats",
             &url,
-            "--registry",
-            &registry,
             "--trust-domain",
             DOMAIN,
             "--spiffe-socket",
             &socket,
         ];
+        // With --control the callout decides from the cluster, not from a directory.
+        if !self.authz_flags.iter().any(|f| f == "--control") {
+            args.extend(["--registry", registry.as_str()]);
+        }
         args.extend(self.authz_flags.iter().map(String::as_str));
         let proc = ck_proc(&args, self.root().join(format!("authz-{n}.log")));
         proc.wait_for("authz.serving");
