@@ -47,20 +47,40 @@ impl LoopCloudEvent<'_> {
 
     /// The structured-mode JSON body.
     pub fn body(&self) -> Value {
-        let mut body = json!({
-            "specversion": "1.0",
-            "id": self.id(),
-            "source": self.source,
-            "type": self.event_type(),
-            "time": self.time,
-            "datacontenttype": "application/json",
-            "data": self.data,
-        });
-        if let (Some(about), Some(map)) = (self.about, body.as_object_mut()) {
-            map.insert("subject".into(), about.into());
-        }
-        body
+        structured(
+            &self.id(),
+            self.source,
+            &self.event_type(),
+            self.about,
+            self.time,
+            &self.data,
+        )
     }
+}
+
+/// A CloudEvent 1.0 in structured JSON mode: the one shape of every event `ck` emits (loop
+/// events here, the fleet's host events in `ck-control`).
+pub fn structured(
+    id: &str,
+    source: &str,
+    event_type: &str,
+    subject: Option<&str>,
+    time: &str,
+    data: &Value,
+) -> Value {
+    let mut body = json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": source,
+        "type": event_type,
+        "time": time,
+        "datacontenttype": "application/json",
+        "data": data,
+    });
+    if let (Some(subject), Some(map)) = (subject, body.as_object_mut()) {
+        map.insert("subject".into(), subject.into());
+    }
+    body
 }
 
 /// Now, as a CloudEvent `time` (RFC 3339 UTC, microseconds).

@@ -12,6 +12,7 @@ mod identity;
 mod new;
 mod publish;
 mod run;
+mod status;
 mod validate;
 mod verify;
 mod versions;
@@ -86,6 +87,9 @@ enum Command {
     /// plane, creating a serving record where the cluster has none. Hosts started with
     /// `ck run --control` serve what the cluster's serving records name.
     Publish(publish::Args),
+    /// Show the fleet: silos, their hosts (live or stale) and what each serves, from the
+    /// cluster's FLEET_STATE; --watch follows every change.
+    Status(status::Args),
     /// Show the serving record and the CK and TOOL loops' branches of a kernel.
     Versions(versions::KernelArg),
     /// Serve one kernel for its author: start a local nats-server with the auth callout and
@@ -140,6 +144,7 @@ fn main() -> ExitCode {
         Command::Canary(args) => versions::canary(&args),
         Command::Rollback(args) => versions::rollback(&args),
         Command::Publish(args) => publish::run(&args),
+        Command::Status(args) => status::run(&args),
         Command::Versions(args) => versions::versions(&args),
         Command::Dev(args) => dev::run(&args),
         Command::New(args) => new::run(&args),

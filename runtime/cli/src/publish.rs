@@ -108,6 +108,23 @@ pub struct Args {
     /// cluster).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     replicas: u8,
+    /// The fleet policy whose heartbeat window becomes FLEET_STATE's max age when this publish
+    /// creates it (default: policies/fleet.yaml as shipped).
+    #[arg(long, value_name = "FILE")]
+    fleet_policy: Option<PathBuf>,
+}
+
+/// The fleet policy in `file`, or the shipped one.
+pub fn fleet_policy(file: Option<&std::path::Path>) -> Result<ck_control::fleet::FleetPolicy> {
+    match file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            ck_control::fleet::FleetPolicy::parse(&text)
+                .with_context(|| format!("{}", file.display()))
+        }
+        None => Ok(ck_control::fleet::FleetPolicy::shipped()),
+    }
 }
 
 /// `ck publish`.
@@ -121,6 +138,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     runtime.block_on(async {
         let config = PlaneConfig {
             replicas: usize::from(args.replicas),
+            fleet: fleet_policy(args.fleet_policy.as_deref())?,
         };
         let refusals = Refusals::default();
         let plane = args

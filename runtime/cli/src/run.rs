@@ -86,6 +86,18 @@ pub struct Args {
         hide_env_values = true
     )]
     pub control_password: Option<String>,
+    /// Report this host to the fleet as a host of silo NAME: `fleet.events.{silo}.boot`,
+    /// `.pod.ready`, `.gamma1.pulse`, `.mal.tier_down`, and its state in FLEET_STATE (`ck
+    /// status` shows it). Needs --control.
+    #[arg(long, value_name = "NAME", requires = "control")]
+    pub silo: Option<String>,
+    /// This host's name in its silo (default: the machine's name and the process id).
+    #[arg(long, value_name = "NAME", requires = "silo")]
+    pub host_id: Option<String>,
+    /// The fleet policy (heartbeat, stale window, memory tiers; default: policies/fleet.yaml as
+    /// shipped).
+    #[arg(long, value_name = "FILE", requires = "silo")]
+    pub fleet_policy: Option<PathBuf>,
 }
 
 impl Args {
@@ -135,9 +147,39 @@ impl Args {
                     .clone()
                     .map(|u| (u, self.control_password.clone().unwrap_or_default())),
             }),
+            fleet: match &self.silo {
+                Some(silo) => Some(ck_serve::FleetConfig {
+                    silo: silo.clone(),
+                    host: self.host_id.clone().unwrap_or_else(default_host_id),
+                    policy: crate::publish::fleet_policy(self.fleet_policy.as_deref())?,
+                }),
+                None => None,
+            },
             grace: Duration::from_secs_f64(self.grace),
         })
     }
+}
+
+/// The machine's name and this process's id, as a fleet host name (one subject token).
+fn default_host_id() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = name
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(48)
+        .collect();
+    format!(
+        "{}-{}",
+        if name.is_empty() { "host" } else { &name },
+        std::process::id()
+    )
 }
 
 /// The kernels to serve and the other kernels known, checked: every diagnostic is printed and
@@ -200,7 +242,11 @@ pub fn run(args: &Args) -> Result<std::process::ExitCode> {
                 }
             }
         }
-        (&mut stop).await;
+        tokio::select! {
+            _ = &mut stop => {}
+            // Returns at once without --silo; then the stop signal is all there is to wait for.
+            _ = async { host.run_fleet().await; std::future::pending::<()>().await } => {}
+        }
         tracing::info!("shutdown.requested");
         host.shutdown().await;
         anyhow::Ok(())

@@ -322,3 +322,148 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `ck status --nats urls`.
+fn status(cwd: &Path, urls: &str) -> String {
+    ck_in(cwd, &["status", "--nats", urls])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_host_shows_stale_within_the_window_and_a_restarted_one_boots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::start(3, "").unwrap_or_else(|e| panic!("{e}"));
+    let urls = cluster.urls();
+    // A one-second heartbeat, stale after three missed: the window is 3 s.
+    let policy = tmp.path().join("fleet.yaml");
+    std::fs::write(
+        &policy,
+        std::fs::read_to_string(ck_tests::reference_kernels().join("../policies/fleet.yaml"))
+            .unwrap()
+            .replace("heartbeat_seconds: 30", "heartbeat_seconds: 1"),
+    )
+    .unwrap();
+    let policy = policy.to_str().unwrap();
+    let operator = tmp.path().join("operator/echo");
+    copy_kernel("echo", &operator);
+    ck_build(CK, &[&operator]);
+    ck_in(
+        tmp.path(),
+        &[
+            "publish",
+            operator.to_str().unwrap(),
+            "--nats",
+            &urls,
+            "--replicas",
+            "3",
+            "--fleet-policy",
+            policy,
+        ],
+    );
+    let observer = async_nats::connect(ck_bus::servers(&urls).as_slice())
+        .await
+        .unwrap();
+    let mut events = observer.subscribe("fleet.events.ct-fac.>").await.unwrap();
+    observer.flush().await.unwrap();
+
+    let start = |i: usize| {
+        let dir = host_dir(tmp.path(), &format!("host{i}"));
+        let logs = tmp.path().join(format!("host{i}"));
+        let id = format!("h{i}");
+        ck_tests::ck_run(
+            CK,
+            &cluster.nodes()[i].url(),
+            &dir,
+            &logs,
+            // A fresh log per start: a restart must not find its predecessor's lines.
+            &format!(
+                "ck-run-{}",
+                STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
+            &[
+                "--control",
+                "--silo",
+                "ct-fac",
+                "--host-id",
+                &id,
+                "--fleet-policy",
+                policy,
+            ],
+        )
+    };
+    let mut h0 = start(0);
+    let _h1 = start(1);
+
+    // Both boot, become ready and pulse.
+    let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let started = Instant::now();
+    while ["h0", "h1"].iter().any(|h| {
+        seen.get(*h).is_none_or(|e| {
+            !["boot", "pod.ready", "gamma1.pulse"]
+                .iter()
+                .all(|x| e.contains(*x))
+        })
+    }) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "events: {seen:?}"
+        );
+        let m = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("a fleet event")
+            .unwrap();
+        let body: Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(body["specversion"], "1.0", "{body}");
+        let event = m
+            .subject
+            .as_str()
+            .trim_start_matches("fleet.events.ct-fac.")
+            .to_owned();
+        seen.entry(body["subject"].as_str().unwrap().to_owned())
+            .or_default()
+            .insert(event);
+    }
+    let shown = status(tmp.path(), &urls);
+    assert!(shown.contains("silo ct-fac"), "{shown}");
+    assert!(shown.contains("host h0 live ready"), "{shown}");
+    assert!(shown.contains("host h1 live ready"), "{shown}");
+    assert!(shown.contains("kernel Demo.Echo"), "{shown}");
+
+    // SIGKILL: no goodbye. The server removes the host's key once the window passes.
+    h0.kill();
+    let killed = Instant::now();
+    loop {
+        let shown = status(tmp.path(), &urls);
+        if shown.contains("host h0 STALE") {
+            assert!(shown.contains("host h1 live"), "{shown}");
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "h0 never went stale:\n{shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "killed-host-stale-after ms={:.0} (heartbeat 1 s, window 3 s)",
+        killed.elapsed().as_secs_f64() * 1e3
+    );
+
+    // Restarted, it announces boot again and is live.
+    let _h0 = start(0);
+    let started = Instant::now();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("a fleet event")
+            .unwrap();
+        let body: Value = serde_json::from_slice(&m.payload).unwrap();
+        if m.subject.as_str() == "fleet.events.ct-fac.boot" && body["subject"] == "h0" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20));
+    }
+    let shown = status(tmp.path(), &urls);
+    assert!(shown.contains("host h0 live"), "{shown}");
+}
+
+static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

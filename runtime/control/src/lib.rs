@@ -21,6 +21,7 @@
 
 mod artifacts;
 mod events;
+pub mod fleet;
 mod registry;
 mod serving;
 
@@ -74,11 +75,16 @@ pub(crate) fn nats_error(what: impl Into<String>) -> impl FnOnce(String) -> Cont
 pub struct PlaneConfig {
     /// Replicas of every bucket, store and stream: 3 on a 3-node cluster, 1 on one server.
     pub replicas: usize,
+    /// The fleet policy `FLEET_STATE`'s max age comes from (its heartbeat window).
+    pub fleet: fleet::FleetPolicy,
 }
 
 impl Default for PlaneConfig {
     fn default() -> Self {
-        Self { replicas: 1 }
+        Self {
+            replicas: 1,
+            fleet: fleet::FleetPolicy::shipped(),
+        }
     }
 }
 
@@ -193,6 +199,7 @@ impl ControlPlane {
                 .map_err(|e| e.to_string())
                 .map_err(nats_error(format!("creating {}", topics::ARTIFACT_STORE)))?,
         };
+        fleet::fleet_state(&js, Some((&config.fleet, config.replicas))).await?;
         js.get_or_create_stream(loop_event_stream_config(config))
             .await
             .map_err(|e| e.to_string())

@@ -145,6 +145,76 @@ pub fn serving_key(guid: &str) -> String {
     guid.to_owned()
 }
 
+/// The fleet's last-value state (JetStream KV): per silo `{silo}` (its hosts and kernels),
+/// `{silo}.memory` (memory tiers), `{silo}.gpu` (GPU pools, where a GPU is present) and
+/// `{silo}.host.{host}` (one host); a silent host's key is removed by the bucket's max age and
+/// watchers see the server's marker.
+pub const FLEET_STATE_BUCKET: &str = "FLEET_STATE";
+
+/// Host lifecycle events of the fleet document (names kept from the seed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetEvent {
+    /// A host started: `fleet.events.{silo}.boot`.
+    Boot,
+    /// A host's readiness changed: `fleet.events.{silo}.pod.ready`.
+    PodReady,
+    /// A host's heartbeat: `fleet.events.{silo}.gamma1.pulse`.
+    Pulse,
+    /// A host's memory tier fell: `fleet.events.{silo}.mal.tier_down`.
+    TierDown,
+}
+
+impl FleetEvent {
+    /// The subject's tail after the silo.
+    pub fn name(self) -> &'static str {
+        match self {
+            FleetEvent::Boot => "boot",
+            FleetEvent::PodReady => "pod.ready",
+            FleetEvent::Pulse => "gamma1.pulse",
+            FleetEvent::TierDown => "mal.tier_down",
+        }
+    }
+}
+
+/// `fleet.events.{silo}.{event}`.
+pub fn fleet_event_subject(silo: &str, event: FleetEvent) -> String {
+    format!("fleet.events.{silo}.{}", event.name())
+}
+
+/// Every fleet event of silo `silo`: `fleet.events.{silo}.>`.
+pub fn fleet_events(silo: &str) -> String {
+    format!("fleet.events.{silo}.>")
+}
+
+/// `FLEET_STATE` key of silo `silo`'s summary.
+pub fn fleet_silo_key(silo: &str) -> String {
+    silo.to_owned()
+}
+
+/// `FLEET_STATE` key of silo `silo`'s memory tiers.
+pub fn fleet_memory_key(silo: &str) -> String {
+    format!("{silo}.memory")
+}
+
+/// `FLEET_STATE` key of silo `silo`'s GPU pools.
+pub fn fleet_gpu_key(silo: &str) -> String {
+    format!("{silo}.gpu")
+}
+
+/// `FLEET_STATE` key of host `host` of silo `silo`.
+pub fn fleet_host_key(silo: &str, host: &str) -> String {
+    format!("{silo}.host.{host}")
+}
+
+/// Whether `name` can be a silo or host name (one subject token, also a KV key token):
+/// 1–64 of `[A-Za-z0-9_-]`.
+pub fn is_fleet_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// One of the control plane's stores, for permissions (`ck_acl::control`).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
@@ -159,15 +229,18 @@ pub enum ControlStore {
     Artifacts,
     /// [`LOOP_EVENT_STREAM`].
     LoopEvents,
+    /// [`FLEET_STATE_BUCKET`] and the fleet events (`fleet.events.>`).
+    FleetState,
 }
 
 impl ControlStore {
     /// Every store.
-    pub const ALL: [ControlStore; 4] = [
+    pub const ALL: [ControlStore; 5] = [
         ControlStore::Registry,
         ControlStore::Serving,
         ControlStore::Artifacts,
         ControlStore::LoopEvents,
+        ControlStore::FleetState,
     ];
 
     /// The JetStream stream behind it.
@@ -177,6 +250,7 @@ impl ControlStore {
             ControlStore::Serving => format!("KV_{SERVING_BUCKET}"),
             ControlStore::Artifacts => format!("OBJ_{ARTIFACT_STORE}"),
             ControlStore::LoopEvents => LOOP_EVENT_STREAM.to_owned(),
+            ControlStore::FleetState => format!("KV_{FLEET_STATE_BUCKET}"),
         }
     }
 
@@ -203,6 +277,10 @@ impl ControlStore {
             ControlStore::Serving => vec![format!("$KV.{SERVING_BUCKET}.>")],
             ControlStore::Artifacts => vec![format!("$O.{ARTIFACT_STORE}.>")],
             ControlStore::LoopEvents => loop_event_stream_subjects(),
+            ControlStore::FleetState => vec![
+                format!("$KV.{FLEET_STATE_BUCKET}.>"),
+                "fleet.events.>".to_owned(),
+            ],
         }
     }
 

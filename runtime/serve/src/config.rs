@@ -56,6 +56,10 @@ pub struct ServeConfig {
     /// record in the cluster (versions from the registry and the component store), followed
     /// through a KV watch, instead of from its `.ck/` directory.
     pub control: Option<ControlConfig>,
+    /// Report this host to the fleet (`policies/fleet.yaml`) over the control plane's
+    /// connection: `boot`, `pod.ready`, heartbeats, memory tier, and its state in
+    /// `FLEET_STATE`. Needs `control`.
+    pub fleet: Option<FleetConfig>,
     /// How long stopping may take in any state (serving, reconnecting, NATS gone, mid-swap,
     /// mid-seal) before what is left is abandoned; durable queues stay for the next start.
     pub grace: Duration,
@@ -77,6 +81,7 @@ impl Default for ServeConfig {
             tool_events: true,
             follow_serving_record: true,
             control: None,
+            fleet: None,
             grace: DEFAULT_GRACE,
         }
     }
@@ -91,6 +96,17 @@ pub struct ControlConfig {
     pub nats: String,
     /// The host's user and password, when the server asks for them.
     pub user: Option<(String, String)>,
+}
+
+/// Which silo and host this host reports as, under which fleet policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// The silo (site).
+    pub silo: String,
+    /// This host's name in the silo.
+    pub host: String,
+    /// Heartbeat, window and memory tiers.
+    pub policy: ck_control::fleet::FleetPolicy,
 }
 
 /// The default grace period of a stop: well inside the 30 s an orchestrator gives a pod.

@@ -107,6 +107,7 @@ pub struct Host {
     identity: Option<ck_identity::IdentityClient>,
     verifier: Option<Arc<SvidVerifier>>,
     control: Option<ck_control::ControlPlane>,
+    fleet: Option<tokio::sync::Mutex<ck_control::fleet::FleetReporter>>,
     kernels: tokio::sync::Mutex<BTreeMap<String, Served>>,
     shutdown: CancellationToken,
 }
@@ -171,6 +172,18 @@ impl Host {
             Some(c) => Some(crate::cluster::open(c, config.tls_ca.as_deref()).await?),
             None => None,
         };
+        let fleet = match (&config.fleet, &control) {
+            (Some(f), Some(plane)) => {
+                Some(tokio::sync::Mutex::new(crate::fleet::open(f, plane).await?))
+            }
+            (Some(_), None) => {
+                return Err(ServeError::new(
+                    ServeErrorKind::Control,
+                    "reporting to the fleet (a silo) needs the control plane (--control)",
+                ));
+            }
+            (None, _) => None,
+        };
         Ok(Self {
             config,
             engine,
@@ -178,6 +191,7 @@ impl Host {
             identity,
             verifier,
             control,
+            fleet,
             kernels: Default::default(),
             shutdown: CancellationToken::new(),
         })
@@ -569,6 +583,18 @@ impl Host {
     /// events) are on disk for the next start.
     pub async fn shutdown(&self) -> Vec<(String, Removed)> {
         self.shutdown.cancel();
+        if let Some(fleet) = &self.fleet {
+            // Not ready any more, said while the connection still stands (bounded: with the
+            // server gone the state simply goes stale).
+            let said = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                let kernels = crate::fleet::kernel_states(self.report().await);
+                fleet.lock().await.ready(false, kernels).await
+            })
+            .await;
+            if let Ok(Err(e)) = said {
+                tracing::warn!(error = %e, "fleet.report-failed");
+            }
+        }
         let deadline = tokio::time::Instant::now() + self.config.grace;
         let served = std::mem::take(&mut *self.kernels.lock().await);
         let stops = served.into_iter().map(|(name, served)| async move {
@@ -576,6 +602,37 @@ impl Host {
             (name, removed)
         });
         futures::future::join_all(stops).await
+    }
+
+    /// Reports this host to the fleet until the host stops (nothing without `fleet` in its
+    /// config): `boot`, then `pod.ready`, then a heartbeat per the fleet policy, each with the
+    /// host's state written to `FLEET_STATE`. Call it once the kernels it starts with are added.
+    pub async fn run_fleet(&self) {
+        let Some(fleet) = &self.fleet else {
+            return;
+        };
+        let heartbeat = fleet.lock().await.policy().heartbeat();
+        let kernels = crate::fleet::kernel_states(self.report().await);
+        let mut reporter = fleet.lock().await;
+        for outcome in [
+            reporter.boot(kernels.clone()).await,
+            reporter.ready(true, kernels).await,
+        ] {
+            if let Err(e) = outcome {
+                tracing::warn!(error = %e, "fleet.report-failed");
+            }
+        }
+        drop(reporter);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(heartbeat) => {}
+            }
+            let kernels = crate::fleet::kernel_states(self.report().await);
+            if let Err(e) = fleet.lock().await.pulse(kernels).await {
+                tracing::warn!(error = %e, "fleet.report-failed");
+            }
+        }
     }
 
     async fn served(&self, name: &str) -> Result<Arc<Swapper>, ServeError> {

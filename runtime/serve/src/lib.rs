@@ -30,6 +30,7 @@ mod config;
 mod connection;
 mod dispatch;
 mod error;
+mod fleet;
 mod follower;
 mod host;
 mod lifecycle;
@@ -41,7 +42,7 @@ mod version;
 mod versioned;
 
 pub use access::{CallerRejected, CallerVerifier};
-pub use config::{ControlConfig, DEFAULT_GRACE, IdentityMode, ServeConfig};
+pub use config::{ControlConfig, DEFAULT_GRACE, FleetConfig, IdentityMode, ServeConfig};
 pub use connection::retry_connect;
 pub use dispatch::VersionService;
 pub use error::{ServeError, ServeErrorKind};
