@@ -16,6 +16,7 @@ pub mod clock;
 pub mod cloudevent;
 mod connection;
 pub mod envelope;
+pub mod metrics;
 pub mod outbox;
 mod publisher;
 mod serve;

@@ -88,6 +88,9 @@ pub struct Endpoint {
     /// A subject for a round trip that proves the server registered the subscription (a
     /// flush only empties the socket): one the connection may publish on and nobody answers.
     pub probe: Option<String>,
+    /// What the loop counts (requests, errors, denials, shed, in flight, latency); None
+    /// counts nothing.
+    pub metrics: Option<std::sync::Arc<crate::metrics::ServeMetrics>>,
 }
 
 impl Endpoint {
@@ -112,6 +115,7 @@ impl Endpoint {
                 kernel_urn: kernel.urn.clone(),
             },
             probe: Some(ck_manifest::topics::host_probe(&kernel.guid)),
+            metrics: None,
         }
     }
 }
@@ -121,7 +125,8 @@ impl Endpoint {
 pub struct ServeOptions {
     /// Largest request payload accepted, in bytes (larger ones are answered 413).
     pub max_payload: usize,
-    /// Messages handled at once; the subscription is not read further while all are busy.
+    /// Messages handled at once; one arriving while all are busy is answered 503
+    /// `overloaded` at once (shed, counted) instead of waiting behind them.
     pub max_in_flight: usize,
     /// Publish an event on the event topic for every answer.
     pub publish_events: bool,
@@ -211,11 +216,31 @@ pub(crate) async fn serve_signalling<H: Handler>(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             message = subscriber.next() => {
                 let Some(message) = message else { break };
-                let Ok(slot) = slots.clone().acquire_owned().await else { break };
+                if let Some(m) = &endpoint.metrics {
+                    m.requests.inc();
+                }
+                let slot = match slots.clone().try_acquire_owned() {
+                    Ok(slot) => slot,
+                    Err(tokio::sync::TryAcquireError::NoPermits) => {
+                        // Full: a caller waiting behind `max_in_flight` others learns it now
+                        // and can go elsewhere, instead of timing out.
+                        shed(&shared.0, endpoint, message, options).await;
+                        continue;
+                    }
+                    Err(tokio::sync::TryAcquireError::Closed) => break,
+                };
                 report.answered += 1;
                 let (shared, handler) = (shared.clone(), handler.clone());
                 tasks.spawn(async move {
+                    let started = std::time::Instant::now();
+                    if let Some(m) = &shared.1.metrics {
+                        m.in_flight.inc();
+                    }
                     answer(&shared.0, &shared.1, handler.as_ref(), options, message).await;
+                    if let Some(m) = &shared.1.metrics {
+                        m.in_flight.dec();
+                        m.latency.observe(started.elapsed().as_secs_f64());
+                    }
                     drop(slot);
                 });
             }
@@ -254,6 +279,9 @@ async fn answer<H: Handler>(
             trace_id: headers.trace_id_or_new(),
         };
         tracing::warn!(kernel = %endpoint.responder.kernel, trace_id = %refusal.trace_id, reply = %refusal.subject, reason = %refusal.reason, "reply.refused");
+        if let Some(m) = &endpoint.metrics {
+            m.denials.inc();
+        }
         handler.refused(&refusal);
         return;
     }
@@ -284,6 +312,12 @@ async fn answer<H: Handler>(
         };
         if let Err(f) = &outcome {
             tracing::warn!(code = f.code, error = %f.error, message = %f.message, "error.dispatch");
+            if let Some(m) = &endpoint.metrics {
+                m.errors.inc();
+                if matches!(f.code, 401 | 403) {
+                    m.denials.inc();
+                }
+            }
         }
         let AnswerMessages {
             headers,
@@ -311,6 +345,41 @@ async fn answer<H: Handler>(
     }
     .instrument(span)
     .await;
+}
+
+/// Answers a message that found every slot busy: 503 `overloaded`, into the caller's inbox
+/// only, counted as shed.
+async fn shed(client: &Client, endpoint: &Endpoint, message: Message, options: ServeOptions) {
+    if let Some(m) = &endpoint.metrics {
+        m.shed.inc();
+        m.errors.inc();
+    }
+    let Some(reply) = message.reply.as_ref().map(|r| r.to_string()) else {
+        return;
+    };
+    if topics::check_reply_subject(&reply).is_err() {
+        return;
+    }
+    let headers = RequestHeaders::from_nats(message.headers.as_ref());
+    let trace_id = headers.trace_id_or_new();
+    let failure = Failure::new(
+        503,
+        "overloaded",
+        format!(
+            "{} is handling {} messages already (max_in_flight); try again or another instance",
+            endpoint.responder.kernel, options.max_in_flight
+        ),
+    );
+    tracing::warn!(kernel = %endpoint.responder.kernel, trace_id = %trace_id, max_in_flight = options.max_in_flight, "request.shed");
+    let messages = answer_messages(
+        &endpoint.responder,
+        &trace_id,
+        crate::envelope::ANONYMOUS,
+        None,
+        &Err(failure),
+        false,
+    );
+    send(client, reply, messages.headers, messages.result).await;
 }
 
 async fn send(client: &Client, subject: String, headers: HeaderMap, payload: Bytes) {

@@ -86,6 +86,10 @@ pub struct Args {
         hide_env_values = true
     )]
     pub control_password: Option<String>,
+    /// Serve /metrics (Prometheus text), /healthz and /readyz on this address (e.g.
+    /// 127.0.0.1:9464; port 0 picks one, logged as `http.listening`).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
     /// Report this host to the fleet as a host of silo NAME: `fleet.events.{silo}.boot`,
     /// `.pod.ready`, `.gamma1.pulse`, `.mal.tier_down`, and its state in FLEET_STATE (`ck
     /// status` shows it). Needs --control.
@@ -210,7 +214,10 @@ pub fn run(args: &Args) -> Result<std::process::ExitCode> {
     let config = args.config(&served)?;
     let runtime = ck_serve::runtime::build(args.worker_threads)?;
     let outcome = runtime.block_on(async {
-        let host = Host::start(config).await?;
+        let host = std::sync::Arc::new(Host::start(config).await?);
+        if let Some(addr) = args.http {
+            ck_serve::serve_http(host.clone(), addr).await?;
+        }
         let all: Vec<Kernel> = served.iter().chain(&known).cloned().collect();
         let mut plans = Vec::new();
         for kernel in &served {

@@ -108,6 +108,7 @@ pub struct Host {
     verifier: Option<Arc<SvidVerifier>>,
     control: Option<ck_control::ControlPlane>,
     fleet: Option<tokio::sync::Mutex<ck_control::fleet::FleetReporter>>,
+    metrics: crate::observe::HostMetrics,
     kernels: tokio::sync::Mutex<BTreeMap<String, Served>>,
     shutdown: CancellationToken,
 }
@@ -184,6 +185,7 @@ impl Host {
             }
             (None, _) => None,
         };
+        let metrics = crate::observe::HostMetrics::new(config.max_instances);
         Ok(Self {
             config,
             engine,
@@ -192,6 +194,7 @@ impl Host {
             verifier,
             control,
             fleet,
+            metrics,
             kernels: Default::default(),
             shutdown: CancellationToken::new(),
         })
@@ -330,6 +333,21 @@ impl Host {
         })
     }
 
+    /// The host's metrics (served by `observe::serve_http`).
+    pub(crate) fn metrics(&self) -> &crate::observe::HostMetrics {
+        &self.metrics
+    }
+
+    /// Whether the host is stopping.
+    pub fn is_stopping(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// Cancelled when the host starts stopping.
+    pub fn stopping(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
     /// The cluster's control plane, when the host has one.
     pub fn control(&self) -> Option<&ck_control::ControlPlane> {
         self.control.as_ref()
@@ -446,7 +464,8 @@ impl Host {
             }
             .run(token.clone()),
         );
-        let endpoint = Endpoint::for_kernel(&kernel);
+        let mut endpoint = Endpoint::for_kernel(&kernel);
+        endpoint.metrics = Some(self.metrics.for_kernel(&kernel.name));
         let options = ServeOptions {
             max_payload: kernel.limits.max_request_bytes as usize,
             max_in_flight: self.config.max_in_flight,
