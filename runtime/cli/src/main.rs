@@ -11,6 +11,7 @@ mod dev;
 mod identity;
 mod new;
 mod publish;
+mod restore;
 mod run;
 mod status;
 mod validate;
@@ -90,6 +91,9 @@ enum Command {
     /// Show the fleet: silos, their hosts (live or stale) and what each serves, from the
     /// cluster's FLEET_STATE; --watch follows every change.
     Status(status::Args),
+    /// Rebuild a kernel's DATA tree (sealed instances, audit ledger, DATA history) from the
+    /// cluster's copy of its sealed instances, after its disk was lost.
+    Restore(restore::Args),
     /// Show the serving record and the CK and TOOL loops' branches of a kernel.
     Versions(versions::KernelArg),
     /// Serve one kernel for its author: start a local nats-server with the auth callout and
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
         Command::Rollback(args) => versions::rollback(&args),
         Command::Publish(args) => publish::run(&args),
         Command::Status(args) => status::run(&args),
+        Command::Restore(args) => restore::run(&args),
         Command::Versions(args) => versions::versions(&args),
         Command::Dev(args) => dev::run(&args),
         Command::New(args) => new::run(&args),

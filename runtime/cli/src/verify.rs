@@ -52,10 +52,12 @@ fn anchored(args: &Args, url: &str, kernel_dir: &std::path::Path) -> Result<(usi
         .map_err(|e| anyhow::anyhow!("--nats {url}: {e}"))?;
         let js = async_nats::jetstream::new(client);
         let recorded = ck_task::anchor::recorded(&js, &kernel.guid).await?;
-        Ok((
-            recorded.len(),
-            ck_task::anchor::disagreements(kernel_dir, &recorded),
-        ))
+        let mut findings = ck_task::anchor::disagreements(kernel_dir, &recorded);
+        // The cluster's copies of the sealed instances, byte for byte (where it keeps them).
+        if let Some(copies) = ck_task::anchor::sealed_copies(&js, &kernel.guid).await? {
+            findings.extend(ck_task::anchor::copy_disagreements(kernel_dir, &copies));
+        }
+        Ok((recorded.len(), findings))
     })
 }
 
@@ -90,7 +92,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         let (recorded, findings) = anchored(args, url, &kernel_dir)?;
         if findings.is_empty() {
             println!(
-                "ok: {} sealed instance(s) and {} audit ledger line(s) verified under {}, and anchored: they are the {recorded} instance(s) the cluster at {url} recorded, with the same hashes",
+                "ok: {} sealed instance(s) and {} audit ledger line(s) verified under {}, and anchored: they are the {recorded} instance(s) the cluster at {url} recorded, with the same hashes (and the same bytes as its sealed copies, where it keeps them)",
                 report.instances,
                 report.ledger_lines,
                 kernel_dir.join("data").display()

@@ -467,3 +467,274 @@ async fn a_killed_host_shows_stale_within_the_window_and_a_restarted_one_boots()
 }
 
 static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+const TASKS_GUID: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+
+/// One request to Demo.Tasks, with a timeout; None when no answer came in time (its host
+/// died holding it).
+async fn task_call(client: &Client, action: &str, data: Value) -> Option<Value> {
+    let body = serde_json::json!({"action": action, "data": data});
+    let request = async_nats::Request::new()
+        .payload(Bytes::from(serde_json::to_vec(&body).unwrap()))
+        .timeout(Some(Duration::from_secs(3)));
+    let reply = client
+        .send_request("input.Demo.Tasks".to_owned(), request)
+        .await
+        .ok()?;
+    serde_json::from_slice(&reply.payload).ok()
+}
+
+/// What one task's client saw.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// The completion was answered ok (acknowledged to this client), with its instance.
+    acknowledged: Option<String>,
+    /// The completion landed but its answer was lost (a retry found it completed).
+    completed_elsewhere: bool,
+    /// Every answer it got, for the failure message.
+    answers: Vec<Value>,
+}
+
+/// Starts and completes task `id`, retrying what got no answer.
+async fn run_task(client: &Client, id: &str) -> Outcome {
+    let mut outcome = Outcome::default();
+    for _ in 0..10 {
+        let answer = task_call(client, "task.start", serde_json::json!({"task_id": id})).await;
+        outcome.answers.push(answer.clone().unwrap_or(Value::Null));
+        match answer {
+            Some(a) if a["status"] == "ok" || a["code"] == 409 => break,
+            _ => continue,
+        }
+    }
+    for _ in 0..10 {
+        let answer = task_call(
+            client,
+            "task.complete",
+            serde_json::json!({"task_id": id, "output": {"n": id}}),
+        )
+        .await;
+        outcome.answers.push(answer.clone().unwrap_or(Value::Null));
+        match answer {
+            Some(a) if a["status"] == "ok" => {
+                outcome.acknowledged = a["data"]["instance_id"].as_str().map(str::to_owned);
+                return outcome;
+            }
+            Some(a) if a["code"] == 409 => {
+                outcome.completed_elsewhere = true;
+                return outcome;
+            }
+            _ => continue,
+        }
+    }
+    outcome
+}
+
+fn instances_in(kernel: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(kernel.join("data/instances"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("proof.json").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_host_loses_no_acknowledged_task_and_a_lost_disk_is_restored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::start(3, "").unwrap_or_else(|e| panic!("{e}"));
+    let urls = cluster.urls();
+    let operator = tmp.path().join("operator/tasks");
+    copy_kernel("tasks", &operator);
+    ck_build(CK, &[&operator]);
+    ck_in(
+        tmp.path(),
+        &[
+            "publish",
+            operator.to_str().unwrap(),
+            "--nats",
+            &urls,
+            "--replicas",
+            "3",
+        ],
+    );
+    let start = |i: usize| {
+        let dir = tmp.path().join(format!("host{i}/tasks"));
+        if !dir.exists() {
+            copy_kernel("tasks", &dir);
+        }
+        let logs = tmp.path().join(format!("host{i}"));
+        let proc = ck_tests::ck_run(
+            CK,
+            &cluster.nodes()[i].url(),
+            &dir,
+            &logs,
+            &format!(
+                "ck-run-{}",
+                STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
+            &["--control"],
+        );
+        (proc, dir)
+    };
+    let mut hosts: Vec<_> = (0..3).map(start).collect();
+    let client = async_nats::connect(ck_bus::servers(&urls).as_slice())
+        .await
+        .unwrap();
+
+    // Steady load: 8 clients, 40 tasks each; host 0 is SIGKILLed a moment in.
+    let total = 320;
+    let load = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            futures::stream::iter(0..total)
+                .map(|n| {
+                    let client = client.clone();
+                    async move {
+                        let id = format!("t-{n}");
+                        (id.clone(), run_task(&client, &id).await)
+                    }
+                })
+                .buffer_unordered(8)
+                .collect::<Vec<_>>()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    hosts[0].0.kill();
+    let outcomes: BTreeMap<String, Outcome> = load.await.unwrap().into_iter().collect();
+    let acknowledged: Vec<String> = outcomes
+        .values()
+        .filter_map(|o| o.acknowledged.clone())
+        .collect();
+    let elsewhere = outcomes.values().filter(|o| o.completed_elsewhere).count();
+    let unfinished = outcomes
+        .values()
+        .filter(|o| o.acknowledged.is_none() && !o.completed_elsewhere)
+        .count();
+
+    // The killed host comes back and recovers what it owed (commits, events, replication).
+    let dir0 = hosts[0].1.clone();
+    hosts[0] = start(0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (proc, _) in &hosts {
+        proc.terminate();
+    }
+    for (proc, _) in &mut hosts {
+        let _ = proc.child().wait();
+    }
+
+    // Nothing acknowledged is lost: each is in the cluster's sealed store; nothing was sealed
+    // twice: every instance is in exactly one host's tree.
+    let js = async_nats::jetstream::new(client.clone());
+    let store = js
+        .get_object_store(format!("ck_sealed_{}", TASKS_GUID.replace('-', "_")))
+        .await
+        .unwrap();
+    let mut in_store = BTreeSet::new();
+    let mut list = store.list().await.unwrap();
+    while let Some(info) = list.next().await {
+        in_store.insert(info.unwrap().name);
+    }
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|i| !in_store.contains(*i))
+        .collect();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for dir in [&dir0, &hosts[1].1, &hosts[2].1] {
+        for id in instances_in(dir) {
+            *seen.entry(id).or_insert(0) += 1;
+        }
+    }
+    let double_sealed = seen.values().filter(|n| **n > 1).count();
+    let by_killed = instances_in(&dir0).len();
+    println!(
+        "kill-one-host-under-load sent={total} acknowledged={} completed-but-answer-lost={elsewhere} unfinished={unfinished} lost={} double-sealed={double_sealed} sealed-in-cluster={} sealed-by-the-killed-host={by_killed}",
+        acknowledged.len(),
+        lost.len(),
+        in_store.len()
+    );
+    // It was killed mid-load: it had sealed some, the others sealed the rest.
+    assert!(by_killed > 0 && by_killed < total, "{by_killed}");
+    assert!(
+        lost.is_empty(),
+        "acknowledged but not in the cluster: {lost:?}"
+    );
+    assert_eq!(double_sealed, 0, "{seen:?}");
+    assert_eq!(unfinished, 0, "every task was completed by some host");
+    let mut missing: Vec<String> = seen
+        .keys()
+        .filter(|i| !in_store.contains(*i))
+        .cloned()
+        .collect();
+    if in_store.len() < total {
+        let kv = js
+            .get_key_value(format!("ck_tasks_{}", TASKS_GUID.replace('-', "_")))
+            .await
+            .unwrap();
+        for n in 0..total {
+            let task = format!("t-{n}");
+            if !in_store
+                .iter()
+                .any(|i| i.starts_with(&format!("i-{task}-")))
+            {
+                let record = kv
+                    .get(&task)
+                    .await
+                    .unwrap()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned());
+                missing.push(format!(
+                    "{task}: {record:?} answers {:?}",
+                    outcomes[&task].answers
+                ));
+            }
+        }
+    }
+    assert_eq!(
+        in_store.len(),
+        total,
+        "every completed task is sealed in the cluster; in trees but not stored: {missing:?}\n{}",
+        hosts[0]
+            .0
+            .log()
+            .lines()
+            .filter(|l| l.contains("recover")
+                || l.contains("lifecycle")
+                || l.contains("ERROR")
+                || l.contains("WARN"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        hosts[1].0.log().contains("\"task.transition\"")
+            && hosts[2].0.log().contains("\"task.transition\""),
+        "the queue group kept answering on the other hosts"
+    );
+
+    // A disk lost: the kernel's DATA tree is rebuilt from the cluster and verifies, offline
+    // and against the cluster's DATA event stream.
+    let rebuilt = tmp.path().join("rebuilt/tasks");
+    copy_kernel("tasks", &rebuilt);
+    let out = ck_in(
+        tmp.path(),
+        &[
+            "restore",
+            TASKS_GUID,
+            "--into",
+            rebuilt.to_str().unwrap(),
+            "--nats",
+            &urls,
+        ],
+    );
+    assert!(
+        out.contains(&format!("restored {total} sealed instance(s)")),
+        "{out}"
+    );
+    let verified = ck_in(tmp.path(), &["verify", rebuilt.to_str().unwrap()]);
+    assert!(verified.contains("ok"), "{verified}");
+    let verified = ck_in(
+        tmp.path(),
+        &["verify", rebuilt.to_str().unwrap(), "--nats", &urls],
+    );
+    assert!(verified.contains("ok"), "{verified}");
+}

@@ -324,9 +324,17 @@ pub fn loop_event_stream_subjects() -> Vec<String> {
         .collect()
 }
 
-/// The JetStream API subjects the host publishes on for one kernel's own lifecycle bucket and
-/// DATA event stream (over that kernel's connection): reading them (`STREAM.INFO`, `DIRECT.GET`)
-/// and writing task records (`$KV.{bucket}.>`). No administration: no `STREAM.CREATE` (its
+/// The object store keeping a copy of every sealed instance of a kernel in the cluster
+/// (`ck_sealed_{guid}`, one object per instance), written before a completion is answered and
+/// read back by `ck restore`.
+pub fn sealed_store(guid: &str) -> String {
+    format!("ck_sealed_{}", guid.replace('-', "_"))
+}
+
+/// The JetStream API subjects the host publishes on for one kernel's own lifecycle bucket,
+/// DATA event stream and sealed-instance store (over that kernel's connection): reading them
+/// (`STREAM.INFO`, `DIRECT.GET`), writing task records (`$KV.{bucket}.>`) and sealed
+/// instances (`$O.{store}.>`). No administration: no `STREAM.CREATE` (its
 /// configuration could name foreign subjects, a mirror or sources) and no `CONSUMER.CREATE` (a
 /// push consumer could deliver to any subject); the callout provisions the bucket and the
 /// stream (`ck_task::provision`). Nothing else of JetStream is opened.
@@ -334,13 +342,20 @@ pub fn host_jetstream_subjects(guid: &str) -> Vec<String> {
     let bucket = task_bucket(guid);
     let kv = format!("KV_{bucket}");
     let events = data_event_stream(guid);
+    let sealed = sealed_store(guid);
+    let objects = format!("OBJ_{sealed}");
     vec![
         "$JS.API.INFO".to_owned(),
         format!("$JS.API.STREAM.INFO.{kv}"),
         format!("$JS.API.DIRECT.GET.{kv}"),
         format!("$JS.API.DIRECT.GET.{kv}.>"),
+        format!("$JS.API.STREAM.MSG.GET.{kv}"),
         format!("$KV.{bucket}.>"),
         format!("$JS.API.STREAM.INFO.{events}"),
+        format!("$JS.API.STREAM.INFO.{objects}"),
+        format!("$JS.API.DIRECT.GET.{objects}"),
+        format!("$JS.API.DIRECT.GET.{objects}.>"),
+        format!("$O.{sealed}.>"),
     ]
 }
 
@@ -354,6 +369,7 @@ pub fn host_reserved(guid: &str) -> Vec<String> {
         loop_namespace(guid, Loop::Data),
         "$JS.>".to_owned(),
         "$KV.>".to_owned(),
+        "$O.>".to_owned(),
     ]
 }
 

@@ -68,7 +68,20 @@ impl RunningLifecycle {
         let stop_replay = CancellationToken::new();
         let replay = {
             let (outbox, token) = (lifecycle.outbox(), stop_replay.clone());
-            tokio::spawn(async move { outbox.replay_until(REPLAY_EVERY, token).await })
+            let (pending, stop) = (lifecycle.clone(), stop_replay.clone());
+            tokio::spawn(async move {
+                // Beside the events: sealed instances the cluster did not take yet.
+                let copies = async move {
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(REPLAY_EVERY) => {}
+                        }
+                        pending.replicate_pending().await;
+                    }
+                };
+                tokio::join!(outbox.replay_until(REPLAY_EVERY, token), copies);
+            })
         };
         Ok(Some(Self {
             lifecycle,

@@ -115,3 +115,85 @@ pub fn disagreements(kernel_dir: &Path, recorded: &BTreeMap<String, Recorded>) -
     }
     findings
 }
+
+/// Every sealed instance kept in kernel `guid`'s sealed-instance store (each checked by the
+/// store's SHA-256 as it is read); None when the kernel has no such store (a deployment from
+/// before it existed).
+pub async fn sealed_copies(
+    js: &jetstream::Context,
+    guid: &str,
+) -> Result<Option<BTreeMap<String, ck_loops::data::InstanceBundle>>, AnchorError> {
+    use futures::StreamExt;
+    use tokio::io::AsyncReadExt;
+    let name = topics::sealed_store(guid);
+    let fail = |why: String| AnchorError {
+        stream: name.clone(),
+        why,
+    };
+    let Ok(store) = js.get_object_store(&name).await else {
+        return Ok(None);
+    };
+    let mut list = store.list().await.map_err(|e| fail(e.to_string()))?;
+    let mut names = Vec::new();
+    while let Some(info) = list.next().await {
+        let info = info.map_err(|e| fail(e.to_string()))?;
+        if !info.deleted && info.size <= ck_loops::data::MAX_BUNDLE {
+            names.push(info.name);
+        }
+    }
+    let mut copies = BTreeMap::new();
+    for object in names {
+        let mut reader = store.get(&object).await.map_err(|e| fail(e.to_string()))?;
+        let mut bytes = Vec::new();
+        reader
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| fail(format!("{object}: {e}")))?;
+        let bundle: ck_loops::data::InstanceBundle = serde_json::from_slice(&bytes)
+            .map_err(|e| fail(format!("{object}: not a sealed instance: {e}")))?;
+        copies.insert(object, bundle);
+    }
+    Ok(Some(copies))
+}
+
+/// What disagrees between the tree under `kernel_dir` and the cluster's copies of its sealed
+/// instances: an instance without a copy, a copy without its instance, a file that differs.
+pub fn copy_disagreements(
+    kernel_dir: &Path,
+    copies: &BTreeMap<String, ck_loops::data::InstanceBundle>,
+) -> Vec<String> {
+    let mut findings = Vec::new();
+    let root = kernel_dir.join("data/instances");
+    let mut in_tree = Vec::new();
+    for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        if entry.path().join("proof.json").is_file() {
+            in_tree.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    for id in &in_tree {
+        let Some(copy) = copies.get(id) else {
+            findings.push(format!(
+                "instance {id} is in the tree but not in the cluster's sealed-instance store"
+            ));
+            continue;
+        };
+        match ck_loops::data::InstanceBundle::read(kernel_dir, id) {
+            Ok(ours) => {
+                for (file, text) in &copy.files {
+                    if ours.files.get(file) != Some(text) {
+                        findings.push(format!(
+                            "instance {id}: {file} differs from the cluster's copy"
+                        ));
+                    }
+                }
+            }
+            Err(e) => findings.push(format!("instance {id}: {e}")),
+        }
+    }
+    for id in copies.keys().filter(|id| !in_tree.contains(*id)) {
+        findings.push(format!(
+            "instance {id} is in the cluster's sealed-instance store but missing from the tree"
+        ));
+    }
+    findings
+}

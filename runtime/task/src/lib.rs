@@ -11,6 +11,7 @@
 pub mod anchor;
 mod lifecycle;
 pub mod provision;
+pub mod restore;
 mod store;
 
 pub use lifecycle::{Lifecycle, Recovery, SealedTask, StartError, instance_id};

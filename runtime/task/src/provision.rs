@@ -1,5 +1,7 @@
-//! The JetStream state a kernel's task lifecycle lives in — its task bucket `ck_tasks_{guid}`
-//! and its DATA event stream `ck_data_{guid}` — and the one configuration each is created with.
+//! The JetStream state a kernel's task lifecycle lives in — its task bucket `ck_tasks_{guid}`,
+//! its DATA event stream `ck_data_{guid}` and its sealed-instance store `ck_sealed_{guid}` —
+//! and the one configuration each is created with: file storage, and 3 replicas on a
+//! clustered server (1 on a lone one).
 //!
 //! A kernel's own connection may not create streams (issue 14 point 4: a `STREAM.CREATE` grant
 //! cannot be limited by configuration, so it could name foreign `subjects`, a `mirror` or
@@ -10,7 +12,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, kv, object_store, stream};
 use ck_manifest::topics;
 
 use crate::store::{MAX_BUCKET_BYTES, MAX_TASK_RECORD};
@@ -18,6 +20,45 @@ use crate::store::{MAX_BUCKET_BYTES, MAX_TASK_RECORD};
 /// How long the DATA event stream keeps message ids for deduplication: a replay after an
 /// outage shorter than this cannot announce an instance twice.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// Replicas of a kernel's JetStream state on the server `js` talks to: 3 when it is part of
+/// a cluster (losing one node loses nothing), 1 on a lone server.
+pub fn replicas(js: &jetstream::Context) -> usize {
+    if js.client().server_info().cluster.is_some() {
+        3
+    } else {
+        1
+    }
+}
+
+/// The sealed-instance store's configuration for kernel `guid`.
+pub fn sealed_store_config(guid: &str, replicas: usize) -> object_store::Config {
+    object_store::Config {
+        bucket: topics::sealed_store(guid),
+        description: Some(format!("ck sealed instances of kernel {guid}")),
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// Kernel `guid`'s sealed-instance store, created when it does not exist yet.
+pub async fn sealed_store(
+    js: &jetstream::Context,
+    guid: &str,
+) -> Result<object_store::ObjectStore, ProvisionError> {
+    let name = topics::sealed_store(guid);
+    if let Ok(store) = js.get_object_store(&name).await {
+        return Ok(store);
+    }
+    js.create_object_store(sealed_store_config(guid, replicas(js)))
+        .await
+        .map_err(|e| ProvisionError {
+            guid: guid.to_owned(),
+            what: format!("sealed-instance store {name}"),
+            why: e.to_string(),
+        })
+}
 
 /// The task bucket's configuration for kernel `guid`: file storage, one value per key kept with
 /// its history of transitions, bounded per value and in total.
@@ -66,13 +107,16 @@ pub async fn task_bucket(js: &jetstream::Context, guid: &str) -> Result<kv::Stor
     if let Ok(kv) = js.get_key_value(&bucket).await {
         return Ok(kv);
     }
-    js.create_key_value(bucket_config(guid))
-        .await
-        .map_err(|e| ProvisionError {
-            guid: guid.to_owned(),
-            what: format!("task bucket {bucket}"),
-            why: e.to_string(),
-        })
+    js.create_key_value(kv::Config {
+        num_replicas: replicas(js),
+        ..bucket_config(guid)
+    })
+    .await
+    .map_err(|e| ProvisionError {
+        guid: guid.to_owned(),
+        what: format!("task bucket {bucket}"),
+        why: e.to_string(),
+    })
 }
 
 /// Kernel `guid`'s DATA event stream, created with [`data_stream_config`] when it does not
@@ -82,7 +126,10 @@ pub async fn data_stream(
     guid: &str,
     name: &str,
 ) -> Result<stream::Stream, ProvisionError> {
-    let config = data_stream_config(guid, name);
+    let config = stream::Config {
+        num_replicas: replicas(js),
+        ..data_stream_config(guid, name)
+    };
     let stream_name = config.name.clone();
     js.get_or_create_stream(config)
         .await
@@ -102,5 +149,6 @@ pub async fn provision(
 ) -> Result<(), ProvisionError> {
     task_bucket(js, guid).await?;
     data_stream(js, guid, name).await?;
+    sealed_store(js, guid).await?;
     Ok(())
 }

@@ -181,22 +181,38 @@ impl TaskStore {
 
     /// The current record of `task_id` and its revision.
     pub async fn get(&self, task_id: &str) -> Result<Option<(TaskRecord, u64)>, StoreError> {
-        let entry = self
+        // From the stream's leader, not a direct get: with replicas a direct get may be
+        // answered by a follower that has not applied the last write yet, and a task started
+        // a moment ago on another host would read as never started.
+        let subject = format!("{}{task_id}", self.kv.prefix);
+        let message = match self
             .kv
-            .entry(task_id)
+            .stream
+            .get_last_raw_message_by_subject(&subject)
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        match entry {
-            Some(e) if e.operation == kv::Operation::Put => {
-                let record: TaskRecord =
-                    serde_json::from_slice(&e.value).map_err(|why| StoreError::Corrupt {
-                        task_id: task_id.to_owned(),
-                        why: why.to_string(),
-                    })?;
-                Ok(Some((record, e.revision)))
+        {
+            Ok(m) => m,
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                return Ok(None);
             }
-            _ => Ok(None),
+            Err(e) => return Err(StoreError::Unavailable(e.to_string())),
+        };
+        let removed = message
+            .headers
+            .get("KV-Operation")
+            .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+        if removed {
+            return Ok(None);
         }
+        let record: TaskRecord =
+            serde_json::from_slice(&message.payload).map_err(|why| StoreError::Corrupt {
+                task_id: task_id.to_owned(),
+                why: why.to_string(),
+            })?;
+        Ok(Some((record, message.sequence)))
     }
 
     /// Applies `message` as `actor`, on behalf of host `host` (recorded as the sealer of a

@@ -234,7 +234,7 @@ pub(crate) fn staging_pid(name: &str) -> Option<&str> {
 /// Prepares `bytes` for `path`: a temporary file beside it, written, fsynced and read-only.
 /// `None` if `path` already holds exactly these bytes; an existing file with other bytes is
 /// `AlreadyExists`.
-fn stage(path: &Path, bytes: &[u8]) -> Result<Option<PathBuf>, SealError> {
+pub(crate) fn stage(path: &Path, bytes: &[u8]) -> Result<Option<PathBuf>, SealError> {
     if let Ok(existing) = fs::read(path) {
         return if existing == bytes {
             Ok(None)
@@ -267,7 +267,7 @@ fn stage(path: &Path, bytes: &[u8]) -> Result<Option<PathBuf>, SealError> {
 
 /// Links the staged `tmp` as `path` (never replacing it) and removes `tmp`. Returns false if
 /// another sealer linked the same bytes first; other bytes are `AlreadyExists`.
-fn link_once(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<bool, SealError> {
+pub(crate) fn link_once(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<bool, SealError> {
     let linked = fs::hard_link(tmp, path);
     let _ = fs::remove_file(tmp);
     match linked {

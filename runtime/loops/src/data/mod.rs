@@ -3,12 +3,14 @@
 
 mod actor;
 mod amend;
+mod bundle;
 mod instance;
 mod repo;
 mod tree;
 
 pub use actor::Actor;
 pub use amend::{AmendError, Amended, InstanceMutability, amend, amendments, verify_amendments};
+pub use bundle::{InstanceBundle, MAX_BUNDLE};
 pub use instance::{
     Finding, SealError, SealRequest, Sealed, SealedHashes, Transition, file_sha256, instance_dir,
     seal, verify_instance,

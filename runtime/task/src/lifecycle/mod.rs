@@ -47,12 +47,17 @@ pub struct Lifecycle {
     commits: std::sync::Mutex<Option<mpsc::UnboundedSender<Committed>>>,
     commits_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Committed>>>,
     bound: tokio::sync::Mutex<Option<Bound>>,
+    /// Sealed instances whose copy the cluster did not take yet (an outage): stored by
+    /// [`Lifecycle::replicate_pending`].
+    unreplicated: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 /// JetStream handles bound to one connection of the publisher.
 #[derive(Clone)]
 struct Bound {
     generation: u64,
     store: TaskStore,
+    /// The cluster's copy of every sealed instance.
+    sealed: async_nats::jetstream::object_store::ObjectStore,
 }
 
 /// What sealing an acknowledged completion produced.
@@ -199,7 +204,33 @@ impl Lifecycle {
             dir,
             publisher,
             bound: tokio::sync::Mutex::new(None),
+            unreplicated: std::sync::Mutex::new(Default::default()),
         })
+    }
+
+    /// Stores the sealed instances the cluster did not take when they were sealed; returns how
+    /// many are still waiting. Run periodically with the event replay.
+    pub async fn replicate_pending(&self) -> usize {
+        let pending: Vec<String> = self
+            .unreplicated
+            .lock()
+            .map(|p| p.iter().cloned().collect())
+            .unwrap_or_default();
+        if pending.is_empty() {
+            return 0;
+        }
+        let Ok(bound) = self.bound().await else {
+            return pending.len();
+        };
+        for id in pending {
+            if self.replicate(&bound.sealed, &id).await.is_ok()
+                && let Ok(mut p) = self.unreplicated.lock()
+            {
+                p.remove(&id);
+                tracing::info!(instance_id = %id, "task.replicated-late");
+            }
+        }
+        self.unreplicated.lock().map(|p| p.len()).unwrap_or(0)
     }
 
     /// The kernel's confirmed event path (its queue is replayed by [`Outbox::replay_until`]).
@@ -233,7 +264,22 @@ impl Lifecycle {
                     ),
                 )
             })?;
-        let b = Bound { generation, store };
+        let sealed = crate::provision::sealed_store(&js, &self.guid)
+            .await
+            .map_err(|e| {
+                Failure::new(
+                    503,
+                    "sealed_store_unavailable",
+                    format!(
+                        "{e} (under the auth callout `ck authz` provisions it when the kernel connects)"
+                    ),
+                )
+            })?;
+        let b = Bound {
+            generation,
+            store,
+            sealed,
+        };
         *bound = Some(b.clone());
         Ok(b)
     }
@@ -286,6 +332,15 @@ impl Lifecycle {
                 needs_audit: true,
                 amendment: None,
             });
+            // In the cluster before the answer: a host whose disk is lost loses no
+            // acknowledged instance (`ck restore`). Committed and announced either way (it
+            // is sealed); a copy the cluster did not take is stored once it can.
+            if let Err(e) = self.replicate(&bound.sealed, &sealed.instance_id).await {
+                if let Ok(mut p) = self.unreplicated.lock() {
+                    p.insert(sealed.instance_id.clone());
+                }
+                return Err(e);
+            }
             answer["instance_id"] = json!(sealed.instance_id);
             answer["data_hash"] = json!(sealed.data_hash);
             answer["manifest_hash"] = json!(sealed.manifest_hash);

@@ -100,6 +100,30 @@ impl Lifecycle {
             );
             self.commit_and_announce(batch).await;
         }
+        // Every sealed instance is in the cluster too: those a crash (or an outage) kept from
+        // it are stored now.
+        let instances = ck_fs::layout::DataLayout::of_kernel(&self.dir).instances();
+        let local: Vec<String> = std::fs::read_dir(&instances)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().join("proof.json").is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        let mut replicated = 0;
+        for id in local {
+            if bound.sealed.info(&id).await.is_ok() {
+                continue;
+            }
+            self.replicate(&bound.sealed, &id).await?;
+            replicated += 1;
+        }
+        if replicated > 0 {
+            tracing::warn!(
+                replicated,
+                "task.recover: sealed instances stored in the cluster"
+            );
+        }
         Ok(Recovery {
             sealed,
             quarantined,

@@ -70,4 +70,38 @@ impl Lifecycle {
         };
         Ok(done)
     }
+
+    /// Stores sealed instance `instance_id` in the cluster's sealed-instance store (one object
+    /// per instance, written once) and returns once the cluster has it.
+    pub(super) async fn replicate(
+        &self,
+        store: &async_nats::jetstream::object_store::ObjectStore,
+        instance_id: &str,
+    ) -> Result<(), Failure> {
+        if store.info(instance_id).await.is_ok_and(|i| !i.deleted) {
+            return Ok(());
+        }
+        let failed = |e: String| {
+            Failure::new(
+                503,
+                "replication_failed",
+                format!(
+                    "instance {instance_id} is sealed on this host but not stored in the cluster: {e}; it is stored when this host restarts, and the completion may be retried"
+                ),
+            )
+        };
+        let (dir, id) = (self.dir.clone(), instance_id.to_owned());
+        let bundle =
+            tokio::task::spawn_blocking(move || ck_loops::data::InstanceBundle::read(&dir, &id))
+                .await
+                .map_err(|e| failed(e.to_string()))?
+                .map_err(|e| failed(e.to_string()))?;
+        let bytes = serde_json::to_vec(&bundle).unwrap_or_default();
+        store
+            .put(instance_id, &mut bytes.as_slice())
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        tracing::debug!(instance_id, bytes = bytes.len(), "task.replicated");
+        Ok(())
+    }
 }
