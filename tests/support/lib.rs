@@ -12,6 +12,7 @@ mod process;
 
 pub use process::{
     Proc, ck_build, ck_run, copy_kernel, eventually, reference_kernels, seconds_from_env,
+    write_echo_version,
 };
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -49,12 +49,7 @@ impl View {
                     },
                 );
                 if loaded.kernel.is_none() {
-                    let first = loaded
-                        .diagnostics
-                        .iter()
-                        .find(|d| d.severity == ck_manifest::Severity::Error)
-                        .map(|d| d.to_string())
-                        .unwrap_or_default();
+                    let first = loaded.first_error();
                     tracing::warn!(target: "ck::authz", guid = %record.guid, problem = %first, "registry.invalid-manifest; its kernel cannot connect");
                 }
                 loaded.kernel

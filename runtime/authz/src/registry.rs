@@ -101,12 +101,7 @@ fn load(files: &[PathBuf]) -> KernelSet {
         match loaded.kernel {
             Some(kernel) => kernels.push(kernel),
             None => {
-                let first = loaded
-                    .diagnostics
-                    .iter()
-                    .find(|d| d.severity == ck_manifest::Severity::Error)
-                    .map(|d| d.to_string())
-                    .unwrap_or_default();
+                let first = loaded.first_error();
                 tracing::warn!(target: "ck::authz", manifest = %file.display(), problem = %first, "registry.invalid-manifest; its kernel cannot connect");
             }
         }

@@ -54,13 +54,9 @@ impl Refusals {
 }
 
 impl ClusterArgs {
-    /// Connects and opens the control plane (creating what is missing with `config` when
-    /// given); what the server refuses on the connection is collected in `refusals`.
-    pub async fn open(
-        &self,
-        config: Option<&PlaneConfig>,
-        refusals: &Refusals,
-    ) -> Result<ControlPlane> {
+    /// Connects to the cluster as the operator's user (what the server refuses on the
+    /// connection is collected in `refusals`).
+    pub async fn connect(&self, refusals: &Refusals) -> Result<async_nats::jetstream::Context> {
         let url = self
             .nats
             .as_deref()
@@ -88,7 +84,17 @@ impl ClusterArgs {
         .connect(ck_bus::servers(url).as_slice())
         .await
         .with_context(|| format!("connecting to {url}"))?;
-        let js = async_nats::jetstream::new(client);
+        Ok(async_nats::jetstream::new(client))
+    }
+
+    /// Connects and opens the control plane (creating what is missing with `config` when
+    /// given); what the server refuses on the connection is collected in `refusals`.
+    pub async fn open(
+        &self,
+        config: Option<&PlaneConfig>,
+        refusals: &Refusals,
+    ) -> Result<ControlPlane> {
+        let js = self.connect(refusals).await?;
         Ok(match config {
             Some(config) => ControlPlane::create(js, config).await?,
             None => ControlPlane::open(js).await?,

@@ -27,21 +27,10 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let url = args
+        let js = args
             .cluster
-            .nats
-            .as_deref()
-            .context("--nats URL names the cluster")?;
-        let client = crate::call::operator_options(
-            args.cluster.nats_user.as_deref(),
-            args.cluster.nats_password.as_deref(),
-            args.cluster.tls_ca.as_deref(),
-        )
-        .connection_timeout(std::time::Duration::from_secs(5))
-        .connect(ck_bus::servers(url).as_slice())
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-        let js = async_nats::jetstream::new(client);
+            .connect(&crate::publish::Refusals::default())
+            .await?;
         let (guid, name) = if Path::new(&args.kernel).exists() {
             let kernel = crate::validate::load_one(Path::new(&args.kernel))?;
             (kernel.guid, kernel.name)

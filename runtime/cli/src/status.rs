@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ck_control::fleet::{FleetWatch, fleet_state, fleet_view};
 
 use crate::publish::ClusterArgs;
@@ -22,21 +22,11 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let url = args
+        let js = args
             .cluster
-            .nats
-            .as_deref()
-            .context("--nats URL names the cluster")?;
-        let client = crate::call::operator_options(
-            args.cluster.nats_user.as_deref(),
-            args.cluster.nats_password.as_deref(),
-            args.cluster.tls_ca.as_deref(),
-        )
-        .connection_timeout(std::time::Duration::from_secs(5))
-        .connect(ck_bus::servers(url).as_slice())
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-        let kv = fleet_state(&async_nats::jetstream::new(client), None).await?;
+            .connect(&crate::publish::Refusals::default())
+            .await?;
+        let kv = fleet_state(&js, None).await?;
         if args.watch {
             let mut watch = FleetWatch::open(&kv).await?;
             while let Some(change) = watch.next().await {

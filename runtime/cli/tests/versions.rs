@@ -16,20 +16,7 @@ const INPUT: &str = "input.Demo.Echo";
 
 /// Demo.Echo's `echo` answering `{"v": version}` whatever it is sent.
 fn write_version(kernel: &Path, version: u32) {
-    let source = format!(
-        "#include \"kernel.h\"\n#include \"ck.h\"\n\
-         bool exports_conceptkernel_kernel_handler_handle(ck_str *action, ck_str *data, ck_context *ctx, ck_str *ret, ck_error *err) {{\n\
-           (void)err;\n\
-           ck_buf b = {{0}};\n\
-           ck_buf_puts(&b, \"{{\\\"v\\\":{version}}}\");\n\
-           bool ok = ck_ok_buf(ret, &b);\n\
-           kernel_string_free(data);\n\
-           kernel_string_free(action);\n\
-           exports_conceptkernel_kernel_handler_context_free(ctx);\n\
-           return ok;\n\
-         }}\n"
-    );
-    std::fs::write(kernel.join("tool/echo.c"), source).unwrap();
+    ck_tests::write_echo_version(kernel, version);
 }
 
 fn ck(args: &[&str]) -> String {

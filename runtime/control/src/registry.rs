@@ -64,6 +64,23 @@ pub struct Published {
     pub events: usize,
 }
 
+/// What a registry document says it describes: a kernel's GUID and a commit.
+trait CommitDoc {
+    fn names(&self) -> (&str, &str);
+}
+
+impl CommitDoc for CkCommitDoc {
+    fn names(&self) -> (&str, &str) {
+        (&self.guid, &self.commit)
+    }
+}
+
+impl CommitDoc for ToolCommitDoc {
+    fn names(&self) -> (&str, &str) {
+        (&self.guid, &self.commit)
+    }
+}
+
 fn encode<T: Serialize>(value: &T, key: &str) -> Result<bytes::Bytes, ControlError> {
     let bytes = serde_json::to_vec(value).unwrap_or_default();
     if bytes.len() > MAX_REGISTRY_VALUE {
@@ -219,25 +236,36 @@ impl ControlPlane {
             .transpose()
     }
 
-    /// The published CK commit `commit` of kernel `guid`.
-    pub async fn ck_commit(&self, guid: &str, commit: &str) -> Result<CkCommitDoc, ControlError> {
-        let key = topics::registry_commit_key(guid, Loop::Ck, commit);
-        let doc: CkCommitDoc = self.registry_doc(&key).await?.ok_or_else(|| {
+    /// The published commit `commit` of kernel `guid` in loop `lp`, checked to describe
+    /// what its key names.
+    async fn commit_doc<T: for<'de> Deserialize<'de> + CommitDoc>(
+        &self,
+        guid: &str,
+        lp: Loop,
+        commit: &str,
+    ) -> Result<T, ControlError> {
+        let key = topics::registry_commit_key(guid, lp, commit);
+        let doc: T = self.registry_doc(&key).await?.ok_or_else(|| {
             ControlError::Refused(format!(
-                "CK commit {} of kernel {guid} was never published ({} has no {key})",
+                "{} commit {} of kernel {guid} was never published ({} has no {key})",
+                lp.as_str().to_uppercase(),
                 ck_loops::serving::short(commit),
                 topics::REGISTRY_BUCKET
             ))
         })?;
-        if doc.guid != guid || doc.commit != commit {
+        let (doc_guid, doc_commit) = doc.names();
+        if doc_guid != guid || doc_commit != commit {
             return Err(ControlError::Integrity(format!(
-                "{} {key} describes {}@{}, not what its key names",
+                "{} {key} describes {doc_guid}@{doc_commit}, not what its key names",
                 topics::REGISTRY_BUCKET,
-                doc.guid,
-                doc.commit
             )));
         }
         Ok(doc)
+    }
+
+    /// The published CK commit `commit` of kernel `guid`.
+    pub async fn ck_commit(&self, guid: &str, commit: &str) -> Result<CkCommitDoc, ControlError> {
+        self.commit_doc(guid, Loop::Ck, commit).await
     }
 
     /// The published TOOL commit `commit` of kernel `guid`.
@@ -246,23 +274,7 @@ impl ControlPlane {
         guid: &str,
         commit: &str,
     ) -> Result<ToolCommitDoc, ControlError> {
-        let key = topics::registry_commit_key(guid, Loop::Tool, commit);
-        let doc: ToolCommitDoc = self.registry_doc(&key).await?.ok_or_else(|| {
-            ControlError::Refused(format!(
-                "TOOL commit {} of kernel {guid} was never published ({} has no {key})",
-                ck_loops::serving::short(commit),
-                topics::REGISTRY_BUCKET
-            ))
-        })?;
-        if doc.guid != guid || doc.commit != commit {
-            return Err(ControlError::Integrity(format!(
-                "{} {key} describes {}@{}, not what its key names",
-                topics::REGISTRY_BUCKET,
-                doc.guid,
-                doc.commit
-            )));
-        }
-        Ok(doc)
+        self.commit_doc(guid, Loop::Tool, commit).await
     }
 
     /// Kernel `guid`'s newest published `develop`.

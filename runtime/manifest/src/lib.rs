@@ -71,6 +71,17 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// The first error found, as a person reads it (empty when there is none).
+    pub fn first_error(&self) -> String {
+        self.diagnostics
+            .iter()
+            .find(|d| d.severity == Severity::Error)
+            .map(|d| d.to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl Loaded {
     /// True when at least one diagnostic is an error.
     pub fn has_errors(&self) -> bool {
         self.diagnostics
