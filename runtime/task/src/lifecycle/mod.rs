@@ -208,6 +208,38 @@ impl Lifecycle {
         })
     }
 
+    /// The completion of `task_id` this host owes a seal for, if the stored record (read from
+    /// the leader) says this host completed it and its instance is not sealed here.
+    async fn owed_completion(&self, bound: &Bound, task_id: &str) -> Option<crate::Transitioned> {
+        for _ in 0..10 {
+            match bound.store.get(task_id).await {
+                Ok(Some((record, revision))) => {
+                    let owed = record.state == TaskState::Completed
+                        && record.sealer.as_deref() == Some(self.host_id.as_str())
+                        && !ck_loops::data::instance_dir(&self.dir, &instance_id(&record))
+                            .join("proof.json")
+                            .is_file();
+                    if owed {
+                        tracing::warn!(
+                            task_id,
+                            revision,
+                            "task.ack-recovered: the completion landed though its acknowledgement was lost; sealing it"
+                        );
+                    }
+                    return owed.then_some(crate::Transitioned {
+                        before: Some(TaskState::InProgress),
+                        record,
+                        revision,
+                    });
+                }
+                Ok(None) => return None,
+                // The leader is being elected: ask again shortly.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            }
+        }
+        None
+    }
+
     /// Stores the sealed instances the cluster did not take when they were sealed; returns how
     /// many are still waiting. Run periodically with the event replay.
     pub async fn replicate_pending(&self) -> usize {
@@ -304,11 +336,22 @@ impl Lifecycle {
         })?;
         let bound = self.bound().await?;
         let started = std::time::Instant::now();
-        let done = bound
-            .store
-            .apply(&message, actor, &self.host_id)
-            .await
-            .map_err(failure)?;
+        let done = match bound.store.apply(&message, actor, &self.host_id).await {
+            Ok(done) => done,
+            // A completion whose acknowledgement was lost (a timeout while the cluster elects
+            // a leader) may have landed all the same: if the stored record says this host
+            // completed it and it is not sealed here, it is this host's to seal — now, not at
+            // its next start. A retry that finds it so (409) is answered the same way.
+            Err(e @ (StoreError::Unavailable(_) | StoreError::Illegal(_)))
+                if action == TaskAction::Complete =>
+            {
+                match self.owed_completion(&bound, &message.task_id).await {
+                    Some(done) => done,
+                    None => return Err(failure(e)),
+                }
+            }
+            Err(e) => return Err(failure(e)),
+        };
         let record = &done.record;
         tracing::info!(task_id = %record.task_id, from = %done.before.map_or("none", TaskState::as_str), to = %record.state, revision = done.revision, "task.transition");
         let mut answer = json!({
