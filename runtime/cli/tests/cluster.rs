@@ -933,11 +933,11 @@ async fn a_killed_nats_node_under_load_loses_no_task() {
     if sealed < total {
         let have = stored().await;
         let mut report = String::new();
-        for i in 0..3 {
+        for (i, host) in hosts.iter().enumerate() {
             for id in instances_in(&tmp.path().join(format!("host{i}/tasks"))) {
                 if !have.contains(&id) {
                     report.push_str(&format!("host{i} has {id}, the cluster does not\n"));
-                    for line in hosts[i].log().lines().filter(|l| {
+                    for line in host.log().lines().filter(|l| {
                         l.contains(&id[2..id.rfind('-').unwrap_or(2)]) || l.contains("replicat")
                     }) {
                         report.push_str(&format!("  {}\n", &line[..line.len().min(400)]));

@@ -1,7 +1,7 @@
 //! The secured stack the callout tests share: a real nats-server 2.15 with auth callout, the
 //! real `ck identity serve` (SPIFFE provider) and `ck authz` processes, and a registry
 //! directory of kernel manifests. Included by `authz.rs` and `security.rs` (`mod secured;`).
-#![allow(dead_code)] // each including test file uses part of it
+#![allow(dead_code, unused_imports)] // each including test file uses part of it
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

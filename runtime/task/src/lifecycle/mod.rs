@@ -211,7 +211,9 @@ impl Lifecycle {
     /// The completion of `task_id` this host owes a seal for, if the stored record (read from
     /// the leader) says this host completed it and its instance is not sealed here.
     async fn owed_completion(&self, bound: &Bound, task_id: &str) -> Option<crate::Transitioned> {
-        for _ in 0..10 {
+        // Long enough to outlast a leader election (the caller's answer may be lost by then;
+        // the seal is not).
+        for _ in 0..50 {
             match bound.store.get(task_id).await {
                 Ok(Some((record, revision))) => {
                     let owed = record.state == TaskState::Completed
@@ -341,10 +343,9 @@ impl Lifecycle {
             // A completion whose acknowledgement was lost (a timeout while the cluster elects
             // a leader) may have landed all the same: if the stored record says this host
             // completed it and it is not sealed here, it is this host's to seal — now, not at
-            // its next start. A retry that finds it so (409) is answered the same way.
-            Err(e @ (StoreError::Unavailable(_) | StoreError::Illegal(_)))
-                if action == TaskAction::Complete =>
-            {
+            // its next start. (Only the request that wrote it: a retry finding it completed
+            // is a 409, and whoever wrote it seals it.)
+            Err(e @ StoreError::Unavailable(_)) if action == TaskAction::Complete => {
                 match self.owed_completion(&bound, &message.task_id).await {
                     Some(done) => done,
                     None => return Err(failure(e)),
