@@ -567,6 +567,26 @@ async fn run_task(client: &Client, id: &str) -> Outcome {
     outcome
 }
 
+/// Tasks `{prefix}-0` … `{prefix}-{total - 1}`, each started and completed, 8 at a time (the
+/// steady load a host or node is killed under): what each task's client saw.
+async fn steady_load(
+    client: Client,
+    prefix: &'static str,
+    total: usize,
+) -> BTreeMap<String, Outcome> {
+    futures::stream::iter(0..total)
+        .map(|n| {
+            let client = client.clone();
+            async move {
+                let id = format!("{prefix}-{n}");
+                (id.clone(), run_task(&client, &id).await)
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await
+}
+
 fn instances_in(kernel: &Path) -> BTreeSet<String> {
     std::fs::read_dir(kernel.join("data/instances"))
         .into_iter()
@@ -622,25 +642,10 @@ async fn a_killed_host_loses_no_acknowledged_task_and_a_lost_disk_is_restored() 
 
     // Steady load: 8 clients, 40 tasks each; host 0 is SIGKILLed a moment in.
     let total = 320;
-    let load = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            futures::stream::iter(0..total)
-                .map(|n| {
-                    let client = client.clone();
-                    async move {
-                        let id = format!("t-{n}");
-                        (id.clone(), run_task(&client, &id).await)
-                    }
-                })
-                .buffer_unordered(8)
-                .collect::<Vec<_>>()
-                .await
-        })
-    };
+    let load = tokio::spawn(steady_load(client.clone(), "t", total));
     tokio::time::sleep(Duration::from_millis(700)).await;
     hosts[0].0.kill();
-    let outcomes: BTreeMap<String, Outcome> = load.await.unwrap().into_iter().collect();
+    let outcomes = load.await.unwrap();
     let acknowledged: Vec<String> = outcomes
         .values()
         .filter_map(|o| o.acknowledged.clone())
@@ -820,26 +825,11 @@ async fn a_killed_nats_node_under_load_loses_no_task() {
         .await
         .unwrap();
     let total = 240;
-    let load = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            futures::stream::iter(0..total)
-                .map(|n| {
-                    let client = client.clone();
-                    async move {
-                        let id = format!("n-{n}");
-                        (id.clone(), run_task(&client, &id).await)
-                    }
-                })
-                .buffer_unordered(8)
-                .collect::<Vec<_>>()
-                .await
-        })
-    };
+    let load = tokio::spawn(steady_load(client.clone(), "n", total));
     tokio::time::sleep(Duration::from_millis(700)).await;
     cluster.node_mut(0).stop();
     let killed = Instant::now();
-    let outcomes: BTreeMap<String, Outcome> = load.await.unwrap().into_iter().collect();
+    let outcomes = load.await.unwrap();
     let finished_after = killed.elapsed();
     let acknowledged = outcomes
         .values()
