@@ -154,7 +154,10 @@ impl Args {
             fleet: match &self.silo {
                 Some(silo) => Some(ck_serve::FleetConfig {
                     silo: silo.clone(),
-                    host: self.host_id.clone().unwrap_or_else(default_host_id),
+                    host: self
+                        .host_id
+                        .clone()
+                        .unwrap_or_else(ck_control::fleet::default_host_name),
                     policy: crate::publish::fleet_policy(self.fleet_policy.as_deref())?,
                 }),
                 None => None,
@@ -162,28 +165,6 @@ impl Args {
             grace: Duration::from_secs_f64(self.grace),
         })
     }
-}
-
-/// The machine's name and this process's id, as a fleet host name (one subject token).
-fn default_host_id() -> String {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let name: String = name
-        .trim()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(48)
-        .collect();
-    format!(
-        "{}-{}",
-        if name.is_empty() { "host" } else { &name },
-        std::process::id()
-    )
 }
 
 /// The kernels to serve and the other kernels known, checked: every diagnostic is printed and

@@ -26,7 +26,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             .cluster
             .connect(&crate::publish::Refusals::default())
             .await?;
-        let kv = fleet_state(&js, None).await?;
+        let kv = fleet_state(&js).await?;
         if args.watch {
             let mut watch = FleetWatch::open(&kv).await?;
             while let Some(change) = watch.next().await {

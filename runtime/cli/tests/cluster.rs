@@ -200,14 +200,7 @@ async fn a_promote_from_any_machine_switches_every_host_of_the_cluster() {
     for (i, node) in cluster.nodes().iter().enumerate() {
         let dir = host_dir(tmp.path(), &format!("host{i}"));
         let logs = tmp.path().join(format!("host{i}"));
-        hosts.push(ck_tests::ck_run(
-            CK,
-            &node.url(),
-            &dir,
-            &logs,
-            "ck-run",
-            &["--control"],
-        ));
+        hosts.push(control_host(&node.url(), &dir, &logs, &[]));
     }
     let client = async_nats::connect(ck_bus::servers(&urls).as_slice())
         .await
@@ -375,22 +368,7 @@ async fn a_killed_host_shows_stale_within_the_window_and_a_restarted_one_boots()
     )
     .unwrap();
     let policy = policy.to_str().unwrap();
-    let operator = tmp.path().join("operator/echo");
-    copy_kernel("echo", &operator);
-    ck_build(CK, &[&operator]);
-    ck_in(
-        tmp.path(),
-        &[
-            "publish",
-            operator.to_str().unwrap(),
-            "--nats",
-            &urls,
-            "--replicas",
-            "3",
-            "--fleet-policy",
-            policy,
-        ],
-    );
+    publish_built(tmp.path(), "echo", &urls, &["--fleet-policy", policy]);
     let observer = async_nats::connect(ck_bus::servers(&urls).as_slice())
         .await
         .unwrap();
@@ -401,18 +379,11 @@ async fn a_killed_host_shows_stale_within_the_window_and_a_restarted_one_boots()
         let dir = host_dir(tmp.path(), &format!("host{i}"));
         let logs = tmp.path().join(format!("host{i}"));
         let id = format!("h{i}");
-        ck_tests::ck_run(
-            CK,
+        control_host(
             &cluster.nodes()[i].url(),
             &dir,
             &logs,
-            // A fresh log per start: a restart must not find its predecessor's lines.
-            &format!(
-                "ck-run-{}",
-                STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ),
             &[
-                "--control",
                 "--silo",
                 "ct-fac",
                 "--host-id",
@@ -499,6 +470,37 @@ async fn a_killed_host_shows_stale_within_the_window_and_a_restarted_one_boots()
 }
 
 static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The operator's machine: a built copy of `kernels/{name}` under `root/operator/`, published to
+/// the cluster with 3 replicas (`extra`: more arguments of `ck publish`).
+fn publish_built(root: &Path, name: &str, urls: &str, extra: &[&str]) -> std::path::PathBuf {
+    let operator = root.join("operator").join(name);
+    copy_kernel(name, &operator);
+    ck_build(CK, &[&operator]);
+    let mut args = vec![
+        "publish",
+        operator.to_str().unwrap(),
+        "--nats",
+        urls,
+        "--replicas",
+        "3",
+    ];
+    args.extend(extra);
+    ck_in(root, &args);
+    operator
+}
+
+/// `ck run --control` of `dir` over `url` with `extra` arguments, logging under `logs` — a
+/// fresh log per start, so a restart never finds its predecessor's lines.
+fn control_host(url: &str, dir: &Path, logs: &Path, extra: &[&str]) -> ck_tests::Proc {
+    let name = format!(
+        "ck-run-{}",
+        STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let mut args = vec!["--control"];
+    args.extend(extra);
+    ck_tests::ck_run(CK, url, dir, logs, &name, &args)
+}
 
 const TASKS_GUID: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
 
@@ -602,37 +604,14 @@ async fn a_killed_host_loses_no_acknowledged_task_and_a_lost_disk_is_restored() 
     let tmp = tempfile::tempdir().unwrap();
     let cluster = NatsCluster::start(3, "").unwrap_or_else(|e| panic!("{e}"));
     let urls = cluster.urls();
-    let operator = tmp.path().join("operator/tasks");
-    copy_kernel("tasks", &operator);
-    ck_build(CK, &[&operator]);
-    ck_in(
-        tmp.path(),
-        &[
-            "publish",
-            operator.to_str().unwrap(),
-            "--nats",
-            &urls,
-            "--replicas",
-            "3",
-        ],
-    );
+    publish_built(tmp.path(), "tasks", &urls, &[]);
     let start = |i: usize| {
         let dir = tmp.path().join(format!("host{i}/tasks"));
         if !dir.exists() {
             copy_kernel("tasks", &dir);
         }
         let logs = tmp.path().join(format!("host{i}"));
-        let proc = ck_tests::ck_run(
-            CK,
-            &cluster.nodes()[i].url(),
-            &dir,
-            &logs,
-            &format!(
-                "ck-run-{}",
-                STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ),
-            &["--control"],
-        );
+        let proc = control_host(&cluster.nodes()[i].url(), &dir, &logs, &[]);
         (proc, dir)
     };
     let mut hosts: Vec<_> = (0..3).map(start).collect();
@@ -788,36 +767,18 @@ async fn a_killed_nats_node_under_load_loses_no_task() {
     let mut cluster = NatsCluster::start(3, "").unwrap_or_else(|e| panic!("{e}"));
     let nodes: Vec<String> = cluster.nodes().iter().map(|n| n.url()).collect();
     let urls = nodes.join(",");
-    let operator = tmp.path().join("operator/tasks");
-    copy_kernel("tasks", &operator);
-    ck_build(CK, &[&operator]);
-    ck_in(
-        tmp.path(),
-        &[
-            "publish",
-            operator.to_str().unwrap(),
-            "--nats",
-            &urls,
-            "--replicas",
-            "3",
-        ],
-    );
+    publish_built(tmp.path(), "tasks", &urls, &[]);
     // Each host knows every node, starting from a different one.
     let mut hosts = Vec::new();
     for i in 0..3 {
         let dir = tmp.path().join(format!("host{i}/tasks"));
         copy_kernel("tasks", &dir);
         let rotated: Vec<&str> = (0..3).map(|k| nodes[(i + k) % 3].as_str()).collect();
-        hosts.push(ck_tests::ck_run(
-            CK,
+        hosts.push(control_host(
             &rotated.join(","),
             &dir,
             &tmp.path().join(format!("host{i}")),
-            &format!(
-                "ck-run-{}",
-                STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ),
-            &["--control"],
+            &[],
         ));
     }
     // The client is on the nodes that stay.

@@ -209,6 +209,34 @@ pub struct SiloState {
     pub hosts: BTreeMap<String, HostSummary>,
 }
 
+/// The machine's name (empty where the system does not tell).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// A host name for the fleet when none is given: the machine's name (cut to a subject
+/// token's characters) and this process's id, so several hosts on one machine differ.
+pub fn default_host_name() -> String {
+    let name: String = hostname()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(48)
+        .collect();
+    format!(
+        "{}-{}",
+        if name.is_empty() { "host" } else { &name },
+        std::process::id()
+    )
+}
+
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -230,6 +258,8 @@ pub struct FleetReporter {
     policy: FleetPolicy,
     silo: String,
     host: String,
+    /// The machine's name, read once.
+    hostname: String,
     boot_at: String,
     pulses: u64,
     ready: Option<bool>,
@@ -252,19 +282,14 @@ impl FleetReporter {
                 )));
             }
         }
-        let kv = jetstream::new(client.clone())
-            .get_key_value(topics::FLEET_STATE_BUCKET)
-            .await
-            .map_err(|e| ControlError::Nats {
-                what: format!("opening {}", topics::FLEET_STATE_BUCKET),
-                why: format!("{e} (an operator's `ck publish` creates it)"),
-            })?;
+        let kv = fleet_state(&jetstream::new(client.clone())).await?;
         Ok(Self {
             client,
             kv,
             policy,
             silo: silo.to_owned(),
             host: host.to_owned(),
+            hostname: hostname(),
             boot_at: now(),
             pulses: 0,
             ready: None,
@@ -282,9 +307,7 @@ impl FleetReporter {
         HostState {
             silo: self.silo.clone(),
             host: self.host.clone(),
-            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_default(),
+            hostname: self.hostname.clone(),
             pid: std::process::id(),
             boot_at: self.boot_at.clone(),
             at: now(),
@@ -498,25 +521,13 @@ impl FleetReporter {
     }
 }
 
-/// Opens `FLEET_STATE` for reading (`ck status`), or creates it (an operator).
-pub async fn fleet_state(
-    js: &jetstream::Context,
-    create: Option<(&FleetPolicy, usize)>,
-) -> Result<kv::Store, ControlError> {
-    if let Ok(kv) = js.get_key_value(topics::FLEET_STATE_BUCKET).await {
-        return Ok(kv);
-    }
-    let Some((policy, replicas)) = create else {
-        return Err(ControlError::Nats {
-            what: format!("opening {}", topics::FLEET_STATE_BUCKET),
-            why: "it does not exist (an operator's `ck publish` creates it)".into(),
-        });
-    };
-    js.create_key_value(policy.bucket(replicas))
+/// Opens `FLEET_STATE` for reading (`ck status`).
+pub async fn fleet_state(js: &jetstream::Context) -> Result<kv::Store, ControlError> {
+    js.get_key_value(topics::FLEET_STATE_BUCKET)
         .await
         .map_err(|e| ControlError::Nats {
-            what: format!("creating {}", topics::FLEET_STATE_BUCKET),
-            why: e.to_string(),
+            what: format!("opening {}", topics::FLEET_STATE_BUCKET),
+            why: format!("{e} (an operator's `ck publish` creates it)"),
         })
 }
 

@@ -138,6 +138,22 @@ impl PlaneConfig {
     }
 }
 
+/// The bucket `config` names, created with `config` when it does not exist (an existing
+/// bucket keeps its configuration).
+pub(crate) async fn open_or_create_kv(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, ControlError> {
+    if let Ok(kv) = js.get_key_value(&config.bucket).await {
+        return Ok(kv);
+    }
+    let what = format!("creating {}", config.bucket);
+    js.create_key_value(config)
+        .await
+        .map_err(|e| e.to_string())
+        .map_err(nats_error(what))
+}
+
 /// The control plane, as seen over one connection.
 #[derive(Clone)]
 pub struct ControlPlane {
@@ -175,22 +191,8 @@ impl ControlPlane {
         config: &PlaneConfig,
     ) -> Result<Self, ControlError> {
         let js = js.clone();
-        let registry = match js.get_key_value(topics::REGISTRY_BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(config.registry())
-                .await
-                .map_err(|e| e.to_string())
-                .map_err(nats_error(format!("creating {}", topics::REGISTRY_BUCKET)))?,
-        };
-        let serving = match js.get_key_value(topics::SERVING_BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(config.serving())
-                .await
-                .map_err(|e| e.to_string())
-                .map_err(nats_error(format!("creating {}", topics::SERVING_BUCKET)))?,
-        };
+        let registry = open_or_create_kv(&js, config.registry()).await?;
+        let serving = open_or_create_kv(&js, config.serving()).await?;
         let artifacts = match js.get_object_store(topics::ARTIFACT_STORE).await {
             Ok(store) => store,
             Err(_) => js
@@ -199,7 +201,7 @@ impl ControlPlane {
                 .map_err(|e| e.to_string())
                 .map_err(nats_error(format!("creating {}", topics::ARTIFACT_STORE)))?,
         };
-        fleet::fleet_state(&js, Some((&config.fleet, config.replicas))).await?;
+        open_or_create_kv(&js, config.fleet.bucket(config.replicas)).await?;
         js.get_or_create_stream(loop_event_stream_config(config))
             .await
             .map_err(|e| e.to_string())

@@ -42,7 +42,6 @@ pub(crate) struct HostMetrics {
     in_flight: Family<KernelLabel, Gauge>,
     latency: HistogramFamily,
     instances: Family<KernelLabel, Gauge>,
-    pool: Gauge,
 }
 
 impl HostMetrics {
@@ -55,7 +54,7 @@ impl HostMetrics {
         let in_flight = Family::<KernelLabel, Gauge>::default();
         let latency: HistogramFamily = Family::new_with_constructor(new_histogram);
         let instances = Family::<KernelLabel, Gauge>::default();
-        let pool = Gauge::default();
+        let pool: Gauge = Gauge::default();
         registry.register("requests", "Messages taken per kernel", requests.clone());
         registry.register("errors", "Error answers per kernel", errors.clone());
         registry.register(
@@ -98,7 +97,6 @@ impl HostMetrics {
             in_flight,
             latency,
             instances,
-            pool,
         }
     }
 
@@ -125,7 +123,6 @@ impl HostMetrics {
                 })
                 .set(i64::try_from(*created).unwrap_or(i64::MAX));
         }
-        let _ = &self.pool;
         let mut text = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::warn!(error = %e, "metrics.encode-failed");

@@ -17,9 +17,10 @@ use serde_json::Value;
 /// The hashes the cluster recorded for one instance (the same pair a tree holds).
 pub use ck_loops::data::SealedHashes as Recorded;
 
-/// Why the cluster's record could not be read.
+/// Why the cluster's record could not be read (`stream`: the DATA event stream or the
+/// sealed-instance store).
 #[derive(Debug, thiserror::Error)]
-#[error("reading the DATA event stream {stream}: {why}")]
+#[error("reading {stream}: {why}")]
 pub struct AnchorError {
     /// The stream.
     pub stream: String,
@@ -35,7 +36,7 @@ pub async fn recorded(
 ) -> Result<BTreeMap<String, Recorded>, AnchorError> {
     let name = topics::data_event_stream(guid);
     let fail = |why: String| AnchorError {
-        stream: name.clone(),
+        stream: format!("the DATA event stream {name}"),
         why,
     };
     let mut stream = js
@@ -83,17 +84,14 @@ pub async fn recorded(
 /// finding names the instance and what differs. Empty: every instance is anchored.
 pub fn disagreements(kernel_dir: &Path, recorded: &BTreeMap<String, Recorded>) -> Vec<String> {
     let mut findings = Vec::new();
-    let root = kernel_dir.join("data/instances");
     let mut in_tree = BTreeMap::new();
-    for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-        if !entry.path().join("proof.json").is_file() {
-            continue;
-        }
-        let id = entry.file_name().to_string_lossy().into_owned();
-        let hashes = SealedHashes::read(&entry.path()).unwrap_or(SealedHashes {
-            data_hash: String::new(),
-            manifest_hash: String::new(),
-        });
+    for id in ck_loops::data::sealed_instances(kernel_dir) {
+        let hashes = SealedHashes::read(&ck_loops::data::instance_dir(kernel_dir, &id)).unwrap_or(
+            SealedHashes {
+                data_hash: String::new(),
+                manifest_hash: String::new(),
+            },
+        );
         in_tree.insert(id, hashes);
     }
     for (id, theirs) in recorded {
@@ -116,9 +114,10 @@ pub fn disagreements(kernel_dir: &Path, recorded: &BTreeMap<String, Recorded>) -
     findings
 }
 
-/// Every sealed instance kept in kernel `guid`'s sealed-instance store (each checked by the
-/// store's SHA-256 as it is read); None when the kernel has no such store (a deployment from
-/// before it existed).
+/// Every sealed instance kept in kernel `guid`'s sealed-instance store, by id (each checked by
+/// the store's SHA-256 as it is read, bounded, and named after the instance it holds); None
+/// when the kernel has no such store (a deployment from before it existed). The one reader of
+/// the store: `ck verify --nats` and `ck restore` both use it.
 pub async fn sealed_copies(
     js: &jetstream::Context,
     guid: &str,
@@ -127,7 +126,7 @@ pub async fn sealed_copies(
     use tokio::io::AsyncReadExt;
     let name = topics::sealed_store(guid);
     let fail = |why: String| AnchorError {
-        stream: name.clone(),
+        stream: format!("the sealed-instance store {name}"),
         why,
     };
     let Ok(store) = js.get_object_store(&name).await else {
@@ -137,20 +136,36 @@ pub async fn sealed_copies(
     let mut names = Vec::new();
     while let Some(info) = list.next().await {
         let info = info.map_err(|e| fail(e.to_string()))?;
-        if !info.deleted && info.size <= ck_loops::data::MAX_BUNDLE {
-            names.push(info.name);
+        if info.deleted {
+            continue;
         }
+        if info.size > ck_loops::data::MAX_BUNDLE {
+            return Err(fail(format!(
+                "{}: {} bytes is over the {}-byte limit of a sealed instance",
+                info.name,
+                info.size,
+                ck_loops::data::MAX_BUNDLE
+            )));
+        }
+        names.push(info.name);
     }
     let mut copies = BTreeMap::new();
     for object in names {
         let mut reader = store.get(&object).await.map_err(|e| fail(e.to_string()))?;
         let mut bytes = Vec::new();
+        // The reader checks the store's SHA-256 digest at the end.
         reader
             .read_to_end(&mut bytes)
             .await
             .map_err(|e| fail(format!("{object}: {e}")))?;
         let bundle: ck_loops::data::InstanceBundle = serde_json::from_slice(&bytes)
             .map_err(|e| fail(format!("{object}: not a sealed instance: {e}")))?;
+        if bundle.instance_id != object {
+            return Err(fail(format!(
+                "{object}: it holds instance {}, not the one it is named after",
+                bundle.instance_id
+            )));
+        }
         copies.insert(object, bundle);
     }
     Ok(Some(copies))
@@ -163,13 +178,7 @@ pub fn copy_disagreements(
     copies: &BTreeMap<String, ck_loops::data::InstanceBundle>,
 ) -> Vec<String> {
     let mut findings = Vec::new();
-    let root = kernel_dir.join("data/instances");
-    let mut in_tree = Vec::new();
-    for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-        if entry.path().join("proof.json").is_file() {
-            in_tree.push(entry.file_name().to_string_lossy().into_owned());
-        }
-    }
+    let in_tree = ck_loops::data::sealed_instances(kernel_dir);
     for id in &in_tree {
         let Some(copy) = copies.get(id) else {
             findings.push(format!(

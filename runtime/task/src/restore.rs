@@ -11,10 +11,8 @@
 use std::path::{Path, PathBuf};
 
 use async_nats::jetstream;
-use ck_loops::data::{DataRepo, InstanceBundle, MAX_BUNDLE};
+use ck_loops::data::DataRepo;
 use ck_manifest::topics;
-use futures::StreamExt;
-use tokio::io::AsyncReadExt;
 
 /// What [`restore`] rebuilt.
 #[derive(Debug, Clone, Default)]
@@ -66,51 +64,24 @@ pub async fn restore(
     into: &Path,
 ) -> Result<Restored, RestoreError> {
     let store_name = topics::sealed_store(guid);
-    let nats = |why: String| RestoreError::Nats {
-        store: store_name.clone(),
-        why,
-    };
-    let store = js
-        .get_object_store(&store_name)
+    let copies = crate::anchor::sealed_copies(js, guid)
         .await
-        .map_err(|e| nats(e.to_string()))?;
-    let mut names = Vec::new();
-    let mut list = store.list().await.map_err(|e| nats(e.to_string()))?;
-    while let Some(info) = list.next().await {
-        let info = info.map_err(|e| nats(e.to_string()))?;
-        if !info.deleted {
-            names.push((info.name, info.size));
-        }
-    }
-    names.sort();
+        .map_err(|e| RestoreError::Nats {
+            store: e.stream,
+            why: e.why,
+        })?
+        .ok_or_else(|| RestoreError::Nats {
+            store: store_name.clone(),
+            why: "the kernel has no sealed-instance store in this cluster".into(),
+        })?;
     let mut restored = Restored::default();
     let mut records = Vec::new();
-    for (name, size) in names {
+    for (name, bundle) in copies {
         let invalid = |why: String| RestoreError::Invalid {
             store: store_name.clone(),
             name: name.clone(),
             why,
         };
-        if size > MAX_BUNDLE {
-            return Err(invalid(format!(
-                "{size} bytes is over the {MAX_BUNDLE}-byte limit"
-            )));
-        }
-        let mut object = store.get(&name).await.map_err(|e| nats(e.to_string()))?;
-        let mut bytes = Vec::with_capacity(size);
-        // The reader checks the store's SHA-256 digest at the end.
-        object
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| invalid(e.to_string()))?;
-        let bundle: InstanceBundle =
-            serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-        if bundle.instance_id != name {
-            return Err(invalid(format!(
-                "it holds instance {}, not the one it is named after",
-                bundle.instance_id
-            )));
-        }
         let (dir, b) = (into.to_path_buf(), bundle.clone());
         let written = tokio::task::spawn_blocking(move || b.write(&dir))
             .await

@@ -135,6 +135,21 @@ impl std::fmt::Display for Finding {
     }
 }
 
+/// The ids of the kernel's sealed instances — those whose `proof.json` is in place, what
+/// recovery and the checks against the cluster count as sealed — sorted.
+pub fn sealed_instances(kernel_dir: &Path) -> Vec<String> {
+    let root = ck_fs::layout::DataLayout::of_kernel(kernel_dir).instances();
+    let mut ids: Vec<String> = fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("proof.json").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// `data/instances/{instance_id}` of a kernel.
 pub fn instance_dir(kernel_dir: &Path, instance_id: &str) -> PathBuf {
     ck_fs::layout::DataLayout::of_kernel(kernel_dir).instance(instance_id)

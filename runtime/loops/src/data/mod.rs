@@ -13,7 +13,7 @@ pub use amend::{AmendError, Amended, InstanceMutability, amend, amendments, veri
 pub use bundle::{InstanceBundle, MAX_BUNDLE};
 pub use instance::{
     Finding, SealError, SealRequest, Sealed, SealedHashes, Transition, file_sha256, instance_dir,
-    seal, verify_instance,
+    seal, sealed_instances, verify_instance,
 };
 pub use repo::{DataRepo, InstanceFiles, RepoError, verify_history};
 pub use tree::{TreeReport, kernel_dir_of, remove_leftovers, verify_tree, verify_tree_settled};

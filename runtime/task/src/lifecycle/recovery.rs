@@ -102,14 +102,7 @@ impl Lifecycle {
         }
         // Every sealed instance is in the cluster too: those a crash (or an outage) kept from
         // it are stored now.
-        let instances = ck_fs::layout::DataLayout::of_kernel(&self.dir).instances();
-        let local: Vec<String> = std::fs::read_dir(&instances)
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .filter(|e| e.path().join("proof.json").is_file())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
+        let local = ck_loops::data::sealed_instances(&self.dir);
         let mut replicated = 0;
         for id in local {
             if bound.sealed.info(&id).await.is_ok() {
