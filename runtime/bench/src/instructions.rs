@@ -31,6 +31,8 @@ pub struct ServeSpec {
     pub events: bool,
     /// Publish the TOOL events.
     pub tool_events: bool,
+    /// Slots of the instance pool (requests in flight must stay within it).
+    pub max_instances: u32,
 }
 
 /// `ck bench-serve`: serves `spec.target`, prints `ready {subject}`, and serves until its
@@ -39,10 +41,10 @@ pub fn serve(spec: &ServeSpec) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let echo = load_one(&spec.echo)?;
-        // A small pool: the default reserves more address space (4 GiB per memory slot)
-        // than valgrind will map. Requests in flight must stay within it.
+        // Under valgrind, a small pool: the default reserves more address space (4 GiB per
+        // memory slot) than valgrind will map.
         let engine = ck_host::HostEngine::new(ck_host::HostConfig {
-            max_instances: MAX_IN_FLIGHT as u32,
+            max_instances: spec.max_instances,
             max_memory_mb: 64,
             ..ck_host::HostConfig::default()
         })
@@ -51,7 +53,10 @@ pub fn serve(spec: &ServeSpec) -> Result<()> {
         let subject = match spec.target.as_str() {
             "baseline" => {
                 let responder = async_nats::connect(&spec.nats).await?;
-                let mut sub = responder.subscribe("bench.baseline").await?;
+                // A queue group, as hosts have: several responders share the requests.
+                let mut sub = responder
+                    .queue_subscribe("bench.baseline", "bench".into())
+                    .await?;
                 responder.flush().await?;
                 tokio::spawn(async move {
                     while let Some(message) = sub.next().await {
@@ -112,7 +117,6 @@ pub(crate) async fn measure(
     );
     let (generator, echo) = (&config.generator, &config.echo);
     let (events, tool_events) = (!config.no_events, !config.no_tool_events);
-    use tokio::io::AsyncBufReadExt;
     let work = tempfile::tempdir()?;
     let client = async_nats::connect(url).await?;
     let body = Bytes::from(
@@ -127,32 +131,18 @@ pub(crate) async fn measure(
             .arg("--instr-atstart=no")
             .arg(format!("--callgrind-out-file={}", out.display()))
             .arg(generator)
-            .args(["bench-serve", "--nats", url, "--target", target, "--echo"])
-            .arg(echo);
-        if !events {
-            command.arg("--no-events");
-        }
-        if !tool_events {
-            command.arg("--no-tool-events");
-        }
-        let mut child = command
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
+            .args(crate::served::args(
+                url,
+                target,
+                echo,
+                events,
+                tool_events,
+                MAX_IN_FLIGHT as u32,
+            ));
+        let served = crate::served::Served::start(command, target, Duration::from_secs(180))
+            .await
             .context("running valgrind (is it installed?)")?;
-        let pid = child.id().context("the served process's id")?;
-        let stdout = child.stdout.take().context("its stdout")?;
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let subject = match tokio::time::timeout(Duration::from_secs(180), lines.next_line()).await
-        {
-            Ok(Ok(Some(line))) => match line.strip_prefix("ready ") {
-                Some(s) => s.to_owned(),
-                None => bail!("{target}: unexpected output {line:?}"),
-            },
-            other => bail!("{target}: did not get ready under valgrind: {other:?}"),
-        };
+        let (pid, subject) = (served.pid, served.subject.clone());
         // Warm up (uninstrumented), then count exactly `requests`.
         let _ = load(&client, &subject, body.clone(), 4, Duration::from_secs(3)).await;
         callgrind_control(&["-z"], pid).await?;
@@ -171,8 +161,7 @@ pub(crate) async fn measure(
         callgrind_control(&["-d"], pid).await?;
         let dump = PathBuf::from(format!("{}.1", out.display()));
         let total = totals(&dump)?;
-        drop(child.stdin.take());
-        let _ = tokio::time::timeout(Duration::from_secs(120), child.wait()).await;
+        served.stop(Duration::from_secs(120)).await;
         let counted = requests - failed;
         let per_request = total as f64 / counted.max(1) as f64;
         println!(

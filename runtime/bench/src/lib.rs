@@ -20,9 +20,11 @@ use serde::Serialize;
 use crate::load::{External, load};
 
 mod callout;
+mod cluster;
 pub mod flood;
 pub mod instructions;
 pub mod load;
+mod served;
 mod swap;
 mod tasks;
 
@@ -59,6 +61,10 @@ pub struct BenchConfig {
     pub flood_seconds: f64,
     /// Kernels connecting at once (with --callout).
     pub storm: usize,
+    /// Measure on a 3-node nats-server cluster instead: request throughput of 1, 2 and 3 hosts
+    /// beside as many plain responders, and (with `tasks`) seals on a lone server (R1) beside
+    /// the cluster (R3).
+    pub cluster: bool,
     /// Measure sealed tasks instead: this many `task.complete`s per concurrency level through
     /// the host (Demo.Tasks), beside as many acknowledged JetStream publishes.
     pub tasks: Option<usize>,
@@ -95,8 +101,8 @@ struct Row {
     throughput_rps: f64,
     p50_us: f64,
     p99_us: f64,
-    /// CPU time of this process (responder or host, and the load generator unless it is
-    /// external) per request, µs.
+    /// CPU time of the serving processes (this one, with the load generator unless it is
+    /// external; or the responders' and hosts' own processes) per request, µs.
     cpu_us_per_request: f64,
     /// CPU time of nats-server per request, µs.
     server_cpu_us_per_request: f64,
@@ -151,8 +157,11 @@ struct Target<'a> {
     client: &'a async_nats::Client,
     /// The server's URL (for an external load generator).
     url: String,
-    /// The nats-server's process id (its CPU time is reported per request).
-    server_pid: String,
+    /// The nats-servers' process ids (their CPU time, summed, is reported per request).
+    server_pids: Vec<String>,
+    /// The processes serving the target, when they are not this one (their CPU time, summed,
+    /// is reported as the target's).
+    serving_pids: Vec<String>,
 }
 
 async fn measure(
@@ -186,7 +195,13 @@ async fn measure(
             }
             false => None,
         };
-        let (cpu, server_cpu) = (cpu_time("self"), cpu_time(&on.server_pid));
+        let sum = |pids: &[String]| pids.iter().map(|pid| cpu_time(pid)).sum::<Duration>();
+        let serving_cpu = || match on.serving_pids.is_empty() {
+            true => cpu_time("self"),
+            false => sum(&on.serving_pids),
+        };
+        let servers_cpu = || sum(&on.server_pids);
+        let (cpu, server_cpu) = (serving_cpu(), servers_cpu());
         let result = match generator {
             Some(g) => match g.run().await {
                 Ok(r) => r,
@@ -207,10 +222,8 @@ async fn measure(
             throughput_rps: requests as f64 / result.elapsed_s,
             p50_us: quantile_us(&result.latencies_us, 0.50),
             p99_us: quantile_us(&result.latencies_us, 0.99),
-            cpu_us_per_request: per_request(cpu_time("self").saturating_sub(cpu)),
-            server_cpu_us_per_request: per_request(
-                cpu_time(&on.server_pid).saturating_sub(server_cpu),
-            ),
+            cpu_us_per_request: per_request(serving_cpu().saturating_sub(cpu)),
+            server_cpu_us_per_request: per_request(servers_cpu().saturating_sub(server_cpu)),
         };
         println!(
             "{:<38} c={:<3} {:>8.0} req/s   p50 {:>6.0} µs   p99 {:>6.0} µs   cpu/req {:>5.1} + server {:>4.1} µs   ({} ok, {} errors)",
@@ -284,6 +297,10 @@ pub fn run(args: &BenchConfig) -> Result<()> {
             generator: &args.generator,
             json: args.json.as_deref(),
         }))?;
+        return Ok(());
+    }
+    if args.cluster {
+        runtime.block_on(crate::cluster::run(args))?;
         return Ok(());
     }
     if let Some(n) = args.swap {
@@ -376,7 +393,8 @@ async fn bench(args: &BenchConfig) -> Result<()> {
     let on = Target {
         client: &client,
         url: url.clone(),
-        server_pid: server.pid().to_string(),
+        server_pids: vec![server.pid().to_string()],
+        serving_pids: Vec::new(),
     };
     // (a') The messages the protocol asks for, without WebAssembly or ck's serving loop.
     let protocol = if wanted("protocol") {

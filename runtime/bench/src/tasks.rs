@@ -77,7 +77,7 @@ pub(crate) fn copy_kernel(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs the benchmark with `n` tasks per concurrency level.
+/// Runs the benchmark with `n` tasks per concurrency level, on a lone nats-server.
 pub async fn run(kernel_src: &Path, n: usize, levels: &[usize], json: Option<&Path>) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let server = ck_natsd::NatsServer::start(&format!(
@@ -89,21 +89,43 @@ pub async fn run(kernel_src: &Path, n: usize, levels: &[usize], json: Option<&Pa
         "nats-server on {url}, JetStream file storage, sync_interval: always; data under {}",
         dir.path().display()
     );
-    let client = async_nats::connect(&url).await?;
+    let rows = measure(&url, "", kernel_src, n, levels, dir.path()).await?;
+    if let Some(path) = json {
+        std::fs::write(
+            path,
+            serde_json::to_vec_pretty(&serde_json::json!({"rows": rows}))?,
+        )?;
+    }
+    Ok(())
+}
+
+/// Measures `n` tasks per concurrency level on the server at `url` (a lone one, or one node of
+/// a cluster, where every stream and bucket gets 3 replicas), with `label` after each row's
+/// name; the kernel's tree and scratch files go under `dir`. Returns the rows.
+pub(crate) async fn measure(
+    url: &str,
+    label: &str,
+    kernel_src: &Path,
+    n: usize,
+    levels: &[usize],
+    dir: &Path,
+) -> Result<Vec<serde_json::Value>> {
+    let client = async_nats::connect(url).await?;
     let js = async_nats::jetstream::new(client.clone());
     js.create_stream(async_nats::jetstream::stream::Config {
         name: "bench".into(),
         subjects: vec!["bench.>".into()],
         storage: async_nats::jetstream::stream::StorageType::File,
+        num_replicas: ck_task::provision::replicas(&js),
         ..Default::default()
     })
     .await?;
 
-    let kernel_dir = dir.path().join("tasks");
+    let kernel_dir = dir.join("tasks");
     copy_kernel(kernel_src, &kernel_dir)?;
     let kernel = crate::load_one(&kernel_dir)?;
     let engine = HostEngine::new(HostConfig::default()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let host = bench_host(&engine, &url, true, true).await?;
+    let host = bench_host(&engine, url, true, true).await?;
     serve_kernel(&host, kernel.clone(), 0).await?;
     client.flush().await?;
 
@@ -123,7 +145,7 @@ pub async fn run(kernel_src: &Path, n: usize, levels: &[usize], json: Option<&Pa
         })
         .await?;
         rows.push(row(
-            "(a) JetStream publish, acknowledged",
+            &format!("(a) JetStream publish, acknowledged{label}"),
             c,
             n,
             wall,
@@ -131,7 +153,7 @@ pub async fn run(kernel_src: &Path, n: usize, levels: &[usize], json: Option<&Pa
         ));
 
         // (a') The disk under both: create, write and fsync a small file.
-        let scratch = dir.path().join(format!("fsync-{c}"));
+        let scratch = dir.join(format!("fsync-{c}"));
         std::fs::create_dir_all(&scratch)?;
         let (scratch2, body) = (scratch.clone(), payload.clone());
         let (wall, times) = spread(n, c, move |i| {
@@ -209,7 +231,7 @@ pub async fn run(kernel_src: &Path, n: usize, levels: &[usize], json: Option<&Pa
         let wall = started.elapsed();
         sealed += n;
         rows.push(row(
-            "(b) sealed task (ck host, Demo.Tasks)",
+            &format!("(b) sealed task (ck host, Demo.Tasks){label}"),
             c,
             n,
             wall,
@@ -247,11 +269,5 @@ pub async fn run(kernel_src: &Path, n: usize, levels: &[usize], json: Option<&Pa
             report.findings.first()
         );
     }
-    if let Some(path) = json {
-        std::fs::write(
-            path,
-            serde_json::to_vec_pretty(&serde_json::json!({"rows": rows}))?,
-        )?;
-    }
-    Ok(())
+    Ok(rows)
 }

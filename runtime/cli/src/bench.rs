@@ -50,6 +50,11 @@ pub struct Args {
     /// Seconds of the flood (with --callout).
     #[arg(long, default_value_t = 10.0)]
     flood_seconds: f64,
+    /// Measure on a 3-node nats-server cluster instead: throughput of 1, 2 and 3 hosts (each
+    /// its own process on its own node) beside as many plain responders; with --tasks N, seals
+    /// on a lone server (R1) beside the cluster (R3).
+    #[arg(long)]
+    cluster: bool,
     /// Measure sealed tasks instead: this many `task.complete`s per concurrency level through
     /// the host (Demo.Tasks), beside as many acknowledged JetStream publishes.
     #[arg(long, value_name = "N")]
@@ -93,6 +98,7 @@ pub fn run(args: &Args) -> Result<std::process::ExitCode> {
         no_tool_events: args.no_tool_events,
         targets: args.targets.clone(),
         callout: args.callout,
+        cluster: args.cluster,
         connects: args.connects,
         storm: args.storm,
         flood: args.flood,

@@ -84,6 +84,9 @@ pub struct ServeArgs {
     /// Do not publish the TOOL events.
     #[arg(long)]
     no_tool_events: bool,
+    /// Slots of the instance pool (small enough for valgrind by default).
+    #[arg(long, default_value_t = ck_bench::instructions::MAX_IN_FLIGHT as u32)]
+    max_instances: u32,
 }
 
 /// `ck bench-serve`.
@@ -94,6 +97,7 @@ pub fn serve(args: &ServeArgs) -> Result<std::process::ExitCode> {
         echo: args.echo.clone(),
         events: !args.no_events,
         tool_events: !args.no_tool_events,
+        max_instances: args.max_instances,
     })?;
     Ok(std::process::ExitCode::SUCCESS)
 }

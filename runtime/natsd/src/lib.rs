@@ -212,6 +212,17 @@ impl NatsCluster {
     /// JetStream store and the routes to the others, and waits until JetStream elected a
     /// metadata leader every node knows.
     pub fn start(size: usize, body: &str) -> Result<NatsCluster, NatsdError> {
+        Self::start_with_jetstream(size, "", body)
+    }
+
+    /// [`start`](Self::start), with `jetstream` added inside each node's `jetstream { … }`
+    /// block (such as `sync_interval: always`): a second block in `body` would replace the
+    /// first, store directory and all.
+    pub fn start_with_jetstream(
+        size: usize,
+        jetstream: &str,
+        body: &str,
+    ) -> Result<NatsCluster, NatsdError> {
         let stores = tempfile::tempdir()?;
         let ports = (0..size)
             .map(|_| free_port())
@@ -225,7 +236,7 @@ impl NatsCluster {
                 .collect();
             let store = stores.path().join(format!("n{}", i + 1));
             let node_body = format!(
-                "server_name: n{n}\njetstream {{ store_dir: \"{store}\" }}\ncluster {{\n  name: ck\n  host: 127.0.0.1\n  port: {port}\n  routes: [{routes}]\n}}\n{body}",
+                "server_name: n{n}\njetstream {{\n  store_dir: \"{store}\"\n  {jetstream}\n}}\ncluster {{\n  name: ck\n  host: 127.0.0.1\n  port: {port}\n  routes: [{routes}]\n}}\n{body}",
                 n = i + 1,
                 store = store.display(),
                 routes = routes.join(", "),
