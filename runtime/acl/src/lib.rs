@@ -22,11 +22,15 @@
 //!   own lifecycle bucket and DATA event stream (`topics::host_jetstream_subjects`); the host keeps its guest off them
 //!   (`topics::host_reserved`).
 //!
+//! - only subjects inside the declared subject families ([`families`],
+//!   `policies/subject-families.yaml`) are opened; others are noted, never opened.
+//!
 //! It does not read files or talk to NATS; it never invents a subject outside `ck-manifest`'s
 //! topic functions, and it refuses (rather than emits) anything that would widen through a
 //! wildcard.
 
 pub mod control;
+pub mod families;
 
 use chrono::{DateTime, Utc};
 use ck_manifest::topics::{self, Loop};
@@ -36,20 +40,27 @@ use serde::Serialize;
 use thiserror::Error;
 
 /// Tunables of the compiled permissions that do not come from manifests.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     /// Reply permission given to every kernel for requests it receives.
     pub responses: ResponsePermission,
+    /// The declared subject families: nothing outside them is opened.
+    pub families: std::sync::Arc<families::Families>,
 }
 
 impl Default for Policy {
     fn default() -> Self {
+        static BUILTIN: std::sync::OnceLock<std::sync::Arc<families::Families>> =
+            std::sync::OnceLock::new();
         // nats-server's own defaults for `allow_responses: true`.
         Self {
             responses: ResponsePermission {
                 max: 1,
                 expires_ms: 120_000,
             },
+            families: BUILTIN
+                .get_or_init(|| std::sync::Arc::new(families::Families::builtin()))
+                .clone(),
         }
     }
 }
@@ -402,6 +413,24 @@ fn finish(kernel: &Kernel, mut b: Builder, policy: &Policy) -> Result<CompiledAc
     let host = topics::host_jetstream_subjects(&kernel.guid);
     for rule in b.rules.iter().filter(|r| !host.contains(&r.subject)) {
         check_wildcard(rule)?;
+    }
+    // Only subjects inside a declared family are opened; NATS's own plumbing (the host's
+    // JetStream API subjects, the private inbox) is the protocol's, not a family's.
+    let families = &policy.families;
+    let (inside, outside): (Vec<Rule>, Vec<Rule>) = b.rules.drain(..).partition(|r| {
+        topics::is_system_subject(&r.subject) || families.family_of(&r.subject).is_some()
+    });
+    b.rules = inside;
+    for rule in outside {
+        let closest = families
+            .closest(&rule.subject)
+            .map(|f| format!(" (closest: `{}`, {})", f.name, f.pattern))
+            .unwrap_or_default();
+        b.notes.push(format!(
+            "'{}' ({}) is outside every declared subject family{closest}: not opened",
+            rule.subject,
+            rule.because.join("; ")
+        ));
     }
     // Drop entries a broader entry of the same direction already covers. Only a pattern with a
     // wildcard covers anything but itself, so only those are tried.

@@ -248,3 +248,33 @@ fn jetstream_is_opened_only_for_a_task_kernels_own_bucket() {
             .can_publish(&format!("$JS.API.STREAM.PURGE.KV_{own}"))
     );
 }
+
+#[test]
+fn nothing_outside_the_declared_subject_families_is_opened() {
+    let a = kernel_a();
+    let builtin = ck_acl::families::SUBJECT_FAMILIES;
+    // The same families without `event.>`: the kernel's own event topic is then noted, not
+    // opened; everything else stays as it was.
+    let without_events = builtin.replace(
+        "  - name: ck.event\n    subject: \"event.>\"\n    description: a kernel's per-answer events\n",
+        "",
+    );
+    assert_ne!(without_events, builtin, "the families file changed shape");
+    let policy = Policy {
+        families: std::sync::Arc::new(ck_acl::families::Families::parse(&without_events).unwrap()),
+        ..Policy::default()
+    };
+    let acl = compile(&a, &set(vec![a.clone()]), now(), &policy).unwrap();
+    assert!(!acl.permissions.can_publish("event.Acme.Reader"));
+    assert!(acl.permissions.can_publish("result.Acme.Reader"));
+    assert!(acl.permissions.can_subscribe(&format!("_INBOX_{A}.>")));
+    assert!(
+        acl.notes.iter().any(|n| n.contains("'event.Acme.Reader'")
+            && n.contains("outside every declared subject family")),
+        "{:#?}",
+        acl.notes
+    );
+    let full = compile(&a, &set(vec![a.clone()]), now(), &Policy::default()).unwrap();
+    assert!(full.permissions.can_publish("event.Acme.Reader"));
+    assert!(!full.notes.iter().any(|n| n.contains("subject family")));
+}

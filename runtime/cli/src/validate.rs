@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use ck_manifest::{Diagnostic, KernelSet, Severity};
 use serde::Serialize;
 
@@ -19,6 +19,10 @@ pub struct Args {
     /// Print errors only.
     #[arg(long, short)]
     quiet: bool,
+    /// The declared subject families to check topics and edge subjects against (default: the
+    /// repository's policies/subject-families.yaml, built in).
+    #[arg(long, value_name = "FILE")]
+    subject_families: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -106,11 +110,28 @@ fn path_problem(path: &std::path::Path, message: &str) -> Diagnostic {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
+    let families = match &args.subject_families {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            ck_acl::families::Families::parse(&text)
+                .with_context(|| format!("{}", path.display()))?
+        }
+        None => ck_acl::families::Families::builtin(),
+    };
     let (loaded, mut diagnostics) = load_all(&args.paths);
     let manifests = loaded.len();
     let kernels: Vec<_> = loaded.iter().filter_map(|l| l.kernel.clone()).collect();
     for l in loaded {
         diagnostics.extend(l.diagnostics);
+        // Subjects no declared family holds: the ACL compiler would open none of them.
+        if let Some(kernel) = &l.kernel {
+            let mut d = ck_manifest::Diagnostics::new(&l.path);
+            for outside in families.check_kernel(kernel) {
+                d.error(None, &outside.field, outside.to_string());
+            }
+            diagnostics.extend(d.into_vec());
+        }
     }
     let (_, conflicts) = KernelSet::new(kernels);
     diagnostics.extend(conflicts);

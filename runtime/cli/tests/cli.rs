@@ -321,3 +321,93 @@ fn ck_verify_ignores_a_nats_password_in_the_environment() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A manifest whose one edge names `nats_subject`, in a fresh directory.
+fn kernel_with_edge_subject(dir: &Path, nats_subject: &str) -> PathBuf {
+    let text =
+        std::fs::read_to_string(repo().join("tests/fixtures/valid/linkml/conceptkernel.yaml"))
+            .unwrap()
+            .replace(
+                "nats_subject: event.TG.Cymatics",
+                &format!("nats_subject: {nats_subject}"),
+            );
+    let kernel = dir.join("cymatics");
+    std::fs::create_dir_all(&kernel).unwrap();
+    std::fs::write(kernel.join("conceptkernel.yaml"), text).unwrap();
+    std::fs::copy(
+        repo().join("tests/fixtures/valid/linkml/.ck-guid"),
+        kernel.join(".ck-guid"),
+    )
+    .unwrap();
+    kernel.join("conceptkernel.yaml")
+}
+
+#[test]
+fn validate_names_the_closest_subject_family_of_a_subject_outside_all() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = kernel_with_edge_subject(tmp.path(), "fleet.instal.ct-fac.request");
+    let out = ck(&["validate", "--format", "json", manifest.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report = json(&out);
+    let hit = report["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["field"] == "edges.outbound[0].nats_subject")
+        .unwrap_or_else(|| panic!("no finding on the edge subject: {report:#}"));
+    assert_eq!(hit["severity"], "error");
+    let message = hit["message"].as_str().unwrap();
+    assert!(
+        message.contains("outside every declared subject family")
+            && message.contains("closest: `fleet.install`"),
+        "{message}"
+    );
+
+    // Inside a family: no finding. A families file of the operator's own declares `orders.>`.
+    let inside = kernel_with_edge_subject(tmp.path(), "fleet.install.ct-fac.request");
+    ck_ok(&["validate", inside.to_str().unwrap()]);
+    let orders = kernel_with_edge_subject(tmp.path(), "orders.created");
+    assert_eq!(
+        ck(&["validate", orders.to_str().unwrap()]).status.code(),
+        Some(1)
+    );
+    let families = tmp.path().join("families.yaml");
+    let builtin = std::fs::read_to_string(repo().join("policies/subject-families.yaml")).unwrap();
+    std::fs::write(
+        &families,
+        format!("{builtin}  - name: orders\n    subject: \"orders.>\"\n"),
+    )
+    .unwrap();
+    ck_ok(&[
+        "validate",
+        "--subject-families",
+        families.to_str().unwrap(),
+        orders.to_str().unwrap(),
+    ]);
+
+    // Families that share a subject are refused, naming both and the subject.
+    std::fs::write(
+        &families,
+        format!("{builtin}  - name: scans\n    subject: \"fleet.*.scan.request\"\n"),
+    )
+    .unwrap();
+    let out = ck(&[
+        "validate",
+        "--subject-families",
+        families.to_str().unwrap(),
+        orders.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("`scans`")
+            && err.contains("`fleet.events`")
+            && err.contains("fleet.events.scan.request"),
+        "{err}"
+    );
+}

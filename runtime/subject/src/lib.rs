@@ -7,12 +7,15 @@
 //!
 //! It owns: subject and token validation ([`validate_literal`], [`validate_pattern`]), message
 //! matching ([`matches`]), and the server's permission decisions ([`Permissions::can_publish`],
-//! [`Permissions::can_subscribe`]). It knows nothing about kernels, manifests or grants.
+//! [`Permissions::can_subscribe`]), and the set questions asked of subject families
+//! ([`FamilyPattern`]). It knows nothing about kernels, manifests or grants.
 
+mod family;
 mod matching;
 mod permissions;
 mod syntax;
 
+pub use family::{FamilyError, FamilyPattern, FamilyToken};
 pub use matching::{matches, sublist_matches};
 pub use permissions::{PermissionList, Permissions, ResponsePermission};
 pub use syntax::{
