@@ -182,8 +182,9 @@ impl Registry {
     }
 
     /// The current kernel set for `user`, a user the current set does not know: checked
-    /// against the directories now (a manifest registered a moment ago must not be refused),
-    /// unless they were checked less than 10 ms ago or a rescan for this user found nothing
+    /// against the directories now (a manifest registered a moment ago must not be refused;
+    /// within 10 ms of the last check it waits for the rest of those 10 ms), unless a rescan
+    /// for this user found nothing
     /// less than a second ago (the negative cache), so a flood of unknown users does not
     /// rescan for each one. `known` says whether a set knows the user.
     pub fn rescan_for(&self, user: &str, known: impl Fn(&KernelSet) -> bool) -> Arc<KernelSet> {
@@ -215,6 +216,13 @@ impl Registry {
             return Arc::new(KernelSet::new(Vec::new()).0);
         };
         let due = if forced {
+            // A forced rescan always scans: one asked for a moment after the last check waits
+            // out the rest of the interval (≤ 10 ms, holding the lock, which is what bounds a
+            // flood) rather than answering from a set read before the manifest was written.
+            let since = snapshot.checked.elapsed();
+            if since < FORCED_RESCAN_INTERVAL {
+                std::thread::sleep(FORCED_RESCAN_INTERVAL - since);
+            }
             FORCED_RESCAN_INTERVAL
         } else {
             RESCAN_INTERVAL
