@@ -430,6 +430,23 @@ async fn a_killed_host_shows_stale_within_the_window_and_a_restarted_one_boots()
     assert!(shown.contains("host h0 live ready"), "{shown}");
     assert!(shown.contains("host h1 live ready"), "{shown}");
     assert!(shown.contains("kernel Demo.Echo"), "{shown}");
+    // The silo-wide memory key keeps every host's entry (each host merges its own in; a
+    // plain put by each would leave only the last writer's).
+    let fleet_state = async_nats::jetstream::new(observer.clone())
+        .get_key_value("FLEET_STATE")
+        .await
+        .unwrap();
+    let memory: Value = serde_json::from_slice(
+        &fleet_state
+            .get("ct-fac.memory")
+            .await
+            .unwrap()
+            .expect("ct-fac.memory"),
+    )
+    .unwrap();
+    for host in ["h0", "h1"] {
+        assert!(memory["hosts"][host]["tier"].is_string(), "{memory}");
+    }
 
     // SIGKILL: no goodbye. The server removes the host's key once the window passes.
     h0.kill();

@@ -139,6 +139,29 @@ pub fn read_memory() -> Option<(u64, u64)> {
     Some((field("MemTotal:")?, field("MemAvailable:")?))
 }
 
+/// The machine's GPUs, counted by model, from the NVIDIA driver's
+/// `{root}/driver/nvidia/gpus/*/information` files (`root`: `/proc`): empty where there are
+/// none or no driver. Other vendors' GPUs are not counted yet.
+pub fn read_gpus(root: &std::path::Path) -> BTreeMap<String, u32> {
+    let mut pools = BTreeMap::new();
+    let Ok(gpus) = std::fs::read_dir(root.join("driver/nvidia/gpus")) else {
+        return pools;
+    };
+    for gpu in gpus.flatten() {
+        let Ok(text) = std::fs::read_to_string(gpu.path().join("information")) else {
+            continue;
+        };
+        let model = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Model:"))
+            .map(|m| m.trim().to_owned())
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| "unknown".to_owned());
+        *pools.entry(model).or_insert(0) += 1;
+    }
+    pools
+}
+
 /// One kernel a host serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelState {
@@ -180,6 +203,9 @@ pub struct HostState {
     pub pulses: u64,
     /// Its memory.
     pub memory: Option<MemoryState>,
+    /// Its GPUs: how many of each model ([`read_gpus`]; empty without any).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gpus: BTreeMap<String, u32>,
     /// What it serves.
     pub kernels: Vec<KernelState>,
 }
@@ -260,6 +286,8 @@ pub struct FleetReporter {
     host: String,
     /// The machine's name, read once.
     hostname: String,
+    /// The machine's GPUs by model, read once.
+    gpus: BTreeMap<String, u32>,
     boot_at: String,
     pulses: u64,
     ready: Option<bool>,
@@ -290,6 +318,7 @@ impl FleetReporter {
             silo: silo.to_owned(),
             host: host.to_owned(),
             hostname: hostname(),
+            gpus: read_gpus(std::path::Path::new("/proc")),
             boot_at: now(),
             pulses: 0,
             ready: None,
@@ -318,6 +347,7 @@ impl FleetReporter {
                 available_mb,
                 total_mb,
             }),
+            gpus: self.gpus.clone(),
             kernels,
         }
     }
@@ -376,11 +406,12 @@ impl FleetReporter {
         )
         .await?;
         if let Some(memory) = &state.memory {
-            put(
-                topics::fleet_memory_key(&self.silo),
-                json!({"silo": self.silo, "hosts": {self.host.clone(): memory}}),
-            )
-            .await?;
+            self.merge_host_entry(topics::fleet_memory_key(&self.silo), json!(memory))
+                .await?;
+        }
+        if !state.gpus.is_empty() {
+            self.merge_host_entry(topics::fleet_gpu_key(&self.silo), json!(state.gpus))
+                .await?;
         }
         self.merge_summary(state).await
     }
@@ -388,20 +419,11 @@ impl FleetReporter {
     /// Writes this host into the silo's summary by a revision-checked update (other hosts of
     /// the silo write theirs), marking hosts silent for longer than the window stale.
     async fn merge_summary(&self, state: &HostState) -> Result<(), ControlError> {
-        let key = topics::fleet_silo_key(&self.silo);
         let window = self.policy.window();
-        for _ in 0..8 {
-            let entry = self.kv.entry(&key).await.map_err(|e| ControlError::Nats {
-                what: format!("reading {} {key}", topics::FLEET_STATE_BUCKET),
-                why: e.to_string(),
-            })?;
-            let (mut summary, revision) = match &entry {
-                Some(e) if e.operation == kv::Operation::Put => (
-                    serde_json::from_slice::<SiloState>(&e.value).unwrap_or_default(),
-                    Some(e.revision),
-                ),
-                _ => (SiloState::default(), None),
-            };
+        self.merge(topics::fleet_silo_key(&self.silo), |current| {
+            let mut summary = current
+                .and_then(|v| serde_json::from_slice::<SiloState>(v).ok())
+                .unwrap_or_default();
             summary.silo = self.silo.clone();
             for host in summary.hosts.values_mut() {
                 host.stale = older_than(&host.at, window);
@@ -420,7 +442,49 @@ impl FleetReporter {
                     stale: false,
                 },
             );
-            let value: bytes::Bytes = serde_json::to_vec(&summary).unwrap_or_default().into();
+            serde_json::to_vec(&summary).unwrap_or_default()
+        })
+        .await
+    }
+
+    /// Puts this host's `value` under `hosts` of the silo-wide key `key` (`{silo}.memory`,
+    /// `{silo}.gpu`), keeping the other hosts' entries.
+    async fn merge_host_entry(
+        &self,
+        key: String,
+        value: serde_json::Value,
+    ) -> Result<(), ControlError> {
+        self.merge(key, |current| {
+            let mut doc = current
+                .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+                .filter(|d| d["hosts"].is_object())
+                .unwrap_or_else(|| json!({"hosts": {}}));
+            doc["silo"] = json!(self.silo);
+            doc["hosts"][&self.host] = value.clone();
+            serde_json::to_vec(&doc).unwrap_or_default()
+        })
+        .await
+    }
+
+    /// A revision-checked read-modify-write of `key`: `change` is given the current value (none
+    /// when absent or deleted) and returns the new one; retried when another host wrote first.
+    async fn merge(
+        &self,
+        key: String,
+        change: impl Fn(Option<&[u8]>) -> Vec<u8>,
+    ) -> Result<(), ControlError> {
+        for _ in 0..8 {
+            let entry = self.kv.entry(&key).await.map_err(|e| ControlError::Nats {
+                what: format!("reading {} {key}", topics::FLEET_STATE_BUCKET),
+                why: e.to_string(),
+            })?;
+            let (current, revision) = match &entry {
+                Some(e) if e.operation == kv::Operation::Put => {
+                    (Some(&e.value[..]), Some(e.revision))
+                }
+                _ => (None, None),
+            };
+            let value: bytes::Bytes = change(current).into();
             let written = match revision {
                 Some(r) => self
                     .kv
@@ -452,7 +516,7 @@ impl FleetReporter {
             }
         }
         Err(ControlError::Refused(format!(
-            "{key}: other hosts kept writing the silo summary first"
+            "{key}: other hosts of the silo kept writing it first"
         )))
     }
 
@@ -545,6 +609,29 @@ mod tests {
         assert_eq!(policy.tier(1000).1, "THIN");
         assert_eq!(policy.tier(0).1, "DARK");
         assert!(policy.tier(100).0 > policy.tier(5000).0);
+    }
+
+    #[test]
+    fn gpus_are_counted_by_model_from_the_driver_files() {
+        let root = tempfile::tempdir().unwrap();
+        assert!(read_gpus(root.path()).is_empty(), "no driver: no GPUs");
+        for (bus, model) in [
+            ("0000:3b:00.0", "NVIDIA A100-SXM4-80GB"),
+            ("0000:5e:00.0", "NVIDIA A100-SXM4-80GB"),
+            ("0000:86:00.0", "NVIDIA L4"),
+        ] {
+            let dir = root.path().join("driver/nvidia/gpus").join(bus);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join("information"),
+                format!("Model: \t\t {model}\nIRQ:   \t\t 123\nBus Location: \t {bus}\n"),
+            )
+            .unwrap();
+        }
+        let pools = read_gpus(root.path());
+        assert_eq!(pools.get("NVIDIA A100-SXM4-80GB"), Some(&2));
+        assert_eq!(pools.get("NVIDIA L4"), Some(&1));
+        assert_eq!(pools.len(), 2);
     }
 
     #[test]
