@@ -45,15 +45,7 @@ pub(crate) async fn run(args: &BenchConfig) -> Result<()> {
     );
     let echo = std::fs::canonicalize(&args.echo)?;
     // Built once here, so that no served process builds it (they would race).
-    let kernel = crate::load_one(&echo)?;
-    if kernel
-        .tool
-        .component
-        .as_ref()
-        .is_none_or(|c| !echo.join(c).is_file())
-    {
-        ck_build::build_kernel(&kernel, &echo)?;
-    }
+    crate::ensure_built(&crate::load_one(&echo)?)?;
     let server_pids: Vec<String> = cluster
         .nodes()
         .iter()

@@ -263,6 +263,20 @@ pub(crate) async fn bench_host(
     .await?)
 }
 
+/// Builds `kernel`'s component in its directory unless it is there already.
+pub(crate) fn ensure_built(kernel: &Kernel) -> Result<()> {
+    let dir = kernel.dir();
+    if kernel
+        .tool
+        .component
+        .as_ref()
+        .is_none_or(|c| !dir.join(c).is_file())
+    {
+        ck_build::build_kernel(kernel, dir)?;
+    }
+    Ok(())
+}
+
 /// Serves `kernel` on `host` as it stands in its directory (built first when it is not), with
 /// warm instance reuse set to `reuse` (0: a fresh instance per message).
 pub(crate) async fn serve_kernel(
@@ -271,15 +285,7 @@ pub(crate) async fn serve_kernel(
     reuse: u64,
 ) -> Result<Arc<ck_serve::VersionService>> {
     kernel.limits.reuse_instances = reuse;
-    let dir = kernel.dir().to_path_buf();
-    if kernel
-        .tool
-        .component
-        .as_ref()
-        .is_none_or(|c| !dir.join(c).is_file())
-    {
-        ck_build::build_kernel(&kernel, &dir)?;
-    }
+    ensure_built(&kernel)?;
     let name = kernel.name.clone();
     host.add(host.plan_working(kernel, Vec::new())?).await?;
     Ok(host.service(&name).await?)
