@@ -389,22 +389,15 @@ impl FleetReporter {
     }
 
     async fn write_state(&self, state: &HostState) -> Result<(), ControlError> {
-        let put = |key: String, value: serde_json::Value| {
-            let kv = self.kv.clone();
-            async move {
-                kv.put(&key, value.to_string().into())
-                    .await
-                    .map_err(|e| ControlError::Nats {
-                        what: format!("writing {} {key}", topics::FLEET_STATE_BUCKET),
-                        why: e.to_string(),
-                    })
-            }
-        };
-        put(
-            topics::fleet_host_key(&self.silo, &self.host),
-            serde_json::to_value(state).unwrap_or_default(),
-        )
-        .await?;
+        let key = topics::fleet_host_key(&self.silo, &self.host);
+        let value = serde_json::to_vec(state).unwrap_or_default();
+        self.kv
+            .put(&key, value.into())
+            .await
+            .map_err(|e| ControlError::Nats {
+                what: format!("writing {} {key}", topics::FLEET_STATE_BUCKET),
+                why: e.to_string(),
+            })?;
         if let Some(memory) = &state.memory {
             self.merge_host_entry(topics::fleet_memory_key(&self.silo), json!(memory))
                 .await?;

@@ -1,7 +1,8 @@
 //! Subject-family patterns: the notation `policies/subject-families.yaml` declares families in,
 //! and the set questions asked of them — do two families share a subject ([`FamilyPattern::overlap`],
 //! which also names one such subject), does a family hold every subject a NATS pattern matches
-//! ([`FamilyPattern::contains`]), how close is a subject to a family ([`FamilyPattern::affinity`]).
+//! ([`FamilyPattern::contains`]). How close a subject is to a family is the policy's question
+//! (`ck_acl::families`), asked of [`FamilyPattern::tokens`].
 //!
 //! A family pattern is a subject whose tokens are each one of:
 //! - a literal (`fleet`);
@@ -234,28 +235,6 @@ impl FamilyPattern {
         }
         theirs.len() == self.tokens.len()
     }
-
-    /// How many leading tokens of `subject` this family's tokens admit (to name the closest
-    /// family to a subject no family holds).
-    pub fn affinity(&self, subject: &str) -> usize {
-        subject
-            .split('.')
-            .zip(&self.tokens)
-            .take_while(|(t, mine)| mine.admits(t))
-            .count()
-    }
-
-    /// The literal tokens this family begins with (its fixed stem), joined by dots.
-    pub fn stem(&self) -> String {
-        self.tokens
-            .iter()
-            .map_while(|t| match t {
-                FamilyToken::Literal(l) => Some(l.as_str()),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-            .join(".")
-    }
 }
 
 #[cfg(test)]
@@ -334,13 +313,5 @@ mod tests {
         ));
         assert!(matches!(parse("a.x{y"), Err(FamilyError::BadToken { .. })));
         assert!(matches!(parse("a.x|"), Err(FamilyError::BadToken { .. })));
-    }
-
-    #[test]
-    fn affinity_and_stem() {
-        let install = p("fleet.install.{silo}.request|progress|done|scrub");
-        assert_eq!(install.affinity("fleet.install.ct-fac.requets"), 3);
-        assert_eq!(install.affinity("fleet.instal.ct-fac.request"), 1);
-        assert_eq!(install.stem(), "fleet.install");
     }
 }
