@@ -31,6 +31,8 @@
 
 pub mod control;
 pub mod families;
+pub mod install;
+pub mod site;
 
 use chrono::{DateTime, Utc};
 use ck_manifest::topics::{self, Loop};

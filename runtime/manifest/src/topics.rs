@@ -206,6 +206,84 @@ pub fn fleet_host_key(silo: &str, host: &str) -> String {
     format!("{silo}.host.{host}")
 }
 
+/// One subject of a silo's install bus: `fleet.install.{silo}.{step}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstallSubject {
+    /// An install request, published at the hub.
+    Request,
+    /// One step of carrying a request out, published by the site.
+    Progress,
+    /// The outcome of a request (with its receipt), published by the site.
+    Done,
+    /// Stop and remove the site's kernels, archiving their DATA; published at the hub.
+    Scrub,
+}
+
+impl InstallSubject {
+    /// Every install subject.
+    pub const ALL: [InstallSubject; 4] = [
+        InstallSubject::Request,
+        InstallSubject::Progress,
+        InstallSubject::Done,
+        InstallSubject::Scrub,
+    ];
+
+    /// The subject's last token.
+    pub fn name(self) -> &'static str {
+        match self {
+            InstallSubject::Request => "request",
+            InstallSubject::Progress => "progress",
+            InstallSubject::Done => "done",
+            InstallSubject::Scrub => "scrub",
+        }
+    }
+
+    /// Whether the hub publishes it (request, scrub) rather than the site (progress, done).
+    pub fn from_hub(self) -> bool {
+        matches!(self, InstallSubject::Request | InstallSubject::Scrub)
+    }
+}
+
+/// `fleet.install.{silo}.{step}`.
+pub fn fleet_install_subject(silo: &str, subject: InstallSubject) -> String {
+    format!("fleet.install.{silo}.{}", subject.name())
+}
+
+/// The hub's stream of silo `silo`'s requests and scrubs (`fleet.install.{silo}.request|scrub`),
+/// and the site's mirror of it (same name, in the site's own JetStream domain): a request
+/// published while the site is cut off waits at the hub and reaches the site once.
+pub fn fleet_install_stream(silo: &str) -> String {
+    format!("FLEET_INSTALL_{silo}")
+}
+
+/// The site's stream (in its own domain) of what it reports (`fleet.install.{silo}.progress|done`),
+/// which the hub's [`FLEET_REPORTS_STREAM`] sources: reports made while cut off reach the hub
+/// when the link returns.
+pub fn fleet_reports_stream(silo: &str) -> String {
+    format!("FLEET_REPORTS_{silo}")
+}
+
+/// The hub's stream sourcing every site's [`fleet_reports_stream`].
+pub const FLEET_REPORTS_STREAM: &str = "FLEET_REPORTS";
+
+/// The delivery prefix of the JetStream traffic between a site and the hub (the site's mirror
+/// of its requests, the hub's source of its reports): `$CK.LINK.{silo}`, so each site's link
+/// user can be limited to its own deliveries.
+pub fn fleet_link_prefix(silo: &str) -> String {
+    format!("$CK.LINK.{silo}")
+}
+
+/// The inbox prefix of a site's own connections that ask the hub something (JetStream API
+/// answers, object reads): `$CK.INBOX.{silo}` — a site's link receives only its own replies,
+/// never the hub's `_INBOX.>`.
+pub fn fleet_site_inbox(silo: &str) -> String {
+    format!("$CK.INBOX.{silo}")
+}
+
+/// The site's own KV bucket (in its domain): what it was asked to serve, kept across restarts
+/// and link cuts.
+pub const SITE_BUCKET: &str = "CK_SITE";
+
 /// Whether `name` can be a silo or host name (one subject token, also a KV key token):
 /// 1–64 of `[A-Za-z0-9_-]`.
 pub fn is_fleet_name(name: &str) -> bool {

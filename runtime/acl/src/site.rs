@@ -1,0 +1,168 @@
+//! The hub's permissions for one site's leaf link. nats-server carries across a leaf connection
+//! exactly what the link's hub user may publish (site → hub) and subscribe to (hub → site), so
+//! one hub user per silo with these permissions is a per-site ACL the server enforces: site A's
+//! link can neither read nor write site B's install, state or link subjects.
+//!
+//! Measured against nats-server 2.15 (`runtime/cli/tests/fleet.rs`):
+//! - with JetStream domains on both sides the server denies `$JS.API.>`, `$KV.>` and `$OBJ.>`
+//!   across the link; a site reaches the hub's JetStream through the domain prefix
+//!   (`$JS.{hub}.API.…`, and `$JS.{hub}.API.$KV.…` for KV writes), the hub the site's through
+//!   `$JS.{silo}.API.…`;
+//! - a leaf link has no response permission (`allow_responses` does not apply to it), so a
+//!   kernel at the site answering a caller at the hub needs publish on `_INBOX.>`;
+//! - JetStream's consumer-create answers travel on `$JSC.R.{random}`: they cannot be limited per
+//!   site. A site could read another's consumer-create answers (consumer configurations, no
+//!   payloads) or forge one; the deliveries themselves stay on each site's own link prefix.
+//!
+//! It forms no subject itself: every name comes from `ck_manifest::topics`.
+
+use ck_manifest::topics::{self, InstallSubject, TopicKind};
+use ck_subject::{PermissionList, Permissions};
+
+/// One site's link to the hub.
+#[derive(Debug, Clone)]
+pub struct SiteLink<'a> {
+    /// The site's name (its JetStream domain too).
+    pub silo: &'a str,
+    /// The hub's JetStream domain.
+    pub hub_domain: &'a str,
+    /// The kernels whose requests the hub may send to the site (`InstallPolicy::kernels_at`):
+    /// `None` for any kernel.
+    pub kernels: Option<&'a [String]>,
+}
+
+impl SiteLink<'_> {
+    /// The hub user's permissions for this link.
+    pub fn permissions(&self) -> Permissions {
+        let (silo, hub) = (self.silo, self.hub_domain);
+        let install = |s| topics::fleet_install_subject(silo, s);
+        let requests = topics::fleet_install_stream(silo);
+        let reports = topics::fleet_reports_stream(silo);
+        let state = topics::FLEET_STATE_BUCKET;
+        let state_stream = format!("KV_{state}");
+        let artifacts = format!("OBJ_{}", topics::ARTIFACT_STORE);
+        let link = format!("{}.>", topics::fleet_link_prefix(silo));
+        let mut publish = vec![
+            // What the site reports: host lifecycle, install progress and outcome, its scans
+            // and audit findings.
+            topics::fleet_events(silo),
+            install(InstallSubject::Progress),
+            install(InstallSubject::Done),
+            format!("fleet.{silo}.scan.result"),
+            format!("fleet.{silo}.audit.finding"),
+            // Answers of the site's kernels to callers at the hub (no response permission on a
+            // leaf link).
+            topics::CLIENT_INBOX.to_owned(),
+            // Its own keys of the hub's FLEET_STATE, through the hub's domain.
+            format!("$JS.{hub}.API.$KV.{state}.{silo}"),
+            format!("$JS.{hub}.API.$KV.{state}.{silo}.>"),
+            format!("$JS.{hub}.API.STREAM.INFO.{state_stream}"),
+            format!("$JS.{hub}.API.DIRECT.GET.{state_stream}.$KV.{state}.{silo}"),
+            format!("$JS.{hub}.API.DIRECT.GET.{state_stream}.$KV.{state}.{silo}.>"),
+            // Components from the hub's object store (read only).
+            format!("$JS.{hub}.API.STREAM.INFO.{artifacts}"),
+            format!("$JS.{hub}.API.DIRECT.GET.{artifacts}.>"),
+            format!("$JS.{hub}.API.STREAM.MSG.GET.{artifacts}"),
+            format!("$JS.{hub}.API.CONSUMER.CREATE.{artifacts}.>"),
+            format!("$JS.{hub}.API.CONSUMER.DELETE.{artifacts}.*"),
+            // The site's mirror of its own requests: a consumer on its own hub stream only.
+            format!("$JS.{hub}.API.STREAM.INFO.{requests}"),
+            format!("$JS.{hub}.API.CONSUMER.CREATE.{requests}.>"),
+            format!("$JS.{hub}.API.CONSUMER.INFO.{requests}.*"),
+            format!("$JS.{hub}.API.CONSUMER.DELETE.{requests}.*"),
+            format!("$JS.FC.{requests}.>"),
+            format!("$JS.FC.*.*.{requests}.>"),
+            // The hub's source of the site's reports: deliveries on the site's link prefix.
+            link.clone(),
+            "$JSC.R.>".to_owned(),
+        ];
+        let mut subscribe = vec![
+            install(InstallSubject::Request),
+            install(InstallSubject::Scrub),
+            format!("fleet.{silo}.scan.request"),
+            // Replies to the site's own requests to the hub, never the hub's `_INBOX.>`.
+            format!("{}.>", topics::fleet_site_inbox(silo)),
+            // The hub reaching the site's own JetStream (sourcing its reports, inspecting it).
+            format!("$JS.{silo}.API.>"),
+            link,
+            "$JSC.R.>".to_owned(),
+            format!("$JS.FC.{reports}.>"),
+            format!("$JS.FC.*.*.{reports}.>"),
+        ];
+        match self.kernels {
+            None => subscribe.push(format!("{}.>", TopicKind::Input.as_str())),
+            Some(kernels) => {
+                for k in kernels {
+                    subscribe.push(topics::name_topic(TopicKind::Input, k));
+                }
+            }
+        }
+        publish.sort();
+        publish.dedup();
+        subscribe.sort();
+        subscribe.dedup();
+        Permissions {
+            publish: PermissionList::allow_only(publish),
+            subscribe: PermissionList::allow_only(subscribe),
+            allow_responses: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(silo: &str, kernels: Option<&[String]>) -> Permissions {
+        SiteLink {
+            silo,
+            hub_domain: "hub",
+            kernels,
+        }
+        .permissions()
+    }
+
+    #[test]
+    fn a_site_link_reaches_only_its_own_install_and_state_subjects() {
+        let a = link("ct-fac", None);
+        for s in [
+            "fleet.install.ct-fac.done",
+            "fleet.install.ct-fac.progress",
+            "fleet.events.ct-fac.boot",
+            "$JS.hub.API.$KV.FLEET_STATE.ct-fac",
+            "$JS.hub.API.$KV.FLEET_STATE.ct-fac.memory",
+        ] {
+            assert!(a.can_publish(s), "{s}");
+        }
+        for s in [
+            "fleet.install.ct-lab.done",
+            "fleet.install.ct-fac.request",
+            "fleet.install.ct-fac.scrub",
+            "fleet.events.ct-lab.boot",
+            "$JS.hub.API.$KV.FLEET_STATE.ct-lab",
+            "$JS.hub.API.$KV.FLEET_STATE.ct-lab.memory",
+            "$KV.FLEET_STATE.ct-fac",
+            "$JS.hub.API.CONSUMER.CREATE.FLEET_INSTALL_ct-lab.x.fleet.install.ct-lab.>",
+            "$CK.LINK.ct-lab.M.x",
+            "$JS.hub.API.STREAM.CREATE.FLEET_INSTALL_ct-fac",
+        ] {
+            assert!(!a.can_publish(s), "{s}");
+        }
+        assert!(a.can_subscribe("fleet.install.ct-fac.request"));
+        assert!(!a.can_subscribe("fleet.install.ct-lab.request"));
+        assert!(!a.can_subscribe("fleet.install.>"));
+        assert!(!a.can_subscribe("_INBOX.>"));
+        assert!(!a.can_subscribe("$CK.INBOX.ct-lab.x"));
+        assert!(!a.can_subscribe("$JS.ct-lab.API.STREAM.INFO.X"));
+    }
+
+    #[test]
+    fn the_install_policy_limits_the_kernels_a_site_receives_requests_for() {
+        let kernels = ["Demo.Echo".to_owned()];
+        let a = link("ct-fac", Some(&kernels));
+        assert!(a.can_subscribe("input.Demo.Echo"));
+        assert!(!a.can_subscribe("input.Demo.Tasks"));
+        assert!(!a.can_subscribe("input.>"));
+        assert!(link("ct-fac", None).can_subscribe("input.Demo.Tasks"));
+    }
+}
