@@ -117,6 +117,21 @@ pub fn write_denials() -> Vec<String> {
         deny.push(store.create_api());
         deny.extend(store.admin_api());
     }
+    // The same through any JetStream domain: at a fleet's site, `$JS.{hub}.API.…` is not the
+    // site's own API (which the server maps to `$JS.API.…` before checking), it travels the
+    // leaf link to the hub's, and only these denials stop it at the site.
+    let through_domains: Vec<String> = deny
+        .iter()
+        .filter_map(|s| {
+            s.strip_prefix("$JS.API.")
+                .map(|rest| format!("$JS.*.API.{rest}"))
+                .or_else(|| {
+                    (s.starts_with("$KV.") || s.starts_with("$O."))
+                        .then(|| format!("$JS.*.API.{s}"))
+                })
+        })
+        .collect();
+    deny.extend(through_domains);
     deny
 }
 
