@@ -32,14 +32,35 @@ pub struct SiteLink<'a> {
 }
 
 impl SiteLink<'_> {
+    /// What a serving host at the site needs, on top of its `host` role, to keep the site's
+    /// keys of the hub's FLEET_STATE: those keys through the hub's domain, and the answers on
+    /// the site's own inbox prefix (the only replies its link carries).
+    pub fn hub_state_access(&self) -> Permissions {
+        let (silo, hub) = (self.silo, self.hub_domain);
+        let state = topics::FLEET_STATE_BUCKET;
+        let state_stream = format!("KV_{state}");
+        Permissions {
+            publish: PermissionList::allow_only([
+                format!("$JS.{hub}.API.$KV.{state}.{silo}"),
+                format!("$JS.{hub}.API.$KV.{state}.{silo}.>"),
+                format!("$JS.{hub}.API.STREAM.INFO.{state_stream}"),
+                format!("$JS.{hub}.API.DIRECT.GET.{state_stream}.$KV.{state}.{silo}"),
+                format!("$JS.{hub}.API.DIRECT.GET.{state_stream}.$KV.{state}.{silo}.>"),
+            ]),
+            subscribe: PermissionList::allow_only([format!(
+                "{}.>",
+                topics::fleet_site_inbox(silo)
+            )]),
+            allow_responses: None,
+        }
+    }
+
     /// The hub user's permissions for this link.
     pub fn permissions(&self) -> Permissions {
         let (silo, hub) = (self.silo, self.hub_domain);
         let install = |s| topics::fleet_install_subject(silo, s);
         let requests = topics::fleet_install_stream(silo);
         let reports = topics::fleet_reports_stream(silo);
-        let state = topics::FLEET_STATE_BUCKET;
-        let state_stream = format!("KV_{state}");
         let artifacts = format!("OBJ_{}", topics::ARTIFACT_STORE);
         let link = format!("{}.>", topics::fleet_link_prefix(silo));
         let mut publish = vec![
@@ -53,12 +74,6 @@ impl SiteLink<'_> {
             // Answers of the site's kernels to callers at the hub (no response permission on a
             // leaf link).
             topics::CLIENT_INBOX.to_owned(),
-            // Its own keys of the hub's FLEET_STATE, through the hub's domain.
-            format!("$JS.{hub}.API.$KV.{state}.{silo}"),
-            format!("$JS.{hub}.API.$KV.{state}.{silo}.>"),
-            format!("$JS.{hub}.API.STREAM.INFO.{state_stream}"),
-            format!("$JS.{hub}.API.DIRECT.GET.{state_stream}.$KV.{state}.{silo}"),
-            format!("$JS.{hub}.API.DIRECT.GET.{state_stream}.$KV.{state}.{silo}.>"),
             // Components from the hub's object store (read only).
             format!("$JS.{hub}.API.STREAM.INFO.{artifacts}"),
             format!("$JS.{hub}.API.DIRECT.GET.{artifacts}.>"),
@@ -76,6 +91,8 @@ impl SiteLink<'_> {
             link.clone(),
             "$JSC.R.>".to_owned(),
         ];
+        // Its own keys of the hub's FLEET_STATE, through the hub's domain.
+        publish.extend(self.hub_state_access().publish.allow);
         let mut subscribe = vec![
             install(InstallSubject::Request),
             install(InstallSubject::Scrub),

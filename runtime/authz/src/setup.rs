@@ -9,6 +9,10 @@ use nkeys::KeyPair;
 pub const SERVER_TEMPLATE: &str = include_str!("../../../policies/nats/auth-callout.conf");
 /// Who may read and change the cluster's control plane (policies/control-plane.yaml).
 pub const CONTROL_POLICY: &str = include_str!("../../../policies/control-plane.yaml");
+/// The control-plane role of a serving host (`ck run --control`).
+pub const HOST_ROLE: &str = "host";
+/// Who may install what where (policies/install.yaml), the hub's default.
+pub const INSTALL_POLICY: &str = include_str!("../../../policies/install.yaml");
 /// The control-plane role of the callout's APP-side user (`ck-provision`): it reads the
 /// published manifests the callout decides from.
 pub const CALLOUT_ROLE: &str = "callout";
@@ -47,10 +51,7 @@ impl CalloutSecrets {
     /// Fresh secrets.
     pub fn generate() -> Self {
         let issuer = KeyPair::new_account();
-        let secret = || {
-            blake3::hash(KeyPair::new_user().seed().unwrap_or_default().as_bytes()).to_hex()[..40]
-                .to_owned()
-        };
+        let secret = fresh_secret;
         Self {
             issuer_seed: issuer.seed().unwrap_or_default(),
             password: secret(),
@@ -109,6 +110,9 @@ pub enum SetupError {
     /// The issuer seed is not an account nkey seed.
     #[error("{ISSUER_FILE}: {0}")]
     Issuer(String),
+    /// A fleet topology that cannot be rendered (names, URLs).
+    #[error("fleet topology: {0}")]
+    Topology(String),
     /// The control-plane policy is unusable or lacks a role asked for.
     #[error(transparent)]
     Policy(#[from] ck_acl::control::ControlPolicyError),
@@ -136,15 +140,146 @@ pub struct ServerTls {
     pub key_file: PathBuf,
 }
 
+/// Where a server stands in a fleet (issue 16): alone, the hub sites link to, or a site.
+#[derive(Debug, Clone, Default)]
+pub enum Topology {
+    /// One server (or one cluster) without leaf nodes.
+    #[default]
+    Single,
+    /// The hub: JetStream in its own domain and a leaf-node listener for the sites.
+    Hub(HubSetup),
+    /// A site: its own JetStream domain (named after the silo) and a leaf link to the hub.
+    Site(SiteSetup),
+}
+
+/// A hub's leaf-node side.
+#[derive(Debug, Clone)]
+pub struct HubSetup {
+    /// The hub's JetStream domain (sites reach its streams as `$JS.{domain}.API`).
+    pub domain: String,
+    /// Where the leaf-node listener listens (`host:port`; port -1 picks a free one).
+    pub leaf_listen: String,
+    /// The sites that may link, each with its link user's password.
+    pub sites: Vec<SiteCredential>,
+    /// Who may install what where: a site's link only receives requests for the kernels some
+    /// rule lets be installed there.
+    pub install_policy: ck_acl::install::InstallPolicy,
+}
+
+/// One site's link credential, known to the hub and to the site.
+#[derive(Debug, Clone)]
+pub struct SiteCredential {
+    /// The site.
+    pub silo: String,
+    /// Its link user's password.
+    pub password: String,
+}
+
+impl SiteCredential {
+    /// A fresh credential for `silo`.
+    pub fn generate(silo: &str) -> Self {
+        Self {
+            silo: silo.to_owned(),
+            password: fresh_secret(),
+        }
+    }
+}
+
+/// A site's server.
+#[derive(Debug, Clone)]
+pub struct SiteSetup {
+    /// The site (also its JetStream domain and server name `ck-{silo}`).
+    pub silo: String,
+    /// The hub's leaf-node URL without credentials (`nats-leaf://host:port`).
+    pub hub_leaf_url: String,
+    /// The hub's JetStream domain.
+    pub hub_domain: String,
+    /// The link user's password (the hub's `sites/{silo}.password`).
+    pub password: String,
+}
+
+/// The hub user a site's leaf link logs in as.
+pub fn leaf_user(silo: &str) -> String {
+    format!("leaf-{silo}")
+}
+
+/// Where a hub's `init` writes each site's link password (give it to the site's `init`).
+pub fn site_password_file(dir: &Path, silo: &str) -> PathBuf {
+    dir.join(SITES_DIR).join(format!("{silo}.password"))
+}
+
+/// The directory of site link passwords in a hub's callout directory.
+pub const SITES_DIR: &str = "sites";
+
+fn fresh_secret() -> String {
+    blake3::hash(KeyPair::new_user().seed().unwrap_or_default().as_bytes()).to_hex()[..40]
+        .to_owned()
+}
+
+impl Topology {
+    /// Checks names and URLs before anything is rendered.
+    fn check(&self) -> Result<(), SetupError> {
+        let bad = |why: String| Err(SetupError::Topology(why));
+        match self {
+            Topology::Single => Ok(()),
+            Topology::Hub(hub) => {
+                if !ck_manifest::topics::is_fleet_name(&hub.domain) {
+                    return bad(format!(
+                        "hub JetStream domain `{}` must be 1–64 of A-Z a-z 0-9 - _",
+                        hub.domain
+                    ));
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                for site in &hub.sites {
+                    if let Some(problem) = ck_manifest::topics::silo_name_problem(&site.silo) {
+                        return bad(problem);
+                    }
+                    if site.silo == hub.domain {
+                        return bad(format!(
+                            "site `{}` has the hub's JetStream domain name; each domain must be its own",
+                            site.silo
+                        ));
+                    }
+                    if !seen.insert(&site.silo) {
+                        return bad(format!("site `{}` is listed twice", site.silo));
+                    }
+                }
+                Ok(())
+            }
+            Topology::Site(site) => {
+                if let Some(problem) = ck_manifest::topics::silo_name_problem(&site.silo) {
+                    return bad(problem);
+                }
+                match site.hub_leaf_url.split_once("://") {
+                    Some((scheme, rest))
+                        if matches!(scheme, "nats-leaf" | "nats" | "tls")
+                            && !rest.is_empty()
+                            && !rest.contains(['@', '/', ' ']) =>
+                    {
+                        Ok(())
+                    }
+                    _ => bad(format!(
+                        "hub leaf URL `{}` must be nats-leaf://HOST:PORT (no user, no path: the link's credentials are added from the password file)",
+                        site.hub_leaf_url
+                    )),
+                }
+            }
+        }
+    }
+}
+
 /// Renders the server configuration for `secrets`, listening on `listen` (`host:port`), with
-/// JetStream stored under `store_dir`, and TLS required when `tls` is given.
+/// JetStream stored under `store_dir`, TLS required when `tls` is given, and its place in a
+/// fleet.
 pub fn render_server_config(
     secrets: &CalloutSecrets,
     listen: &str,
     static_users: &[StaticUser],
     store_dir: &Path,
     tls: Option<&ServerTls>,
+    topology: &Topology,
 ) -> Result<String, SetupError> {
+    topology.check()?;
     let issuer = secrets.issuer()?.public_key();
     let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
     let policy = ck_acl::control::ControlPolicy::parse(CONTROL_POLICY)?;
@@ -172,7 +307,21 @@ pub fn render_server_config(
     }
     for u in static_users {
         let permissions = match &u.role {
-            Some(role) => policy.permissions(role)?,
+            Some(role) => {
+                let mut permissions = policy.permissions(role)?;
+                if let (Topology::Site(site), HOST_ROLE) = (topology, role.as_str()) {
+                    // A site's host keeps the site's keys of the hub's FLEET_STATE.
+                    let extra = ck_acl::site::SiteLink {
+                        silo: &site.silo,
+                        hub_domain: &site.hub_domain,
+                        kernels: None,
+                    }
+                    .hub_state_access();
+                    permissions.publish.allow.extend(extra.publish.allow);
+                    permissions.subscribe.allow.extend(extra.subscribe.allow);
+                }
+                permissions
+            }
             None => ck_subject::Permissions {
                 publish: ck_subject::PermissionList {
                     allow: Vec::new(),
@@ -189,6 +338,51 @@ pub fn render_server_config(
         ));
         names.push_str(&format!(", {}", quote(&u.name)));
     }
+    let (server_name, domain, leafnodes) = match topology {
+        Topology::Single => ("ck".to_owned(), String::new(), String::new()),
+        Topology::Hub(hub) => {
+            for site in &hub.sites {
+                let kernels = hub.install_policy.kernels_at(&site.silo);
+                let link = ck_acl::site::SiteLink {
+                    silo: &site.silo,
+                    hub_domain: &hub.domain,
+                    kernels: kernels.as_deref(),
+                };
+                let user = leaf_user(&site.silo);
+                users.push(format!(
+                    "{{ user: {}, password: {}, {}, allowed_connection_types: [\"LEAFNODE\"] }}",
+                    quote(&user),
+                    quote(&site.password),
+                    link.permissions().to_nats_config(),
+                ));
+                names.push_str(&format!(", {}", quote(&user)));
+            }
+            (
+                "ck-hub".to_owned(),
+                format!("domain: {}", quote(&hub.domain)),
+                format!("leafnodes {{\n  listen: {}\n}}", quote(&hub.leaf_listen)),
+            )
+        }
+        Topology::Site(site) => {
+            let (scheme, address) = site
+                .hub_leaf_url
+                .split_once("://")
+                .unwrap_or(("nats-leaf", &site.hub_leaf_url));
+            let url = format!(
+                "{scheme}://{}:{}@{address}",
+                leaf_user(&site.silo),
+                site.password
+            );
+            (
+                format!("ck-{}", site.silo),
+                format!("domain: {}", quote(&site.silo)),
+                format!(
+                    "leafnodes {{\n  remotes: [ {{ url: {}, account: APP }} ]\n}}",
+                    quote(&url)
+                ),
+            )
+        }
+    };
     let tls = tls.map_or_else(String::new, |t| {
         format!(
             "tls {{\n  cert_file: {}\n  key_file: {}\n  timeout: 2\n}}",
@@ -209,7 +403,10 @@ pub fn render_server_config(
         .replace("{{CALLOUT_PASSWORD}}", &secrets.password)
         .replace("{{STATIC_USERS}}", &users.join(", "))
         .replace("{{STATIC_USER_NAMES}}", &names)
-        .replace("{{STORE_DIR}}", &store_dir.display().to_string()))
+        .replace("{{STORE_DIR}}", &store_dir.display().to_string())
+        .replace("{{SERVER_NAME}}", &server_name)
+        .replace("{{JETSTREAM_DOMAIN}}", &domain)
+        .replace("{{LEAFNODES}}", &leafnodes))
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
@@ -217,24 +414,36 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 }
 
 /// Writes fresh secrets and the rendered server configuration into `dir`; refuses to overwrite
-/// existing secrets (that would lock out every running server).
+/// existing secrets (that would lock out every running server). A hub's site link passwords go
+/// to [`site_password_file`].
 pub fn init(
     dir: &Path,
     listen: &str,
     static_users: &[StaticUser],
     tls: Option<&ServerTls>,
+    topology: &Topology,
 ) -> Result<PathBuf, SetupError> {
     let io = |p: &Path| {
         let path = p.to_path_buf();
         move |source| SetupError::Io { path, source }
     };
+    // Nothing is written for a topology that cannot be rendered.
+    topology.check()?;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     if dir.join(ISSUER_FILE).exists() {
         return Err(SetupError::Exists(dir.join(ISSUER_FILE)));
     }
     let secrets = CalloutSecrets::generate();
     let store = dir.canonicalize().map_err(io(dir))?.join(STORE_DIR);
-    let config = render_server_config(&secrets, listen, static_users, &store, tls)?;
+    let config = render_server_config(&secrets, listen, static_users, &store, tls, topology)?;
+    if let Topology::Hub(hub) = topology {
+        let sites = dir.join(SITES_DIR);
+        std::fs::create_dir_all(&sites).map_err(io(&sites))?;
+        for site in &hub.sites {
+            let path = site_password_file(dir, &site.silo);
+            write_private(&path, &site.password).map_err(io(&path))?;
+        }
+    }
     for (name, text) in [
         (ISSUER_FILE, secrets.issuer_seed.as_str()),
         (PASSWORD_FILE, secrets.password.as_str()),

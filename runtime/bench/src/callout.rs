@@ -99,6 +99,7 @@ pub async fn run(bench: &CalloutBench<'_>) -> Result<()> {
         }],
         &dir.path().join("jetstream"),
         None,
+        &ck_authz::setup::Topology::Single,
     )?;
     let body: Vec<&str> = config
         .lines()

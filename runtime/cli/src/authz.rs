@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
-use ck_authz::setup::{CALLOUT_USER, CalloutSecrets, StaticUser};
+use ck_authz::setup::{
+    CALLOUT_USER, CalloutSecrets, HubSetup, SiteCredential, SiteSetup, StaticUser, Topology,
+};
 use ck_authz::{Authorizer, AuthorizerConfig, Registry};
 use ck_identity::{TrustBundles, TrustDomain};
 use tokio_util::sync::CancellationToken;
@@ -51,6 +53,31 @@ struct InitArgs {
     /// Its private key (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Make this server a fleet hub: its leaf-node listener (HOST:PORT, port -1 for a free
+    /// one). Sites link to it with the credentials `--site` writes.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "silo")]
+    leaf_listen: Option<String>,
+    /// The hub's JetStream domain (sites reach its streams through it): at a hub its own, at
+    /// a site the hub's.
+    #[arg(long, value_name = "NAME", default_value = "hub")]
+    jetstream_domain: String,
+    /// A site that may link to this hub (repeatable): its link user's password goes to
+    /// DIR/sites/SILO.password, its permissions carry only that site's subjects.
+    #[arg(long = "site", value_name = "SILO", requires = "leaf_listen")]
+    sites: Vec<String>,
+    /// Who may install what where (the hub's link permissions follow it); the built-in
+    /// policies/install.yaml by default.
+    #[arg(long, value_name = "FILE", requires = "leaf_listen")]
+    install_policy: Option<PathBuf>,
+    /// Make this server the site SILO: its own JetStream domain, a leaf link to `--hub-leaf`.
+    #[arg(long, value_name = "SILO", requires_all = ["hub_leaf", "hub_password_file"])]
+    silo: Option<String>,
+    /// The hub's leaf-node URL (nats-leaf://HOST:PORT).
+    #[arg(long, value_name = "URL", requires = "silo")]
+    hub_leaf: Option<String>,
+    /// The site's link password, as the hub's init wrote it (DIR/sites/SILO.password).
+    #[arg(long, value_name = "FILE", requires = "silo")]
+    hub_password_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -123,7 +150,7 @@ fn init(args: &InitArgs) -> Result<std::process::ExitCode> {
         .chain(
             args.control_hosts
                 .iter()
-                .map(|u| parse("control-host", u, Some("host"))),
+                .map(|u| parse("control-host", u, Some(ck_authz::setup::HOST_ROLE))),
         )
         .collect::<Result<Vec<_>>>()?;
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -133,16 +160,84 @@ fn init(args: &InitArgs) -> Result<std::process::ExitCode> {
         }),
         _ => None,
     };
-    let config = ck_authz::setup::init(&args.dir, &args.listen, &users, tls.as_ref())?;
+    let topology = topology(args)?;
+    let config = ck_authz::setup::init(&args.dir, &args.listen, &users, tls.as_ref(), &topology)?;
     let secrets = CalloutSecrets::load(&args.dir)?;
     println!("wrote {}", config.display());
     println!("issuer {}", secrets.issuer()?.public_key());
+    if let Some(leaf) = &args.leaf_listen {
+        println!(
+            "hub: JetStream domain {}, leaf nodes on {leaf}",
+            args.jetstream_domain
+        );
+        for silo in &args.sites {
+            println!(
+                "site {silo}: ck authz init <dir> --silo {silo} --hub-leaf nats-leaf://<this host>:<leaf port> --hub-password-file {}",
+                ck_authz::setup::site_password_file(&args.dir, silo).display()
+            );
+        }
+    }
+    if let Some(silo) = &args.silo {
+        println!(
+            "site {silo}: JetStream domain {silo}, linked to {}",
+            args.hub_leaf.as_deref().unwrap_or_default()
+        );
+    }
     println!("start the server:  nats-server -c {}", config.display());
     println!(
         "start the callout: ck authz serve --dir {} --registry <kernels> --trust-domain <domain> --spiffe-socket <socket>",
         args.dir.display()
     );
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The fleet place `--leaf-listen`/`--site` or `--silo`/`--hub-leaf` ask for.
+fn topology(args: &InitArgs) -> Result<Topology> {
+    if let Some(leaf_listen) = &args.leaf_listen {
+        let policy_text = match &args.install_policy {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            None => ck_authz::setup::INSTALL_POLICY.to_owned(),
+        };
+        let install_policy = ck_acl::install::InstallPolicy::parse(&policy_text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e}",
+                args.install_policy
+                    .as_deref()
+                    .map_or("policies/install.yaml (built in)".into(), |p| p
+                        .display()
+                        .to_string())
+            )
+        })?;
+        return Ok(Topology::Hub(HubSetup {
+            domain: args.jetstream_domain.clone(),
+            leaf_listen: leaf_listen.clone(),
+            sites: args
+                .sites
+                .iter()
+                .map(|s| SiteCredential::generate(s))
+                .collect(),
+            install_policy,
+        }));
+    }
+    if let (Some(silo), Some(url), Some(file)) =
+        (&args.silo, &args.hub_leaf, &args.hub_password_file)
+    {
+        let password = std::fs::read_to_string(file)
+            .map_err(|e| anyhow::anyhow!("--hub-password-file {}: {e}", file.display()))?
+            .trim()
+            .to_owned();
+        if password.is_empty() {
+            bail!("--hub-password-file {}: empty", file.display());
+        }
+        return Ok(Topology::Site(SiteSetup {
+            silo: silo.clone(),
+            hub_leaf_url: url.clone(),
+            hub_domain: args.jetstream_domain.clone(),
+            password,
+        }));
+    }
+    Ok(Topology::Single)
 }
 
 async fn serve(args: &ServeArgs) -> Result<std::process::ExitCode> {

@@ -303,12 +303,13 @@ impl FleetReporter {
         silo: &str,
         host: &str,
     ) -> Result<Self, ControlError> {
-        for (what, name) in [("silo", silo), ("host", host)] {
-            if !topics::is_fleet_name(name) {
-                return Err(ControlError::Refused(format!(
-                    "{what} name `{name}` must be 1–64 of A-Z a-z 0-9 - _ (it is a subject token)"
-                )));
-            }
+        if let Some(problem) = topics::silo_name_problem(silo) {
+            return Err(ControlError::Refused(problem));
+        }
+        if !topics::is_fleet_name(host) {
+            return Err(ControlError::Refused(format!(
+                "host name `{host}` must be 1–64 of A-Z a-z 0-9 - _ (it is a subject token)"
+            )));
         }
         let kv = fleet_state(&jetstream::new(client.clone())).await?;
         Ok(Self {

@@ -55,6 +55,7 @@ pub async fn start(kernel: &Kernel, shutdown: &CancellationToken) -> Result<Stac
             role: None,
         }],
         None,
+        &ck_authz::setup::Topology::Single,
     )?;
     // The rendered configuration without its listen line: the server picks a free port.
     let body: String = std::fs::read_to_string(&config)?

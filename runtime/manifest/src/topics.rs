@@ -293,6 +293,27 @@ pub fn is_fleet_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Names a silo may not take: the literals beside `{silo}` in the fleet families
+/// (`policies/subject-families.yaml`). A silo named `events` would have its
+/// `fleet.{silo}.scan.*` subjects inside `fleet.events.>`.
+pub const RESERVED_SILO_NAMES: [&str; 5] = ["events", "install", "state", "build", "lean"];
+
+/// Why a name cannot be a silo's.
+pub fn silo_name_problem(silo: &str) -> Option<String> {
+    if !is_fleet_name(silo) {
+        Some(format!(
+            "silo name `{silo}` must be 1–64 of A-Z a-z 0-9 - _ (it is a subject token and a JetStream domain)"
+        ))
+    } else if RESERVED_SILO_NAMES.contains(&silo) {
+        Some(format!(
+            "silo name `{silo}` is reserved: it is a fleet family's own token ({})",
+            RESERVED_SILO_NAMES.join(", ")
+        ))
+    } else {
+        None
+    }
+}
+
 /// One of the control plane's stores, for permissions (`ck_acl::control`).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,

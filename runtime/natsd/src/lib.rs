@@ -51,6 +51,7 @@ pub fn binary() -> Result<PathBuf, NatsdError> {
 
 const READY: &str = "Server is ready";
 const LISTENING: &str = "Listening for client connections on 127.0.0.1:";
+const LEAF_LISTENING: &str = "Listening for leafnode connections on 127.0.0.1:";
 const RELOADED: &str = "Reloaded server configuration";
 const RELOAD_FAILED: &str = "Failed to reload server configuration";
 
@@ -134,6 +135,16 @@ impl NatsServer {
     /// The client port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The leaf-node port, when the configuration has a loopback leaf-node listener (the most
+    /// recent one the log names: a restart with port -1 picks a new one).
+    pub fn leafnode_port(&self) -> Option<u16> {
+        self.log()
+            .lines()
+            .filter_map(|l| l.split(LEAF_LISTENING).nth(1))
+            .filter_map(|p| p.trim().parse().ok())
+            .next_back()
     }
 
     /// `nats://127.0.0.1:{port}`.

@@ -1,0 +1,343 @@
+//! The fleet topology (issue 16 point 2), end to end: a hub and two sites rendered by the real
+//! `ck authz init --leaf-listen/--site` and `--silo/--hub-leaf`, three real nats-server
+//! processes linked as leaf nodes, and clients at each end. What crosses a link is decided by
+//! the hub's server from the link user's permissions (`ck_acl::site`), never by our code: the
+//! test only watches which messages arrive.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use ck_natsd::NatsServer;
+use futures::StreamExt;
+
+const CK: &str = env!("CARGO_BIN_EXE_ck");
+const TOOL: (&str, &str) = ("tool", "tool-password");
+const OPERATOR: (&str, &str) = ("op", "operator-password");
+/// A serving host at a site: the `host` role, which may publish the site's fleet events.
+const HOST: (&str, &str) = ("host", "host-password");
+
+fn ck(args: &[&str]) {
+    let out = Command::new(CK).args(args).output().expect("ck runs");
+    assert!(
+        out.status.success(),
+        "ck {args:?}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts the server of a rendered configuration (its listen line dropped: a free port).
+fn start(dir: &Path) -> NatsServer {
+    let config = std::fs::read_to_string(dir.join("nats-server.conf")).unwrap();
+    let body: Vec<&str> = config
+        .lines()
+        .filter(|l| !l.starts_with("listen:"))
+        .collect();
+    ck_tests::nats(&body.join("\n"))
+}
+
+struct Fleet {
+    hub: NatsServer,
+    sites: Vec<NatsServer>,
+    hub_dir: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+const SILOS: [&str; 2] = ["ct-fac", "ct-lab"];
+
+fn fleet() -> Fleet {
+    ck_natsd::binary().expect("nats-server >= 2.15 on PATH (scripts/ensure-nats-server)");
+    let dir = tempfile::tempdir().unwrap();
+    let hub_dir = dir.path().join("hub");
+    let tool = format!("{}:{}", TOOL.0, TOOL.1);
+    let operator = format!("{}:{}", OPERATOR.0, OPERATOR.1);
+    let hub_path = hub_dir.to_str().unwrap();
+    let mut args = vec![
+        "authz",
+        "init",
+        hub_path,
+        "--leaf-listen",
+        "127.0.0.1:-1",
+        "--static-user",
+        &tool,
+        "--operator",
+        &operator,
+    ];
+    for silo in SILOS {
+        args.extend(["--site", silo]);
+    }
+    ck(&args);
+    let hub = start(&hub_dir);
+    let leaf = hub.leafnode_port().expect("the hub listens for leaf nodes");
+    let url = format!("nats-leaf://127.0.0.1:{leaf}");
+    let host = format!("{}:{}", HOST.0, HOST.1);
+    let mut sites = Vec::new();
+    for silo in SILOS {
+        let site_dir = dir.path().join(silo);
+        let password = ck_authz::setup::site_password_file(&hub_dir, silo);
+        ck(&[
+            "authz",
+            "init",
+            site_dir.to_str().unwrap(),
+            "--silo",
+            silo,
+            "--hub-leaf",
+            &url,
+            "--hub-password-file",
+            password.to_str().unwrap(),
+            "--static-user",
+            &tool,
+            "--control-host",
+            &host,
+        ]);
+        sites.push(start(&site_dir));
+    }
+    ck_tests::eventually(
+        Duration::from_secs(20),
+        || hub.log().matches("Leafnode connection created").count() >= SILOS.len(),
+        || format!("both sites link to the hub\n{}", hub.log()),
+    );
+    Fleet {
+        hub,
+        sites,
+        hub_dir,
+        _dir: dir,
+    }
+}
+
+async fn connect(server: &NatsServer, user: (&str, &str)) -> async_nats::Client {
+    async_nats::ConnectOptions::with_user_and_password(user.0.into(), user.1.into())
+        .connect(server.url())
+        .await
+        .unwrap_or_else(|e| panic!("{} as {}: {e}", server.url(), user.0))
+}
+
+/// Publishes `marker` on `publisher` until `subscriber` receives it (interest crosses a leaf
+/// link a moment after the subscription), returning everything `subscriber` got before it.
+async fn until_marker(
+    publisher: &async_nats::Client,
+    subscriber: &mut async_nats::Subscriber,
+    forbidden: &[&str],
+    marker: &str,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        for subject in forbidden {
+            publisher
+                .publish(subject.to_string(), "forbidden".into())
+                .await
+                .unwrap();
+        }
+        publisher
+            .publish(marker.to_owned(), "marker".into())
+            .await
+            .unwrap();
+        publisher.flush().await.unwrap();
+        while let Ok(Some(m)) =
+            tokio::time::timeout(Duration::from_millis(50), subscriber.next()).await
+        {
+            if m.subject.as_str() == marker {
+                // Whatever was published before the marker has had its chance to cross.
+                return seen;
+            }
+            seen.push(m.subject.to_string());
+        }
+    }
+    panic!("{marker} never arrived; got {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_site_link_carries_only_that_sites_subjects() {
+    let fleet = fleet();
+    let hub = connect(&fleet.hub, TOOL).await;
+    let fac = connect(&fleet.sites[0], TOOL).await;
+    let lab = connect(&fleet.sites[1], TOOL).await;
+
+    // Hub → sites: each site receives its own requests and scrubs, never the other's, even
+    // when it subscribes to every install subject.
+    let mut at_fac = fac.subscribe("fleet.install.>").await.unwrap();
+    let mut at_lab = lab.subscribe("fleet.install.>").await.unwrap();
+    fac.flush().await.unwrap();
+    lab.flush().await.unwrap();
+    let lab_got = until_marker(&hub, &mut at_lab, &[], "fleet.install.ct-lab.request").await;
+    assert!(lab_got.is_empty(), "{lab_got:?}");
+    let mut lab_scrubs = lab.subscribe("fleet.install.ct-lab.scrub").await.unwrap();
+    lab.flush().await.unwrap();
+    let fac_got = until_marker(
+        &hub,
+        &mut at_fac,
+        &["fleet.install.ct-lab.request", "fleet.install.ct-lab.scrub"],
+        "fleet.install.ct-fac.scrub",
+    )
+    .await;
+    let leaked: Vec<_> = fac_got.iter().filter(|s| s.contains("ct-lab")).collect();
+    assert!(leaked.is_empty(), "ct-fac received ct-lab's: {leaked:?}");
+    // The same publications did reach ct-lab: the link, not the publisher, kept them apart.
+    let forbidden_at_lab = tokio::time::timeout(Duration::from_secs(5), lab_scrubs.next())
+        .await
+        .expect("ct-lab receives the scrubs ct-fac did not")
+        .unwrap();
+    assert_eq!(&forbidden_at_lab.payload[..], b"forbidden");
+
+    // Site → hub: a site reports its own progress, done and events; it cannot report for the
+    // other site, nor forge a request or scrub for itself.
+    let mut at_hub = hub.subscribe("fleet.>").await.unwrap();
+    hub.flush().await.unwrap();
+    let hub_got = until_marker(
+        &fac,
+        &mut at_hub,
+        &[
+            "fleet.install.ct-lab.done",
+            "fleet.install.ct-lab.progress",
+            "fleet.install.ct-fac.request",
+            "fleet.install.ct-fac.scrub",
+            "fleet.events.ct-lab.boot",
+        ],
+        "fleet.install.ct-fac.done",
+    )
+    .await;
+    assert!(
+        hub_got.is_empty(),
+        "the hub received from ct-fac: {hub_got:?}"
+    );
+    let fac_host = connect(&fleet.sites[0], HOST).await;
+    let own = until_marker(
+        &fac_host,
+        &mut at_hub,
+        &["fleet.events.ct-lab.boot"],
+        "fleet.events.ct-fac.boot",
+    )
+    .await;
+    assert!(
+        own.iter().all(|s| s == "fleet.install.ct-fac.done"),
+        "{own:?}"
+    );
+
+    // The hub's FLEET_STATE: a site writes its own keys through the hub's domain, never
+    // another site's, and cannot reach the hub's JetStream without the domain.
+    let operator = connect(&fleet.hub, OPERATOR).await;
+    let bucket = ck_control::fleet::FleetPolicy::shipped().bucket(1);
+    async_nats::jetstream::new(operator)
+        .create_key_value(bucket)
+        .await
+        .expect("the operator creates FLEET_STATE");
+    // Answers from the hub reach a site only on its own inbox prefix (never `_INBOX.>`).
+    let fac_host = async_nats::ConnectOptions::with_user_and_password(HOST.0.into(), HOST.1.into())
+        .custom_inbox_prefix(ck_manifest::topics::fleet_site_inbox("ct-fac"))
+        .connect(fleet.sites[0].url())
+        .await
+        .unwrap();
+    let via_hub = async_nats::jetstream::with_domain(fac_host.clone(), "hub");
+    let state = via_hub
+        .get_key_value(ck_manifest::topics::FLEET_STATE_BUCKET)
+        .await
+        .expect("ct-fac opens the hub's FLEET_STATE through its domain");
+    state
+        .put("ct-fac", "serving".into())
+        .await
+        .expect("ct-fac writes its own key");
+    let forged =
+        tokio::time::timeout(Duration::from_secs(5), state.put("ct-lab", "forged".into())).await;
+    assert!(
+        !matches!(forged, Ok(Ok(_))),
+        "ct-fac wrote ct-lab's key: {forged:?}"
+    );
+    let hub_state = async_nats::jetstream::new(hub.clone())
+        .get_key_value(ck_manifest::topics::FLEET_STATE_BUCKET)
+        .await
+        .unwrap();
+    assert_eq!(
+        hub_state.get("ct-fac").await.unwrap().as_deref(),
+        Some(&b"serving"[..])
+    );
+    assert_eq!(hub_state.get("ct-lab").await.unwrap(), None);
+    // Without the domain prefix a site's client talks to its own JetStream (its domain keeps
+    // its state its own): the hub's bucket is not there.
+    assert!(
+        async_nats::jetstream::new(fac_host)
+            .get_key_value(ck_manifest::topics::FLEET_STATE_BUCKET)
+            .await
+            .is_err(),
+        "the site's own JetStream has no FLEET_STATE"
+    );
+
+    // The control plane's write denials hold through a domain prefix too: at a site, a user
+    // that may do anything but write the control plane cannot write the hub's through
+    // `$JS.hub.API.…` (the site server has no mapping for the hub's domain, so only the deny
+    // list stops it before the link; the hub itself maps its own domain before checking).
+    let mut tool = ck_tests::RawClient::connect(fleet.sites[0].port(), TOOL.0, TOOL.1).unwrap();
+    for subject in [
+        "$JS.hub.API.STREAM.CREATE.KV_CK_SERVING",
+        "$JS.hub.API.STREAM.DELETE.KV_FLEET_STATE",
+        "$JS.hub.API.$KV.FLEET_STATE.ct-fac",
+        "$JS.hub.API.$KV.CK_SERVING.g-1",
+    ] {
+        assert_eq!(
+            tool.publish(subject).unwrap(),
+            ck_tests::Verdict::Denied,
+            "{subject}"
+        );
+    }
+    assert_eq!(
+        tool.publish("fleet.install.ct-fac.done").unwrap(),
+        ck_tests::Verdict::Allowed
+    );
+
+    // A link credential is good for a leaf link only: as a client it is refused.
+    let password = std::fs::read_to_string(ck_authz::setup::site_password_file(
+        &fleet.hub_dir,
+        "ct-fac",
+    ))
+    .unwrap();
+    let as_client = ck_tests::RawClient::connect(
+        fleet.hub.port(),
+        &ck_authz::setup::leaf_user("ct-fac"),
+        password.trim(),
+    );
+    assert!(as_client.is_err(), "the link user logged in as a client");
+}
+
+#[test]
+fn reserved_and_malformed_fleet_names_are_refused_by_init() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, needle) in [
+        (vec!["--silo", "events"], "reserved"),
+        (vec!["--silo", "a.b"], "must be 1–64"),
+    ] {
+        let target = dir.path().join(format!("d{}", args[1]));
+        let password = dir.path().join("pw");
+        std::fs::write(&password, "secret").unwrap();
+        let out = Command::new(CK)
+            .args(["authz", "init", target.to_str().unwrap()])
+            .args(&args)
+            .args([
+                "--hub-leaf",
+                "nats-leaf://127.0.0.1:7422",
+                "--hub-password-file",
+            ])
+            .arg(&password)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(needle),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !target.exists(),
+            "nothing is written for a refused topology"
+        );
+    }
+    let out = Command::new(CK)
+        .args(["authz", "init"])
+        .arg(dir.path().join("hub"))
+        .args(["--leaf-listen", "127.0.0.1:-1", "--site", "hub"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("hub's JetStream domain"),
+        "{stderr}"
+    );
+}
