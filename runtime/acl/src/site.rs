@@ -3,7 +3,9 @@
 //! one hub user per silo with these permissions is a per-site ACL the server enforces: site A's
 //! link can neither read nor write site B's install, state or link subjects.
 //!
-//! Measured against nats-server 2.15 (`runtime/cli/tests/fleet.rs`):
+//! Measured against nats-server 2.15 (the isolation of install, event and state subjects is
+//! tested in `runtime/cli/tests/fleet.rs`; the mirror and source through the link were measured
+//! by hand and get their test with the install bus):
 //! - with JetStream domains on both sides the server denies `$JS.API.>`, `$KV.>` and `$OBJ.>`
 //!   across the link; a site reaches the hub's JetStream through the domain prefix
 //!   (`$JS.{hub}.API.…`, and `$JS.{hub}.API.$KV.…` for KV writes), the hub the site's through
