@@ -4,8 +4,8 @@
 //! link can neither read nor write site B's install, state or link subjects.
 //!
 //! Measured against nats-server 2.15 (the isolation of install, event and state subjects is
-//! tested in `runtime/cli/tests/fleet.rs`; the mirror and source through the link were measured
-//! by hand and get their test with the install bus):
+//! tested in `runtime/cli/tests/fleet.rs`, and so are the site's mirror of its requests and the
+//! hub's source of its reports through the link):
 //! - with JetStream domains on both sides the server denies `$JS.API.>`, `$KV.>` and `$OBJ.>`
 //!   across the link; a site reaches the hub's JetStream through the domain prefix
 //!   (`$JS.{hub}.API.…`, and `$JS.{hub}.API.$KV.…` for KV writes), the hub the site's through
@@ -84,6 +84,8 @@ impl SiteLink<'_> {
             format!("$JS.{hub}.API.CONSUMER.DELETE.{artifacts}.*"),
             // The site's mirror of its own requests: a consumer on its own hub stream only.
             format!("$JS.{hub}.API.STREAM.INFO.{requests}"),
+            // A mirror asks without a consumer name or filter (measured: nats-server 2.15).
+            format!("$JS.{hub}.API.CONSUMER.CREATE.{requests}"),
             format!("$JS.{hub}.API.CONSUMER.CREATE.{requests}.>"),
             format!("$JS.{hub}.API.CONSUMER.INFO.{requests}.*"),
             format!("$JS.{hub}.API.CONSUMER.DELETE.{requests}.*"),
@@ -150,6 +152,7 @@ mod tests {
             "fleet.events.ct-fac.boot",
             "$JS.hub.API.$KV.FLEET_STATE.ct-fac",
             "$JS.hub.API.$KV.FLEET_STATE.ct-fac.memory",
+            "$JS.hub.API.CONSUMER.CREATE.FLEET_INSTALL_ct-fac",
         ] {
             assert!(a.can_publish(s), "{s}");
         }
@@ -162,6 +165,7 @@ mod tests {
             "$JS.hub.API.$KV.FLEET_STATE.ct-lab.memory",
             "$KV.FLEET_STATE.ct-fac",
             "$JS.hub.API.CONSUMER.CREATE.FLEET_INSTALL_ct-lab.x.fleet.install.ct-lab.>",
+            "$JS.hub.API.CONSUMER.CREATE.FLEET_INSTALL_ct-lab",
             "$CK.LINK.ct-lab.M.x",
             "$JS.hub.API.STREAM.CREATE.FLEET_INSTALL_ct-fac",
         ] {
