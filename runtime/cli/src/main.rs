@@ -8,6 +8,7 @@ mod bench_load;
 mod build;
 mod call;
 mod dev;
+mod fleet;
 mod identity;
 mod new;
 mod publish;
@@ -88,6 +89,9 @@ enum Command {
     /// plane, creating a serving record where the cluster has none. Hosts started with
     /// `ck run --control` serve what the cluster's serving records name.
     Publish(publish::Args),
+    /// A fleet's link streams: each site's install requests kept at the hub and mirrored to
+    /// the site, its reports kept at the site and sourced to the hub.
+    Fleet(fleet::Args),
     /// Show the fleet: silos, their hosts (live or stale) and what each serves, from the
     /// cluster's FLEET_STATE; --watch follows every change.
     Status(status::Args),
@@ -148,6 +152,7 @@ fn main() -> ExitCode {
         Command::Canary(args) => versions::canary(&args),
         Command::Rollback(args) => versions::rollback(&args),
         Command::Publish(args) => publish::run(&args),
+        Command::Fleet(args) => fleet::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Restore(args) => restore::run(&args),
         Command::Versions(args) => versions::versions(&args),

@@ -34,7 +34,12 @@ fn start(dir: &Path) -> NatsServer {
         .lines()
         .filter(|l| !l.starts_with("listen:"))
         .collect();
-    ck_tests::nats(&body.join("\n"))
+    let mut body = body.join("\n");
+    // CK_TRACE=1: every server logs each protocol line (what a link refused, and why).
+    if std::env::var_os("CK_TRACE").is_some() {
+        body.push_str("\ntrace: true\ndebug: true\n");
+    }
+    ck_tests::nats(&body)
 }
 
 struct Fleet {
@@ -340,4 +345,135 @@ fn reserved_and_malformed_fleet_names_are_refused_by_init() {
         !out.status.success() && stderr.contains("hub's JetStream domain"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_published_while_the_link_is_down_reaches_the_site_once() {
+    use async_nats::jetstream;
+    let mut fleet = fleet();
+    // Each site's streams first: the hub's FLEET_REPORTS sources streams that exist.
+    for (i, silo) in SILOS.iter().enumerate() {
+        let url = fleet.sites[i].url();
+        ck(&[
+            "fleet",
+            "link-site",
+            "--nats",
+            &url,
+            "--nats-user",
+            TOOL.0,
+            "--nats-password",
+            TOOL.1,
+            "--silo",
+            silo,
+        ]);
+    }
+    let hub_url = fleet.hub.url();
+    let mut args = vec![
+        "fleet",
+        "link-hub",
+        "--nats",
+        &hub_url,
+        "--nats-user",
+        TOOL.0,
+        "--nats-password",
+        TOOL.1,
+    ];
+    for silo in SILOS {
+        args.extend(["--site", silo]);
+    }
+    ck(&args);
+    let hub_js = jetstream::new(connect(&fleet.hub, TOOL).await);
+
+    // The link cut: ct-fac's server is down while the operator publishes (and retries).
+    fleet.sites[0].stop();
+    let request = r#"{"kernel":"Demo.Echo","version":"v622","id":"req-1"}"#;
+    let mut acks = Vec::new();
+    for _ in 0..2 {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "req-1");
+        acks.push(
+            hub_js
+                .publish_with_headers("fleet.install.ct-fac.request", headers, request.into())
+                .await
+                .unwrap()
+                .await
+                .expect("the hub keeps the request"),
+        );
+    }
+    assert!(
+        !acks[0].duplicate && acks[1].duplicate,
+        "the retry is one request"
+    );
+
+    fleet.sites[0].restart().expect("ct-fac comes back");
+    let site_js = jetstream::new(connect(&fleet.sites[0], TOOL).await);
+    let stream = ck_manifest::topics::fleet_install_stream("ct-fac");
+    let messages = |js: jetstream::Context, name: String| async move {
+        js.get_stream(&name)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .map(|i| i.state.messages)
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while messages(site_js.clone(), stream.clone()).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never reached ct-fac: {:?}\n{}",
+            site_js
+                .get_stream(&stream)
+                .await
+                .unwrap()
+                .info()
+                .await
+                .map(|i| (i.mirror.clone(), i.state.clone())),
+            fleet.sites[0].log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mirrored = site_js
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .get_raw_message(1)
+        .await
+        .unwrap();
+    assert_eq!(mirrored.subject.as_str(), "fleet.install.ct-fac.request");
+    assert_eq!(&mirrored.payload[..], request.as_bytes());
+    // Once: a moment later there is still one, and ct-lab's mirror never had it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(messages(site_js.clone(), stream.clone()).await, 1);
+    let lab_js = jetstream::new(connect(&fleet.sites[1], TOOL).await);
+    assert_eq!(
+        messages(lab_js, ck_manifest::topics::fleet_install_stream("ct-lab")).await,
+        0
+    );
+
+    // Reports the site keeps reach the hub's FLEET_REPORTS through the link.
+    site_js
+        .publish("fleet.install.ct-fac.done", r#"{"id":"req-1"}"#.into())
+        .await
+        .unwrap()
+        .await
+        .expect("the site keeps its report");
+    let reports = ck_manifest::topics::FLEET_REPORTS_STREAM.to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while messages(hub_js.clone(), reports.clone()).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the report never reached the hub\n{}",
+            fleet.hub.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let report = hub_js
+        .get_stream(&reports)
+        .await
+        .unwrap()
+        .get_raw_message(1)
+        .await
+        .unwrap();
+    assert_eq!(report.subject.as_str(), "fleet.install.ct-fac.done");
 }

@@ -8,6 +8,7 @@
 //! | components, named by blake3 digest | object store `CK_ARTIFACTS` (its own SHA-256 beside) | operators (`ck publish`) |
 //! | serving records (stable, canary and weight, previous) | KV `CK_SERVING`, key `{guid}` | operators (`ck promote`, `ck canary`, `ck rollback`), revision-checked |
 //! | CK and TOOL loop events | stream `CK_LOOP_EVENTS`, deduplicated by `Nats-Msg-Id` | whoever changed a loop |
+//! | a fleet site's install requests and reports, across its leaf link | streams `FLEET_INSTALL_{silo}`, `FLEET_REPORTS_{silo}`, `FLEET_REPORTS` ([`link`]) | the hub's operator and the site |
 //!
 //! This crate owns those buckets' configuration ([`PlaneConfig`]), publishing a kernel's
 //! versions from its loops ([`ControlPlane::publish`]), reading a version back checked by both
@@ -22,6 +23,7 @@
 mod artifacts;
 mod events;
 pub mod fleet;
+pub mod link;
 mod registry;
 mod serving;
 

@@ -1,0 +1,92 @@
+//! `ck fleet`: the streams that carry a site's install traffic across its leaf link
+//! (`ck_control::link`).
+
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+
+use crate::publish::{ClusterArgs, Refusals};
+
+/// Arguments of `ck fleet`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// At the hub: a stream per site keeping its install requests (deduplicated by request
+    /// id) and FLEET_REPORTS sourcing every site's reports. Run again after adding sites.
+    LinkHub(LinkHubArgs),
+    /// At a site: the mirror of its requests at the hub (carried out once the link returns
+    /// after a cut) and the stream of its progress and done reports.
+    LinkSite(LinkSiteArgs),
+}
+
+#[derive(clap::Args)]
+struct LinkHubArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// A site linked to this hub (repeatable).
+    #[arg(long = "site", value_name = "SILO", required = true)]
+    sites: Vec<String>,
+    /// Replicas of the hub's streams (3 on a 3-node cluster).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    replicas: u8,
+}
+
+#[derive(clap::Args)]
+struct LinkSiteArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// This site.
+    #[arg(long, value_name = "SILO")]
+    silo: String,
+    /// The hub's JetStream domain.
+    #[arg(long, value_name = "NAME", default_value = "hub")]
+    hub_domain: String,
+}
+
+/// Runs `ck fleet`.
+pub fn run(args: &Args) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let refusals = Refusals::default();
+        match &args.command {
+            Command::LinkHub(a) => {
+                let js = a.cluster.connect(&refusals).await?;
+                ck_control::link::provision_hub(&js, &a.sites, usize::from(a.replicas))
+                    .await
+                    .map_err(|e| refusals.explain(e.into()))?;
+                for silo in &a.sites {
+                    println!(
+                        "hub: {} keeps {silo}'s requests",
+                        ck_manifest::topics::fleet_install_stream(silo)
+                    );
+                }
+                println!(
+                    "hub: {} sources {} site(s)",
+                    ck_manifest::topics::FLEET_REPORTS_STREAM,
+                    a.sites.len()
+                );
+            }
+            Command::LinkSite(a) => {
+                if a.silo == a.hub_domain {
+                    bail!("--silo {} is the hub's domain name", a.silo);
+                }
+                let js = a.cluster.connect(&refusals).await?;
+                ck_control::link::provision_site(&js, &a.silo, &a.hub_domain)
+                    .await
+                    .map_err(|e| refusals.explain(e.into()))?;
+                println!(
+                    "site {}: {} mirrors the hub's, {} keeps its reports",
+                    a.silo,
+                    ck_manifest::topics::fleet_install_stream(&a.silo),
+                    ck_manifest::topics::fleet_reports_stream(&a.silo)
+                );
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
