@@ -257,6 +257,13 @@ async fn each_site_link_carries_only_that_sites_subjects() {
         Some(&b"serving"[..])
     );
     assert_eq!(hub_state.get("ct-lab").await.unwrap(), None);
+    // What the operator at the hub sees with the real natscli: the site, live.
+    let watched = natscli_first_line(
+        &fleet.hub,
+        &["kv", "watch", ck_manifest::topics::FLEET_STATE_BUCKET],
+        |line| line.contains("ct-fac") && line.contains("serving"),
+    );
+    assert!(!watched.contains("ct-lab"), "{watched}");
     // Without the domain prefix a site's client talks to its own JetStream (its domain keeps
     // its state its own): the hub's bucket is not there.
     assert!(
@@ -460,4 +467,63 @@ async fn first_message(
         .get_raw_message(1)
         .await
         .unwrap()
+}
+
+/// Runs natscli (`scripts/ensure-natscli` builds v0.5.0; `scripts/test` exports its path as
+/// CK_NATSCLI) against `server` as the hub's tool user, and returns the first line of its
+/// output `wanted` accepts, failing the test with all it printed if none comes within 20 s.
+fn natscli_first_line(server: &NatsServer, args: &[&str], wanted: impl Fn(&str) -> bool) -> String {
+    use std::io::BufRead;
+    let nats = std::env::var("CK_NATSCLI").expect(
+        "CK_NATSCLI names natscli v0.5.0 (scripts/test sets it from scripts/ensure-natscli)",
+    );
+    let mut child = Command::new(&nats)
+        .args([
+            "--server",
+            &server.url(),
+            "--user",
+            TOOL.0,
+            "--password",
+            TOOL.1,
+        ])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{nats}: {e}"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut printed = Vec::new();
+    let found = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if wanted(&line) => break Some(line),
+            Ok(line) => printed.push(line),
+            Err(_) => break None,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    found.unwrap_or_else(|| {
+        panic!(
+            "nats {args:?} never printed the line wanted:\n{}",
+            printed.join("\n")
+        )
+    })
 }
