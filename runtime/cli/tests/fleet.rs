@@ -391,6 +391,31 @@ async fn a_request_published_while_the_link_is_down_reaches_the_site_once() {
     ck(&args);
     let hub_js = jetstream::new(connect(&fleet.hub, TOOL).await);
 
+    // The hub's source of ct-fac's reports is established before the cut (a source whose
+    // first consumer request is lost is retried only after nats-server's back-off: 10–20 s
+    // on an idle machine here).
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut reports = hub_js
+            .get_stream(ck_manifest::topics::FLEET_REPORTS_STREAM)
+            .await
+            .unwrap();
+        let info = reports.info().await.unwrap();
+        let active = info
+            .sources
+            .iter()
+            .any(|s| s.name == "FLEET_REPORTS_ct-fac" && s.active.is_some());
+        if active {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hub never sourced ct-fac: {:?}",
+            info.sources
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // The link cut: ct-fac's server is down while the operator publishes (and retries).
     fleet.sites[0].stop();
     let request = r#"{"kernel":"Demo.Echo","version":"v622","id":"req-1"}"#;
