@@ -160,6 +160,12 @@ pub async fn provision_site(
     hub_domain: &str,
 ) -> Result<(), ControlError> {
     check_silo(silo)?;
+    if silo == hub_domain {
+        // One name for two domains: the site's mirror would ask itself.
+        return Err(ControlError::Refused(format!(
+            "silo `{silo}` is the hub's JetStream domain name; each domain must be its own"
+        )));
+    }
     for config in [
         site_requests_config(silo, hub_domain),
         site_reports_config(silo),
