@@ -7,6 +7,9 @@
 
 use serde::Deserialize;
 
+/// The shipped policy (`policies/install.yaml`): operators install anything anywhere.
+pub const SHIPPED_INSTALL_POLICY: &str = include_str!("../../../policies/install.yaml");
+
 /// The policy format's version this reader understands.
 pub const INSTALL_POLICY_VERSION: u32 = 1;
 

@@ -18,7 +18,7 @@
 //!
 //! It forms no subject itself: every name comes from `ck_manifest::topics`.
 
-use ck_manifest::topics::{self, InstallSubject, TopicKind};
+use ck_manifest::topics::{self, ControlStore, InstallSubject, TopicKind};
 use ck_subject::{PermissionList, Permissions};
 
 /// One site's link to the hub.
@@ -34,25 +34,108 @@ pub struct SiteLink<'a> {
 }
 
 impl SiteLink<'_> {
-    /// What a serving host at the site needs, on top of its `host` role, to keep the site's
-    /// keys of the hub's FLEET_STATE: those keys through the hub's domain, and the answers on
-    /// the site's own inbox prefix (the only replies its link carries).
-    pub fn hub_state_access(&self) -> Permissions {
+    /// What a site's hosts ask the hub's JetStream through its domain (`$JS.{hub}.API.…`),
+    /// which the link must carry too: the site's own keys of the hub's FLEET_STATE, and
+    /// reading the hub's registry, serving records and component store (what an install
+    /// request names). Never a write to the hub's control plane.
+    fn hub_reads(&self) -> Vec<String> {
         let (silo, hub) = (self.silo, self.hub_domain);
         let state = topics::FLEET_STATE_BUCKET;
         let state_stream = format!("KV_{state}");
+        let mut publish = vec![
+            format!("$JS.{hub}.API.$KV.{state}.{silo}"),
+            format!("$JS.{hub}.API.$KV.{state}.{silo}.>"),
+            format!("$JS.{hub}.API.STREAM.INFO.{state_stream}"),
+            format!("$JS.{hub}.API.DIRECT.GET.{state_stream}.$KV.{state}.{silo}"),
+            format!("$JS.{hub}.API.DIRECT.GET.{state_stream}.$KV.{state}.{silo}.>"),
+        ];
+        for store in [
+            ControlStore::Registry,
+            ControlStore::Serving,
+            ControlStore::Artifacts,
+        ] {
+            publish.extend(store.read_api().iter().map(|api| through(hub, api)));
+            // Flow control of the ordered consumers that read objects and list keys.
+            publish.push(format!("$JS.FC.{}.>", store.stream()));
+        }
+        publish
+    }
+
+    /// What a serving host at the site needs on top of its `host` role: the hub reads
+    /// ([`SiteLink::hub_reads`]) with their answers on the site's own inbox prefix (the only
+    /// replies its link carries); the site's own control plane written (an installed version
+    /// is copied into it and its loop events recorded, so the site serves and decides
+    /// connects while cut off); the site's
+    /// bucket [`topics::SITE_BUCKET`]; its requests taken from the site's mirror through the
+    /// shared durable consumer; and its progress and done reports.
+    pub fn site_host_access(&self) -> Permissions {
+        let silo = self.silo;
+        let mut publish = self.hub_reads();
+        for store in [
+            ControlStore::Registry,
+            ControlStore::Serving,
+            ControlStore::Artifacts,
+            ControlStore::LoopEvents,
+        ] {
+            publish.extend(store.write_subjects());
+        }
+        let site = topics::SITE_BUCKET;
+        let site_stream = format!("KV_{site}");
+        publish.extend([
+            format!("$KV.{site}.>"),
+            format!("$JS.API.STREAM.INFO.{site_stream}"),
+            format!("$JS.API.STREAM.MSG.GET.{site_stream}"),
+            format!("$JS.API.DIRECT.GET.{site_stream}"),
+            format!("$JS.API.DIRECT.GET.{site_stream}.>"),
+            format!("$JS.API.CONSUMER.CREATE.{site_stream}"),
+            format!("$JS.API.CONSUMER.CREATE.{site_stream}.>"),
+            format!("$JS.API.CONSUMER.DELETE.{site_stream}.*"),
+        ]);
+        let requests = topics::fleet_install_stream(silo);
+        let consumer = topics::INSTALL_CONSUMER;
+        publish.extend([
+            format!("$JS.API.STREAM.INFO.{requests}"),
+            format!("$JS.API.CONSUMER.INFO.{requests}.{consumer}"),
+            format!("$JS.API.CONSUMER.MSG.NEXT.{requests}.{consumer}"),
+            format!("$JS.ACK.{requests}.{consumer}.>"),
+            topics::fleet_install_subject(silo, InstallSubject::Progress),
+            topics::fleet_install_subject(silo, InstallSubject::Done),
+        ]);
+        publish.sort();
+        publish.dedup();
         Permissions {
-            publish: PermissionList::allow_only([
-                format!("$JS.{hub}.API.$KV.{state}.{silo}"),
-                format!("$JS.{hub}.API.$KV.{state}.{silo}.>"),
-                format!("$JS.{hub}.API.STREAM.INFO.{state_stream}"),
-                format!("$JS.{hub}.API.DIRECT.GET.{state_stream}.$KV.{state}.{silo}"),
-                format!("$JS.{hub}.API.DIRECT.GET.{state_stream}.$KV.{state}.{silo}.>"),
-            ]),
+            publish: PermissionList::allow_only(publish),
             subscribe: PermissionList::allow_only([format!(
                 "{}.>",
                 topics::fleet_site_inbox(silo)
             )]),
+            allow_responses: None,
+        }
+    }
+
+    /// What the site's operator needs on top of the `operator` role to link the site (`ck
+    /// fleet link-site`): the site's mirror of its requests with its hosts' durable consumer,
+    /// its reports stream and its bucket, each created and inspected — nothing else.
+    pub fn site_operator_access(&self) -> Permissions {
+        let requests = topics::fleet_install_stream(self.silo);
+        let mut publish = Vec::new();
+        for stream in [
+            requests.clone(),
+            topics::fleet_reports_stream(self.silo),
+            format!("KV_{}", topics::SITE_BUCKET),
+        ] {
+            publish.push(format!("$JS.API.STREAM.CREATE.{stream}"));
+            publish.push(format!("$JS.API.STREAM.INFO.{stream}"));
+        }
+        let consumer = topics::INSTALL_CONSUMER;
+        publish.extend([
+            format!("$JS.API.CONSUMER.CREATE.{requests}.{consumer}"),
+            format!("$JS.API.CONSUMER.DURABLE.CREATE.{requests}.{consumer}"),
+            format!("$JS.API.CONSUMER.INFO.{requests}.{consumer}"),
+        ]);
+        Permissions {
+            publish: PermissionList::allow_only(publish),
+            subscribe: PermissionList::allow_only([topics::CLIENT_INBOX]),
             allow_responses: None,
         }
     }
@@ -63,7 +146,6 @@ impl SiteLink<'_> {
         let install = |s| topics::fleet_install_subject(silo, s);
         let requests = topics::fleet_install_stream(silo);
         let reports = topics::fleet_reports_stream(silo);
-        let artifacts = format!("OBJ_{}", topics::ARTIFACT_STORE);
         let link = format!("{}.>", topics::fleet_link_prefix(silo));
         let mut publish = vec![
             // What the site reports: host lifecycle, install progress and outcome, its scans
@@ -76,12 +158,6 @@ impl SiteLink<'_> {
             // Answers of the site's kernels to callers at the hub (no response permission on a
             // leaf link).
             topics::CLIENT_INBOX.to_owned(),
-            // Components from the hub's object store (read only).
-            format!("$JS.{hub}.API.STREAM.INFO.{artifacts}"),
-            format!("$JS.{hub}.API.DIRECT.GET.{artifacts}.>"),
-            format!("$JS.{hub}.API.STREAM.MSG.GET.{artifacts}"),
-            format!("$JS.{hub}.API.CONSUMER.CREATE.{artifacts}.>"),
-            format!("$JS.{hub}.API.CONSUMER.DELETE.{artifacts}.*"),
             // The site's mirror of its own requests: a consumer on its own hub stream only.
             format!("$JS.{hub}.API.STREAM.INFO.{requests}"),
             // A mirror asks without a consumer name or filter (measured: nats-server 2.15).
@@ -95,8 +171,9 @@ impl SiteLink<'_> {
             link.clone(),
             "$JSC.R.>".to_owned(),
         ];
-        // Its own keys of the hub's FLEET_STATE, through the hub's domain.
-        publish.extend(self.hub_state_access().publish.allow);
+        // What the site's hosts ask the hub's JetStream (its own FLEET_STATE keys, reading the
+        // registry and the component store), through the hub's domain.
+        publish.extend(self.hub_reads());
         let mut subscribe = vec![
             install(InstallSubject::Request),
             install(InstallSubject::Scrub),
@@ -127,6 +204,14 @@ impl SiteLink<'_> {
             subscribe: PermissionList::allow_only(subscribe),
             allow_responses: None,
         }
+    }
+}
+
+/// `api` (a `$JS.API.…` subject) through JetStream domain `domain`.
+fn through(domain: &str, api: &str) -> String {
+    match api.strip_prefix("$JS.API.") {
+        Some(rest) => format!("$JS.{domain}.API.{rest}"),
+        None => api.to_owned(),
     }
 }
 
@@ -177,6 +262,50 @@ mod tests {
         assert!(!a.can_subscribe("_INBOX.>"));
         assert!(!a.can_subscribe("$CK.INBOX.ct-lab.x"));
         assert!(!a.can_subscribe("$JS.ct-lab.API.STREAM.INFO.X"));
+    }
+
+    #[test]
+    fn a_site_host_reads_the_hub_and_writes_only_its_own_site() {
+        let host = SiteLink {
+            silo: "ct-fac",
+            hub_domain: "hub",
+            kernels: None,
+        }
+        .site_host_access();
+        for s in [
+            "$JS.hub.API.DIRECT.GET.KV_CK_REGISTRY.$KV.CK_REGISTRY.g-1.ck.abc",
+            "$JS.hub.API.STREAM.INFO.OBJ_CK_ARTIFACTS",
+            "$JS.hub.API.$KV.FLEET_STATE.ct-fac.host.h1",
+            "$KV.CK_REGISTRY.g-1.ck.abc",
+            "$KV.CK_SERVING.g-1",
+            "$KV.CK_SITE.served.Demo.Echo",
+            "$JS.API.CONSUMER.MSG.NEXT.FLEET_INSTALL_ct-fac.ck-install",
+            "$JS.ACK.FLEET_INSTALL_ct-fac.ck-install.1.2.3.4.5",
+            "fleet.install.ct-fac.done",
+        ] {
+            assert!(host.can_publish(s), "{s}");
+        }
+        for s in [
+            "$JS.hub.API.$KV.CK_REGISTRY.g-1.ck.abc",
+            "$JS.hub.API.$O.CK_ARTIFACTS.x",
+            "$JS.hub.API.$KV.FLEET_STATE.ct-lab",
+            "$JS.hub.API.STREAM.CREATE.KV_CK_REGISTRY",
+            "$JS.API.STREAM.DELETE.KV_CK_SITE",
+            "$JS.API.CONSUMER.MSG.NEXT.FLEET_INSTALL_ct-lab.ck-install",
+            "$JS.API.CONSUMER.CREATE.FLEET_INSTALL_ct-fac.x",
+            "fleet.install.ct-fac.request",
+            "fleet.install.ct-lab.done",
+        ] {
+            assert!(!host.can_publish(s), "{s}");
+        }
+        assert!(host.can_subscribe("$CK.INBOX.ct-fac.x"));
+        assert!(!host.can_subscribe("$CK.INBOX.ct-lab.x"));
+        let link = link("ct-fac", None);
+        assert!(
+            link.can_publish("$JS.hub.API.DIRECT.GET.KV_CK_REGISTRY.$KV.CK_REGISTRY.g-1.ck.abc")
+        );
+        assert!(!link.can_publish("$KV.CK_REGISTRY.g-1.ck.abc"));
+        assert!(!link.can_publish("$KV.CK_SITE.served.x"));
     }
 
     #[test]

@@ -11,8 +11,11 @@ pub const SERVER_TEMPLATE: &str = include_str!("../../../policies/nats/auth-call
 pub const CONTROL_POLICY: &str = include_str!("../../../policies/control-plane.yaml");
 /// The control-plane role of a serving host (`ck run --control`).
 pub const HOST_ROLE: &str = "host";
+/// The control-plane role of an operator (`ck publish`, `ck promote --nats`, `ck fleet
+/// link-site`).
+pub const OPERATOR_ROLE: &str = "operator";
 /// Who may install what where (policies/install.yaml), the hub's default.
-pub const INSTALL_POLICY: &str = include_str!("../../../policies/install.yaml");
+pub const INSTALL_POLICY: &str = ck_acl::install::SHIPPED_INSTALL_POLICY;
 /// The control-plane role of the callout's APP-side user (`ck-provision`): it reads the
 /// published manifests the callout decides from.
 pub const CALLOUT_ROLE: &str = "callout";
@@ -309,16 +312,24 @@ pub fn render_server_config(
         let permissions = match &u.role {
             Some(role) => {
                 let mut permissions = policy.permissions(role)?;
-                if let (Topology::Site(site), HOST_ROLE) = (topology, role.as_str()) {
-                    // A site's host keeps the site's keys of the hub's FLEET_STATE.
-                    let extra = ck_acl::site::SiteLink {
+                if let Topology::Site(site) = topology {
+                    let link = ck_acl::site::SiteLink {
                         silo: &site.silo,
                         hub_domain: &site.hub_domain,
                         kernels: None,
+                    };
+                    let extra = match role.as_str() {
+                        // A site's host reads the hub's control plane, copies what it installs
+                        // into the site's own and takes the site's install requests.
+                        HOST_ROLE => Some(link.site_host_access()),
+                        // Its operator links it (`ck fleet link-site`).
+                        OPERATOR_ROLE => Some(link.site_operator_access()),
+                        _ => None,
+                    };
+                    if let Some(extra) = extra {
+                        permissions.publish.allow.extend(extra.publish.allow);
+                        permissions.subscribe.allow.extend(extra.subscribe.allow);
                     }
-                    .hub_state_access();
-                    permissions.publish.allow.extend(extra.publish.allow);
-                    permissions.subscribe.allow.extend(extra.subscribe.allow);
                 }
                 permissions
             }

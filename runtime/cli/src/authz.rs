@@ -145,7 +145,7 @@ fn init(args: &InitArgs) -> Result<std::process::ExitCode> {
         .chain(
             args.operators
                 .iter()
-                .map(|u| parse("operator", u, Some("operator"))),
+                .map(|u| parse("operator", u, Some(ck_authz::setup::OPERATOR_ROLE))),
         )
         .chain(
             args.control_hosts

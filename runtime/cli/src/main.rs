@@ -9,6 +9,7 @@ mod build;
 mod call;
 mod dev;
 mod fleet;
+mod host;
 mod identity;
 mod new;
 mod publish;
@@ -55,6 +56,9 @@ enum Command {
     /// Serve kernels on NATS: subscribe each input topic, answer every message, publish results
     /// and events. SIGTERM or Ctrl-C drains in-flight messages and exits 0.
     Run(run::Args),
+    /// Serve a fleet site: what its bucket lists, and every install request and scrub the hub
+    /// sends it (verified, fetched, compiled, loaded, health-checked, reported), until SIGTERM.
+    Host(host::Args),
     /// Send one request to a kernel and print the answer (exit 1 on an error answer).
     Call(call::Args),
     /// Measure request/reply through the kernel host beside a plain async-nats responder, on a
@@ -133,13 +137,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(matches!(
         cli.command,
-        Command::Run(_) | Command::Authz(_) | Command::Identity(_)
+        Command::Run(_) | Command::Host(_) | Command::Authz(_) | Command::Identity(_)
     ));
     let result = match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Acl(args) => acl::run(&args),
         Command::Build(args) => build::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Host(args) => host::run(&args),
         Command::Call(args) => call::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::BenchLoad(args) => bench_load::run(&args),

@@ -151,6 +151,7 @@ impl Args {
                     .clone()
                     .map(|u| (u, self.control_password.clone().unwrap_or_default())),
             }),
+            site: None,
             fleet: match &self.silo {
                 Some(silo) => Some(ck_serve::FleetConfig {
                     silo: silo.clone(),

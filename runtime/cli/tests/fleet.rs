@@ -93,6 +93,8 @@ fn fleet() -> Fleet {
             password.to_str().unwrap(),
             "--static-user",
             &tool,
+            "--operator",
+            &operator,
             "--control-host",
             &host,
         ]);
@@ -358,63 +360,7 @@ fn reserved_and_malformed_fleet_names_are_refused_by_init() {
 async fn a_request_published_while_the_link_is_down_reaches_the_site_once() {
     use async_nats::jetstream;
     let mut fleet = fleet();
-    // Each site's streams first: the hub's FLEET_REPORTS sources streams that exist.
-    for (i, silo) in SILOS.iter().enumerate() {
-        let url = fleet.sites[i].url();
-        ck(&[
-            "fleet",
-            "link-site",
-            "--nats",
-            &url,
-            "--nats-user",
-            TOOL.0,
-            "--nats-password",
-            TOOL.1,
-            "--silo",
-            silo,
-        ]);
-    }
-    let hub_url = fleet.hub.url();
-    let mut args = vec![
-        "fleet",
-        "link-hub",
-        "--nats",
-        &hub_url,
-        "--nats-user",
-        TOOL.0,
-        "--nats-password",
-        TOOL.1,
-    ];
-    for silo in SILOS {
-        args.extend(["--site", silo]);
-    }
-    ck(&args);
-    let hub_js = jetstream::new(connect(&fleet.hub, TOOL).await);
-
-    // The hub's source of ct-fac's reports is established before the cut (a source whose
-    // first consumer request is lost is retried only after nats-server's back-off: 10–20 s
-    // on an idle machine here).
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let mut reports = hub_js
-            .get_stream(ck_manifest::topics::FLEET_REPORTS_STREAM)
-            .await
-            .unwrap();
-        let info = reports.info().await.unwrap();
-        let active = info
-            .sources
-            .iter()
-            .any(|s| s.name == "FLEET_REPORTS_ct-fac" && s.active.is_some());
-        if active {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the hub never sourced ct-fac: {:?}",
-            info.sources
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let hub_js = link(&fleet).await;
 
     // The link cut: ct-fac's server is down while the operator publishes (and retries).
     fleet.sites[0].stop();
@@ -458,6 +404,66 @@ async fn a_request_published_while_the_link_is_down_reaches_the_site_once() {
     let reports = ck_manifest::topics::FLEET_REPORTS_STREAM.to_owned();
     let report = first_message(&hub_js, &reports, || fleet.hub.log()).await;
     assert_eq!(report.subject.as_str(), "fleet.install.ct-fac.done");
+}
+
+/// Links every site to the hub (`ck fleet link-site` at each site as its operator, then `ck
+/// fleet link-hub`) and waits until the hub's source of ct-fac's reports is active: a source
+/// whose first consumer request is lost is retried only after nats-server's back-off (10–20 s
+/// on an idle machine here). Returns the hub's JetStream as the tool user.
+async fn link(fleet: &Fleet) -> async_nats::jetstream::Context {
+    // Each site's streams first: the hub's FLEET_REPORTS sources streams that exist.
+    for (i, silo) in SILOS.iter().enumerate() {
+        let url = fleet.sites[i].url();
+        ck(&[
+            "fleet",
+            "link-site",
+            "--nats",
+            &url,
+            "--nats-user",
+            OPERATOR.0,
+            "--nats-password",
+            OPERATOR.1,
+            "--silo",
+            silo,
+        ]);
+    }
+    let hub_url = fleet.hub.url();
+    let mut args = vec![
+        "fleet",
+        "link-hub",
+        "--nats",
+        &hub_url,
+        "--nats-user",
+        TOOL.0,
+        "--nats-password",
+        TOOL.1,
+    ];
+    for silo in SILOS {
+        args.extend(["--site", silo]);
+    }
+    ck(&args);
+    let hub_js = async_nats::jetstream::new(connect(&fleet.hub, TOOL).await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut reports = hub_js
+            .get_stream(ck_manifest::topics::FLEET_REPORTS_STREAM)
+            .await
+            .unwrap();
+        let info = reports.info().await.unwrap();
+        let active = info
+            .sources
+            .iter()
+            .any(|s| s.name == "FLEET_REPORTS_ct-fac" && s.active.is_some());
+        if active {
+            return hub_js;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hub never sourced ct-fac: {:?}",
+            info.sources
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// How many messages stream `name` holds (0 while it cannot be read).
@@ -551,4 +557,318 @@ fn natscli_first_line(server: &NatsServer, args: &[&str], wanted: impl Fn(&str) 
             printed.join("\n")
         )
     })
+}
+
+/// A long-running `ck` process whose log is kept in `log`.
+fn ck_proc(args: &[&str], log: std::path::PathBuf) -> ck_tests::Proc {
+    ck_tests::Proc::spawn(CK, args, &log)
+}
+
+/// The `done` on `subscriber` whose JSON `id` is `id`, with every `progress` of it seen before
+/// (the subscriber sees the requests too).
+async fn outcome_of(
+    subscriber: &mut async_nats::Subscriber,
+    id: &str,
+    log: impl Fn() -> String,
+) -> (serde_json::Value, Vec<serde_json::Value>) {
+    let mut steps = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let message = tokio::time::timeout_at(deadline, subscriber.next())
+            .await
+            .unwrap_or_else(|_| panic!("no done for {id}; steps {steps:?}\n{}", log()))
+            .expect("the subscription stays open");
+        let body: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        if body["id"] != id {
+            continue;
+        }
+        if message.subject.ends_with(".done") {
+            return (body, steps);
+        }
+        if message.subject.ends_with(".progress") {
+            steps.push(body);
+        }
+    }
+}
+
+/// The operator's JWT-SVID for the install audience of `silo`.
+fn proof(socket: &str, spiffe_id: &str, audience: &str) -> String {
+    let out = Command::new(CK)
+        .args([
+            "identity",
+            "fetch",
+            spiffe_id,
+            "--audience",
+            audience,
+            "--socket",
+            socket,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Publishes `body` on ct-fac's request subject at the hub, with its id as `Nats-Msg-Id`.
+async fn request(hub_js: &async_nats::jetstream::Context, msg_id: &str, body: &serde_json::Value) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id);
+    hub_js
+        .publish_with_headers(
+            "fleet.install.ct-fac.request",
+            headers,
+            body.to_string().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .expect("the hub keeps the request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_request_at_the_hub_is_carried_out_by_the_site_host_alone() {
+    let fleet = fleet();
+    let hub_js = link(&fleet).await;
+    let root = fleet._dir.path().to_path_buf();
+    let socket = root.join("spiffe.sock").display().to_string();
+    let identity = ck_proc(
+        &[
+            "identity",
+            "serve",
+            "--socket",
+            &socket,
+            "--dir",
+            root.join("keys").to_str().unwrap(),
+            "--trust-domain",
+            "example.org",
+            "--trust-domain",
+            "ck.local",
+        ],
+        root.join("identity.log"),
+    );
+    identity.wait_for("identity.serving");
+
+    // The operator's machine: echo built and published to the hub's control plane.
+    let kernel = root.join("operator/echo");
+    ck_tests::copy_kernel("echo", &kernel);
+    ck_tests::ck_build(CK, &[&kernel]);
+    let hub_url = fleet.hub.url();
+    ck(&[
+        "publish",
+        kernel.to_str().unwrap(),
+        "--nats",
+        &hub_url,
+        "--nats-user",
+        OPERATOR.0,
+        "--nats-password",
+        OPERATOR.1,
+    ]);
+    let guid = "0e1c4a5b-2d3f-4a6b-9c8d-7e6f5a4b3c2d";
+    let hub_plane = ck_control::ControlPlane::open(async_nats::jetstream::new(
+        connect(&fleet.hub, OPERATOR).await,
+    ))
+    .await
+    .unwrap();
+    let develop = hub_plane.develop(guid).await.unwrap().unwrap();
+    let digest = hub_plane
+        .tool_commit(guid, &develop.tool)
+        .await
+        .unwrap()
+        .digest;
+
+    // The site: its callout deciding connects from the site's own control plane, and one host.
+    let site_url = fleet.sites[0].url();
+    let site_dir = root.join("ct-fac");
+    let callout = ck_proc(
+        &[
+            "authz",
+            "serve",
+            "--dir",
+            site_dir.to_str().unwrap(),
+            "--nats",
+            &site_url,
+            "--control",
+            "--trust-domain",
+            "example.org",
+            "--spiffe-socket",
+            &socket,
+        ],
+        root.join("site-authz.log"),
+    );
+    callout.wait_for("authz.serving");
+    let served_dir = root.join("ct-fac-host");
+    let cache = root.join("cache");
+    let host_args = [
+        "host",
+        "--silo",
+        "ct-fac",
+        "--nats",
+        &site_url,
+        "--control-user",
+        HOST.0,
+        "--control-password",
+        HOST.1,
+        "--spiffe-socket",
+        &socket,
+        "--site-dir",
+        served_dir.to_str().unwrap(),
+        "--host-id",
+        "h1",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ];
+    let mut host = ck_proc(&host_args, root.join("host-1.log"));
+    host.wait_for("site.serving");
+
+    let hub = connect(&fleet.hub, TOOL).await;
+    let mut reports = hub.subscribe("fleet.install.ct-fac.>").await.unwrap();
+    let alice = "spiffe://ck.local/operator/alice";
+    let alice_proof = proof(&socket, alice, "ck-install:ct-fac");
+    let install = serde_json::json!({
+        "id": "req-1",
+        "kernel": "Demo.Echo",
+        "guid": guid,
+        "version": "develop",
+        "digest": digest,
+        "requested_by": alice,
+        "proof": alice_proof,
+    });
+    request(&hub_js, "req-1", &install).await;
+    let (done, steps) = outcome_of(&mut reports, "req-1", || host.log()).await;
+    assert_eq!(done["outcome"], "installed", "{done}\n{}", host.log());
+    assert_eq!(done["receipt"]["requester"], alice);
+    assert_eq!(done["receipt"]["digest"], digest);
+    assert_eq!(
+        done["receipt"]["host"],
+        "spiffe://ck.local/ck/host/ct-fac/h1"
+    );
+    assert_eq!(done["kernels"][0]["name"], "Demo.Echo");
+    assert_eq!(done["kernels"][0]["health"], "ok");
+    let names: Vec<&str> = steps.iter().filter_map(|s| s["step"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["verify", "fetch", "compile", "load", "health"],
+        "{steps:?}"
+    );
+    assert!(
+        steps.iter().all(|s| s["ok"] == true && s["ms"].is_u64()),
+        "{steps:?}"
+    );
+
+    // The kernel answers a caller at the hub, across the link.
+    let echo = |hub: async_nats::Client| async move {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(10),
+            hub.request(
+                "input.Demo.Echo",
+                r#"{"action":"echo","data":{"x":1}}"#.into(),
+            ),
+        )
+        .await
+        .expect("echo answers within 10 s")
+        .expect("echo answers");
+        serde_json::from_slice::<serde_json::Value>(&reply.payload).unwrap()
+    };
+    let answer = echo(hub.clone()).await;
+    assert_eq!(answer["status"], "ok", "{answer}");
+    assert_eq!(answer["data"]["x"], 1, "{answer}");
+
+    // Each bad request is refused with its reason, and what the site serves is unchanged.
+    let served = done["kernels"].clone();
+    let mut bad = Vec::new();
+    let mut with = |id: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut body = install.clone();
+        body["id"] = id.into();
+        edit(&mut body);
+        bad.push((id.to_owned(), body));
+    };
+    with("dup", &|b| b["id"] = "req-1".into());
+    with("digest", &|b| {
+        b["digest"] = format!("blake3:{}", "0".repeat(64)).into()
+    });
+    with(
+        "missing",
+        &|b| b["version"] = serde_json::json!({"ck": "1".repeat(40), "tool": "2".repeat(40)}),
+    );
+    let intruder = "spiffe://ck.local/intruder/mallory";
+    let intruder_proof = proof(&socket, intruder, "ck-install:ct-fac");
+    with("intruder", &|b| {
+        b["requested_by"] = intruder.into();
+        b["proof"] = intruder_proof.clone().into();
+    });
+    let other_site = proof(&socket, alice, "ck-install:ct-lab");
+    with("audience", &|b| b["proof"] = other_site.clone().into());
+    with("claimed", &|b| {
+        b["requested_by"] = "spiffe://ck.local/operator/bob".into()
+    });
+    let expected = [
+        ("dup", "duplicate request id `req-1`"),
+        ("digest", "names digest blake3:0000"),
+        ("missing", "was never published"),
+        (
+            "intruder",
+            "no rule of the install policy lets spiffe://ck.local/intruder/mallory",
+        ),
+        ("audience", "audience does not include 'ck-install:ct-fac'"),
+        (
+            "claimed",
+            "not the requester spiffe://ck.local/operator/bob",
+        ),
+    ];
+    for (msg_id, body) in &bad {
+        request(&hub_js, msg_id, body).await;
+        let id = body["id"].as_str().unwrap();
+        let (done, steps) = outcome_of(&mut reports, id, || host.log()).await;
+        let why = expected.iter().find(|(m, _)| m == msg_id).unwrap().1;
+        assert_eq!(done["outcome"], "refused", "{msg_id}: {done}");
+        assert!(
+            done["reason"].as_str().unwrap().contains(why),
+            "{msg_id}: {done}"
+        );
+        assert_eq!(done["kernels"], served, "{msg_id} changed what is served");
+        assert!(done.get("receipt").is_none(), "{msg_id}: {done}");
+        assert_eq!(steps.last().unwrap()["ok"], false, "{msg_id}: {steps:?}");
+    }
+    // A malformed request (the fleet document's shorthand) is refused under its id too.
+    hub.publish(
+        "fleet.install.ct-fac.request",
+        r#"{"v":"v622","id":"short"}"#.into(),
+    )
+    .await
+    .unwrap();
+    let (done, _) = outcome_of(&mut reports, "short", || host.log()).await;
+    assert_eq!(done["outcome"], "refused");
+    assert!(
+        done["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed request:"),
+        "{done}"
+    );
+    assert_eq!(done["kernels"], served);
+    assert_eq!(echo(hub.clone()).await["status"], "ok");
+
+    // The receipts are in the site's hash-chained audit ledger.
+    let ledger = std::fs::read_to_string(served_dir.join("data/ledger/audit.jsonl")).unwrap();
+    assert_eq!(
+        ledger.matches("\"install.installed\"").count(),
+        1,
+        "{ledger}"
+    );
+    assert_eq!(ledger.matches("\"install.refused\"").count(), 7, "{ledger}");
+
+    // The operator at the hub sees the site's host with the real natscli.
+    let watched = natscli_first_line(
+        &fleet.hub,
+        &["kv", "watch", ck_manifest::topics::FLEET_STATE_BUCKET],
+        |line| line.contains("ct-fac.host.h1") && line.contains("Demo.Echo"),
+    );
+    assert!(watched.contains("\"health\":\"serving\""), "{watched}");
+
+    // A restarted host serves the site's set again with no request.
+    host.kill();
+    let host = ck_proc(&host_args, root.join("host-2.log"));
+    host.wait_for("site.reserved");
+    assert_eq!(echo(hub.clone()).await["status"], "ok", "{}", host.log());
+    drop(callout);
 }

@@ -295,10 +295,11 @@ pub struct FleetReporter {
 }
 
 impl FleetReporter {
-    /// Opens the fleet state (an operator's `ck publish` creates it) for host `host` of silo
-    /// `silo`.
+    /// Opens the fleet state in `state`'s domain (an operator's `ck publish` creates it) for
+    /// host `host` of silo `silo`; its events are published over `client`.
     pub async fn open(
         client: async_nats::Client,
+        state: &jetstream::Context,
         policy: FleetPolicy,
         silo: &str,
         host: &str,
@@ -311,7 +312,7 @@ impl FleetReporter {
                 "host name `{host}` must be 1–64 of A-Z a-z 0-9 - _ (it is a subject token)"
             )));
         }
-        let kv = fleet_state(&jetstream::new(client.clone())).await?;
+        let kv = fleet_state(state).await?;
         Ok(Self {
             client,
             kv,

@@ -9,6 +9,7 @@
 //! | serving records (stable, canary and weight, previous) | KV `CK_SERVING`, key `{guid}` | operators (`ck promote`, `ck canary`, `ck rollback`), revision-checked |
 //! | CK and TOOL loop events | stream `CK_LOOP_EVENTS`, deduplicated by `Nats-Msg-Id` | whoever changed a loop |
 //! | a fleet site's install requests and reports, across its leaf link | streams `FLEET_INSTALL_{silo}`, `FLEET_REPORTS_{silo}`, `FLEET_REPORTS` ([`link`]) | the hub's operator and the site |
+//! | what a site serves, and the requests it took on | KV `CK_SITE` in the site's domain ([`install`]) | the site's hosts |
 //!
 //! This crate owns those buckets' configuration ([`PlaneConfig`]), publishing a kernel's
 //! versions from its loops ([`ControlPlane::publish`]), reading a version back checked by both
@@ -23,6 +24,7 @@
 mod artifacts;
 mod events;
 pub mod fleet;
+pub mod install;
 pub mod link;
 mod registry;
 mod serving;

@@ -10,8 +10,9 @@
 //!
 //! Deliveries between the two domains use the site's link prefix (`$CK.LINK.{silo}`), the only
 //! JetStream deliveries its link user may carry (`ck_acl::site`). This module only configures
-//! the streams; it neither serves installs nor decides who may publish a request (the server
-//! does, through the permissions of whoever publishes).
+//! the streams (and, at a site, the buckets its hosts install into); it neither serves installs
+//! nor decides who may publish a request (the server does, through the permissions of whoever
+//! publishes).
 
 use std::time::Duration;
 
@@ -153,7 +154,9 @@ pub async fn provision_hub(
     Ok(())
 }
 
-/// Creates the site's side: the mirror of its requests at the hub, and its reports stream.
+/// Creates the site's side: the mirror of its requests at the hub with the durable consumer its
+/// hosts share, its reports stream, its own control plane and its bucket
+/// ([`topics::SITE_BUCKET`]). Needs the site's `operator` (it creates the control plane).
 pub async fn provision_site(
     js: &jetstream::Context,
     silo: &str,
@@ -166,12 +169,32 @@ pub async fn provision_site(
             "silo `{silo}` is the hub's JetStream domain name; each domain must be its own"
         )));
     }
+    let mut requests = None;
     for config in [
         site_requests_config(silo, hub_domain),
         site_reports_config(silo),
     ] {
         let what = format!("creating stream {}", config.name);
-        js.get_or_create_stream(config)
+        let stream = js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| nats_error(what)(e.to_string()))?;
+        requests.get_or_insert(stream);
+    }
+    // The site's own control plane (what it installs is copied into it) and its bucket.
+    crate::ControlPlane::create(js.clone(), &crate::PlaneConfig::default()).await?;
+    crate::open_or_create_kv(js, crate::install::site_bucket_config()).await?;
+    if let Some(requests) = requests {
+        let what = format!(
+            "creating consumer {} on {}",
+            topics::INSTALL_CONSUMER,
+            topics::fleet_install_stream(silo)
+        );
+        requests
+            .get_or_create_consumer(
+                topics::INSTALL_CONSUMER,
+                crate::install::install_consumer_config(),
+            )
             .await
             .map_err(|e| nats_error(what)(e.to_string()))?;
     }

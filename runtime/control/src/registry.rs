@@ -190,7 +190,6 @@ impl ControlPlane {
             .map_err(|e| ControlError::Refused(format!("{}: {e}", snapshot.component.display())))?;
         // Component first: a TOOL commit in the registry always has its component stored.
         let uploaded = self.put_component(&bytes).await?;
-        let ck_key = topics::registry_commit_key(&kernel.guid, Loop::Ck, &snapshot.pin.ck);
         let ck = CkCommitDoc {
             kernel: kernel.name.clone(),
             guid: kernel.guid.clone(),
@@ -199,8 +198,6 @@ impl ControlPlane {
             manifest: snapshot.manifest.clone(),
             ck_guid: snapshot.ck_guid.clone(),
         };
-        create_once(&self.registry, &ck_key, encode(&ck, &ck_key)?).await?;
-        let tool_key = topics::registry_commit_key(&kernel.guid, Loop::Tool, &snapshot.pin.tool);
         let tool = ToolCommitDoc {
             kernel: kernel.name.clone(),
             guid: kernel.guid.clone(),
@@ -208,8 +205,21 @@ impl ControlPlane {
             digest: snapshot.digest.clone(),
             size: bytes.len() as u64,
         };
-        create_once(&self.registry, &tool_key, encode(&tool, &tool_key)?).await?;
+        self.put_commit_docs(&ck, &tool).await?;
         Ok(uploaded)
+    }
+
+    /// Writes one version's CK and TOOL documents, each once (an existing one is kept). The
+    /// component must be stored first: a TOOL commit in the registry always has its component.
+    pub(crate) async fn put_commit_docs(
+        &self,
+        ck: &CkCommitDoc,
+        tool: &ToolCommitDoc,
+    ) -> Result<(), ControlError> {
+        let ck_key = topics::registry_commit_key(&ck.guid, Loop::Ck, &ck.commit);
+        create_once(&self.registry, &ck_key, encode(ck, &ck_key)?).await?;
+        let tool_key = topics::registry_commit_key(&tool.guid, Loop::Tool, &tool.commit);
+        create_once(&self.registry, &tool_key, encode(tool, &tool_key)?).await
     }
 
     async fn registry_doc<T: for<'de> Deserialize<'de>>(

@@ -405,6 +405,59 @@ impl ControlPlane {
         })
     }
 
+    /// Makes `pin` stable for kernel `guid` (class `kernel`), creating its serving record when
+    /// it has none (a site's first install of it); announces `ck.promote`. Returns the change
+    /// and the version that was stable before (None for a new record).
+    pub async fn install(
+        &self,
+        kernel: &str,
+        guid: &str,
+        pin: &VersionRef,
+    ) -> Result<(Changed, Option<VersionRef>), ControlError> {
+        if self.record(guid).await?.is_none() {
+            let mut record = ServingRecord {
+                kernel: kernel.to_owned(),
+                guid: guid.to_owned(),
+                revision: 0,
+                updated_at: String::new(),
+                stable: pin.clone(),
+                canary: None,
+                previous: Vec::new(),
+            };
+            record.stamp();
+            let record = self.create_record(&record).await?;
+            if record.stable == *pin {
+                let data = json!({"to": pin, "ref": "install", "revision": record.revision});
+                let events = self
+                    .announce(&record, vec![(LoopEvent::CkPromote, data)])
+                    .await?;
+                return Ok((
+                    Changed {
+                        what: format!("stable {}", pin.short()),
+                        record,
+                        events,
+                    },
+                    None,
+                ));
+            }
+        }
+        let (record, from) = self.change(guid, |r| r.promote(pin.clone())).await?;
+        let data = json!({"from": from, "to": pin, "ref": "install", "revision": record.revision});
+        let mut events = vec![(LoopEvent::CkPromote, data.clone())];
+        if from.tool != pin.tool {
+            events.push((LoopEvent::ToolPromote, data));
+        }
+        let events = self.announce(&record, events).await?;
+        Ok((
+            Changed {
+                what: format!("stable {} → {}", from.short(), pin.short()),
+                record,
+                events,
+            },
+            Some(from),
+        ))
+    }
+
     /// Publishes the loop events of a change of `record` to the loop event stream, keyed by
     /// its revision (as a host's journal keys the same change).
     async fn announce(

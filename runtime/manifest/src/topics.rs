@@ -284,6 +284,21 @@ pub fn fleet_site_inbox(silo: &str) -> String {
 /// and link cuts.
 pub const SITE_BUCKET: &str = "CK_SITE";
 
+/// The durable consumer a site's hosts share on the site's mirror of its requests
+/// ([`fleet_install_stream`]): each request is handed to one host and acknowledged once done.
+pub const INSTALL_CONSUMER: &str = "ck-install";
+
+/// [`SITE_BUCKET`]'s key of a kernel the site serves: `served.{kernel}`.
+pub fn site_served_key(kernel: &str) -> String {
+    format!("served.{kernel}")
+}
+
+/// [`SITE_BUCKET`]'s key of an install request the site has taken on: `request.{id}` (written
+/// once, so a second request with the same id is refused).
+pub fn site_request_key(id: &str) -> String {
+    format!("request.{id}")
+}
+
 /// Whether `name` can be a silo or host name (one subject token, also a KV key token):
 /// 1–64 of `[A-Za-z0-9_-]`.
 pub fn is_fleet_name(name: &str) -> bool {

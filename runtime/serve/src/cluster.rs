@@ -11,15 +11,20 @@ use crate::config::ControlConfig;
 use crate::error::{Kinded, ServeError, ServeErrorKind};
 use crate::version::{Loader, PreparedVersion};
 
-/// Opens the control plane over a connection of the host's own.
+/// Opens the control plane over a connection of the host's own (its replies on `inbox`
+/// when given: a fleet site's own prefix).
 pub(crate) async fn open(
     config: &ControlConfig,
     tls_ca: Option<&Path>,
+    inbox: Option<String>,
 ) -> Result<ControlPlane, ServeError> {
     let mut options = async_nats::ConnectOptions::new()
         .name("ck host (control plane)")
         .connection_timeout(std::time::Duration::from_secs(5))
         .retry_on_initial_connect();
+    if let Some(prefix) = inbox {
+        options = options.custom_inbox_prefix(prefix);
+    }
     if let Some((user, password)) = &config.user {
         options = options.user_and_password(user.clone(), password.clone());
     }

@@ -60,6 +60,10 @@ pub struct ServeConfig {
     /// connection: `boot`, `pod.ready`, heartbeats, memory tier, and its state in
     /// `FLEET_STATE`. Needs `control`.
     pub fleet: Option<FleetConfig>,
+    /// Serve a fleet site's install bus (`ck host --silo`): what the site serves comes from
+    /// its bucket and its install requests, not from kernel directories. Needs `control`
+    /// (the site's own control plane) and `fleet`.
+    pub site: Option<SiteConfig>,
     /// How long stopping may take in any state (serving, reconnecting, NATS gone, mid-swap,
     /// mid-seal) before what is left is abandoned; durable queues stay for the next start.
     pub grace: Duration,
@@ -82,6 +86,7 @@ impl Default for ServeConfig {
             follow_serving_record: true,
             control: None,
             fleet: None,
+            site: None,
             grace: DEFAULT_GRACE,
         }
     }
@@ -107,6 +112,22 @@ pub struct FleetConfig {
     pub host: String,
     /// Heartbeat, window and memory tiers.
     pub policy: ck_control::fleet::FleetPolicy,
+}
+
+/// A host serving a fleet site's install bus (see `crate::install`).
+#[derive(Debug, Clone)]
+pub struct SiteConfig {
+    /// The hub's JetStream domain (its registry and component store are read through it).
+    pub hub_domain: String,
+    /// Where the site keeps its kernels' directories (`kernels/{name}`: their DATA), the
+    /// archive of scrubbed kernels (`archive/`) and its audit ledger.
+    pub dir: PathBuf,
+    /// Who may install what where.
+    pub policy: ck_acl::install::InstallPolicy,
+    /// The SPIFFE ID this host signs receipts as.
+    pub host_spiffe_id: String,
+    /// How long a health check waits for the installed version to serve.
+    pub health_timeout: Duration,
 }
 
 /// The default grace period of a stop: well inside the 30 s an orchestrator gives a pod.

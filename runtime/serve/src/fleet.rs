@@ -8,13 +8,24 @@ use crate::config::FleetConfig;
 use crate::error::{Kinded, ServeError, ServeErrorKind};
 use crate::host::KernelReport;
 
-/// Opens the reporter for `config`'s silo and host.
+/// Opens the reporter for `config`'s silo and host. A site's host keeps its state in the hub's
+/// FLEET_STATE (`hub`, through the hub's domain), where the operator watches every site; when
+/// the hub cannot be reached as it starts (the link is cut), in the site's own.
 pub(crate) async fn open(
     config: &FleetConfig,
     plane: &ControlPlane,
+    hub: Option<&async_nats::jetstream::Context>,
 ) -> Result<FleetReporter, ServeError> {
+    let mut state = plane.jetstream().clone();
+    if let Some(hub) = hub {
+        match ck_control::fleet::fleet_state(hub).await {
+            Ok(_) => state = hub.clone(),
+            Err(e) => tracing::warn!(error = %e, "fleet.state-local"),
+        }
+    }
     FleetReporter::open(
         plane.jetstream().client(),
+        &state,
         config.policy.clone(),
         &config.silo,
         &config.host,

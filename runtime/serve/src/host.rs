@@ -103,14 +103,15 @@ struct Served {
 pub struct Host {
     config: ServeConfig,
     engine: HostEngine,
-    cache: Option<ArtifactCache>,
+    pub(crate) cache: Option<ArtifactCache>,
     identity: Option<ck_identity::IdentityClient>,
-    verifier: Option<Arc<SvidVerifier>>,
+    pub(crate) verifier: Option<Arc<SvidVerifier>>,
     control: Option<ck_control::ControlPlane>,
     fleet: Option<tokio::sync::Mutex<ck_control::fleet::FleetReporter>>,
+    pub(crate) site: Option<crate::install::SiteParts>,
     metrics: crate::observe::HostMetrics,
     kernels: tokio::sync::Mutex<BTreeMap<String, Served>>,
-    shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl Host {
@@ -169,14 +170,41 @@ impl Host {
             }
             IdentityMode::None | IdentityMode::Insecure => (None, None),
         };
+        // A site host asks the hub through its link: answers must come on the site's own
+        // inbox prefix, the only replies the link carries.
+        let site_silo = match (&config.site, &config.fleet) {
+            (Some(_), Some(f)) => Some(f.silo.clone()),
+            (Some(_), None) => {
+                return Err(ServeError::new(
+                    ServeErrorKind::Control,
+                    "serving a site's install bus needs its silo (--silo)",
+                ));
+            }
+            (None, _) => None,
+        };
+        let inbox = site_silo
+            .as_deref()
+            .map(ck_manifest::topics::fleet_site_inbox);
         let control = match &config.control {
-            Some(c) => Some(crate::cluster::open(c, config.tls_ca.as_deref()).await?),
+            Some(c) => Some(crate::cluster::open(c, config.tls_ca.as_deref(), inbox).await?),
             None => None,
         };
-        let fleet = match (&config.fleet, &control) {
-            (Some(f), Some(plane)) => {
-                Some(tokio::sync::Mutex::new(crate::fleet::open(f, plane).await?))
+        let site = match (&config.site, &control, &site_silo) {
+            (Some(s), Some(plane), Some(silo)) => {
+                Some(crate::install::SiteParts::open(s, silo, plane).await?)
             }
+            (Some(_), _, _) => {
+                return Err(ServeError::new(
+                    ServeErrorKind::Control,
+                    "serving a site's install bus needs the site's control plane (--control)",
+                ));
+            }
+            _ => None,
+        };
+        let fleet = match (&config.fleet, &control) {
+            (Some(f), Some(plane)) => Some(tokio::sync::Mutex::new(
+                crate::fleet::open(f, plane, site.as_ref().map(|s| s.hub_js())).await?,
+            )),
             (Some(_), None) => {
                 return Err(ServeError::new(
                     ServeErrorKind::Control,
@@ -194,6 +222,7 @@ impl Host {
             verifier,
             control,
             fleet,
+            site,
             metrics,
             kernels: Default::default(),
             shutdown: CancellationToken::new(),
@@ -647,10 +676,18 @@ impl Host {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(heartbeat) => {}
             }
-            let kernels = crate::fleet::kernel_states(self.report().await);
-            if let Err(e) = fleet.lock().await.pulse(kernels).await {
-                tracing::warn!(error = %e, "fleet.report-failed");
-            }
+            self.pulse_fleet().await;
+        }
+    }
+
+    /// Reports what the host serves to the fleet now (after a change, between heartbeats).
+    pub(crate) async fn pulse_fleet(&self) {
+        let Some(fleet) = &self.fleet else {
+            return;
+        };
+        let kernels = crate::fleet::kernel_states(self.report().await);
+        if let Err(e) = fleet.lock().await.pulse(kernels).await {
+            tracing::warn!(error = %e, "fleet.report-failed");
         }
     }
 

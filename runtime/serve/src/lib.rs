@@ -33,6 +33,7 @@ mod error;
 mod fleet;
 mod follower;
 mod host;
+mod install;
 mod lifecycle;
 mod observe;
 mod protocol;
@@ -43,7 +44,9 @@ mod version;
 mod versioned;
 
 pub use access::{CallerRejected, CallerVerifier};
-pub use config::{ControlConfig, DEFAULT_GRACE, FleetConfig, IdentityMode, ServeConfig};
+pub use config::{
+    ControlConfig, DEFAULT_GRACE, FleetConfig, IdentityMode, ServeConfig, SiteConfig,
+};
 pub use connection::retry_connect;
 pub use dispatch::VersionService;
 pub use error::{ServeError, ServeErrorKind};
