@@ -591,31 +591,18 @@ async fn outcome_of(
     }
 }
 
-/// The operator's JWT-SVID for the install audience of `silo`.
-fn proof(socket: &str, spiffe_id: &str, audience: &str) -> String {
-    let out = Command::new(CK)
-        .args([
-            "identity",
-            "fetch",
-            spiffe_id,
-            "--audience",
-            audience,
-            "--socket",
-            socket,
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// Publishes `body` on ct-fac's request subject at the hub, with its id as `Nats-Msg-Id`.
-async fn request(hub_js: &async_nats::jetstream::Context, msg_id: &str, body: &serde_json::Value) {
+/// Publishes `body` on ct-fac's `kind` subject at the hub, with `msg_id` as `Nats-Msg-Id`.
+async fn publish_at_hub(
+    hub_js: &async_nats::jetstream::Context,
+    kind: &str,
+    msg_id: &str,
+    body: &serde_json::Value,
+) {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", msg_id);
     hub_js
         .publish_with_headers(
-            "fleet.install.ct-fac.request",
+            format!("fleet.install.ct-fac.{kind}"),
             headers,
             body.to_string().into(),
         )
@@ -625,119 +612,239 @@ async fn request(hub_js: &async_nats::jetstream::Context, msg_id: &str, body: &s
         .expect("the hub keeps the request");
 }
 
+/// A change made to a request (to make it a bad one).
+type Edit<'a> = Box<dyn Fn(&mut serde_json::Value) + 'a>;
+
+/// The operator allowed to install anywhere by the shipped install policy.
+const ALICE: &str = "spiffe://ck.local/operator/alice";
+const ECHO_GUID: &str = "0e1c4a5b-2d3f-4a6b-9c8d-7e6f5a4b3c2d";
+const TASKS_GUID: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+
+/// Site ct-fac of a linked fleet, with an identity provider, the site's callout (deciding
+/// connects from the site's own control plane) and one `ck host --silo ct-fac`; at the hub,
+/// the operator's connection and a subscription to ct-fac's install subjects.
+struct SiteRig {
+    root: std::path::PathBuf,
+    socket: String,
+    hub_js: async_nats::jetstream::Context,
+    hub: async_nats::Client,
+    hub_operator: async_nats::Client,
+    reports: async_nats::Subscriber,
+    host: ck_tests::Proc,
+    host_args: Vec<String>,
+    served_dir: std::path::PathBuf,
+    _identity: ck_tests::Proc,
+    _callout: ck_tests::Proc,
+}
+
+impl SiteRig {
+    async fn start(fleet: &Fleet) -> SiteRig {
+        let hub_js = link(fleet).await;
+        let root = fleet._dir.path().to_path_buf();
+        let socket = root.join("spiffe.sock").display().to_string();
+        let identity = ck_proc(
+            &[
+                "identity",
+                "serve",
+                "--socket",
+                &socket,
+                "--dir",
+                root.join("keys").to_str().unwrap(),
+                "--trust-domain",
+                "example.org",
+                "--trust-domain",
+                "ck.local",
+            ],
+            root.join("identity.log"),
+        );
+        identity.wait_for("identity.serving");
+        let site_url = fleet.sites[0].url();
+        let callout = ck_proc(
+            &[
+                "authz",
+                "serve",
+                "--dir",
+                root.join("ct-fac").to_str().unwrap(),
+                "--nats",
+                &site_url,
+                "--control",
+                "--trust-domain",
+                "example.org",
+                "--spiffe-socket",
+                &socket,
+            ],
+            root.join("site-authz.log"),
+        );
+        callout.wait_for("authz.serving");
+        let served_dir = root.join("ct-fac-host");
+        let host_args: Vec<String> = [
+            "host",
+            "--silo",
+            "ct-fac",
+            "--nats",
+            &site_url,
+            "--control-user",
+            HOST.0,
+            "--control-password",
+            HOST.1,
+            "--spiffe-socket",
+            &socket,
+            "--site-dir",
+            served_dir.to_str().unwrap(),
+            "--host-id",
+            "h1",
+            "--health-timeout",
+            "10",
+            "--cache-dir",
+            root.join("cache").to_str().unwrap(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let host = SiteRig::spawn_host(&host_args, &root, 1);
+        let hub = connect(&fleet.hub, TOOL).await;
+        let reports = hub.subscribe("fleet.install.ct-fac.>").await.unwrap();
+        let hub_operator = connect(&fleet.hub, OPERATOR).await;
+        SiteRig {
+            root,
+            socket,
+            hub_js,
+            hub,
+            hub_operator,
+            reports,
+            host,
+            host_args,
+            served_dir,
+            _identity: identity,
+            _callout: callout,
+        }
+    }
+
+    fn spawn_host(args: &[String], root: &Path, n: usize) -> ck_tests::Proc {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let host = ck_proc(&args, root.join(format!("host-{n}.log")));
+        host.wait_for("site.serving");
+        host
+    }
+
+    /// Kills the site's host and starts it again.
+    fn restart_host(&mut self, n: usize) {
+        self.host.kill();
+        self.host = SiteRig::spawn_host(&self.host_args, &self.root, n);
+    }
+
+    /// The operator's checkout of `kernels/{name}` (`edit` changes it), built and published to
+    /// the hub; returns its directory.
+    fn publish(&self, name: &str, hub: &NatsServer, edit: impl Fn(&Path)) -> std::path::PathBuf {
+        let kernel = self.root.join("operator").join(name);
+        if !kernel.exists() {
+            ck_tests::copy_kernel(name, &kernel);
+        }
+        edit(&kernel);
+        ck_tests::ck_build(CK, &[&kernel]);
+        ck(&[
+            "publish",
+            kernel.to_str().unwrap(),
+            "--nats",
+            &hub.url(),
+            "--nats-user",
+            OPERATOR.0,
+            "--nats-password",
+            OPERATOR.1,
+        ]);
+        kernel
+    }
+
+    /// `spiffe_id`'s JWT-SVID for `audience`, as the operator's `ck identity fetch` prints it.
+    fn proof(&self, spiffe_id: &str, audience: &str) -> String {
+        let out = Command::new(CK)
+            .args(["identity", "fetch", spiffe_id, "--audience", audience])
+            .args(["--socket", &self.socket])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// An install request by Alice of kernel `guid`'s newest published version.
+    async fn install_request(&self, id: &str, kernel: &str, guid: &str) -> serde_json::Value {
+        let hub_plane =
+            ck_control::ControlPlane::open(async_nats::jetstream::new(self.hub_operator.clone()))
+                .await
+                .expect("the hub's control plane (created by the first `ck publish`)");
+        let develop = hub_plane.develop(guid).await.unwrap().unwrap();
+        let digest = hub_plane
+            .tool_commit(guid, &develop.tool)
+            .await
+            .unwrap()
+            .digest;
+        serde_json::json!({
+            "id": id,
+            "kernel": kernel,
+            "guid": guid,
+            "version": "develop",
+            "digest": digest,
+            "requested_by": ALICE,
+            "proof": self.proof(ALICE, "ck-install:ct-fac"),
+        })
+    }
+
+    /// Publishes `body` at the hub and waits for its `done` (with its progress).
+    async fn ask(
+        &mut self,
+        kind: &str,
+        body: &serde_json::Value,
+    ) -> (serde_json::Value, Vec<serde_json::Value>) {
+        let id = body["id"].as_str().unwrap().to_owned();
+        publish_at_hub(&self.hub_js, kind, &id, body).await;
+        let (host, callout) = (&self.host, &self._callout);
+        outcome_of(&mut self.reports, &id, || {
+            format!("host:\n{}\nsite callout:\n{}", host.log(), callout.log())
+        })
+        .await
+    }
+
+    /// `action` of `kernel` called from the hub until it answers (within 30 s).
+    async fn call_until_answered(&self, kernel: &str, action: &str) -> Option<serde_json::Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = self.call(kernel, action, serde_json::json!({})).await;
+            if answer.is_some() || std::time::Instant::now() > deadline {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `action` of `kernel` called from the hub; None when nothing answers within 5 s.
+    async fn call(
+        &self,
+        kernel: &str,
+        action: &str,
+        data: serde_json::Value,
+    ) -> Option<serde_json::Value> {
+        let body = serde_json::json!({"action": action, "data": data});
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.hub
+                .request(format!("input.{kernel}"), body.to_string().into()),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        serde_json::from_slice(&reply.payload).ok()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_install_request_at_the_hub_is_carried_out_by_the_site_host_alone() {
     let fleet = fleet();
-    let hub_js = link(&fleet).await;
-    let root = fleet._dir.path().to_path_buf();
-    let socket = root.join("spiffe.sock").display().to_string();
-    let identity = ck_proc(
-        &[
-            "identity",
-            "serve",
-            "--socket",
-            &socket,
-            "--dir",
-            root.join("keys").to_str().unwrap(),
-            "--trust-domain",
-            "example.org",
-            "--trust-domain",
-            "ck.local",
-        ],
-        root.join("identity.log"),
-    );
-    identity.wait_for("identity.serving");
-
-    // The operator's machine: echo built and published to the hub's control plane.
-    let kernel = root.join("operator/echo");
-    ck_tests::copy_kernel("echo", &kernel);
-    ck_tests::ck_build(CK, &[&kernel]);
-    let hub_url = fleet.hub.url();
-    ck(&[
-        "publish",
-        kernel.to_str().unwrap(),
-        "--nats",
-        &hub_url,
-        "--nats-user",
-        OPERATOR.0,
-        "--nats-password",
-        OPERATOR.1,
-    ]);
-    let guid = "0e1c4a5b-2d3f-4a6b-9c8d-7e6f5a4b3c2d";
-    let hub_plane = ck_control::ControlPlane::open(async_nats::jetstream::new(
-        connect(&fleet.hub, OPERATOR).await,
-    ))
-    .await
-    .unwrap();
-    let develop = hub_plane.develop(guid).await.unwrap().unwrap();
-    let digest = hub_plane
-        .tool_commit(guid, &develop.tool)
-        .await
-        .unwrap()
-        .digest;
-
-    // The site: its callout deciding connects from the site's own control plane, and one host.
-    let site_url = fleet.sites[0].url();
-    let site_dir = root.join("ct-fac");
-    let callout = ck_proc(
-        &[
-            "authz",
-            "serve",
-            "--dir",
-            site_dir.to_str().unwrap(),
-            "--nats",
-            &site_url,
-            "--control",
-            "--trust-domain",
-            "example.org",
-            "--spiffe-socket",
-            &socket,
-        ],
-        root.join("site-authz.log"),
-    );
-    callout.wait_for("authz.serving");
-    let served_dir = root.join("ct-fac-host");
-    let cache = root.join("cache");
-    let host_args = [
-        "host",
-        "--silo",
-        "ct-fac",
-        "--nats",
-        &site_url,
-        "--control-user",
-        HOST.0,
-        "--control-password",
-        HOST.1,
-        "--spiffe-socket",
-        &socket,
-        "--site-dir",
-        served_dir.to_str().unwrap(),
-        "--host-id",
-        "h1",
-        "--cache-dir",
-        cache.to_str().unwrap(),
-    ];
-    let mut host = ck_proc(&host_args, root.join("host-1.log"));
-    host.wait_for("site.serving");
-
-    let hub = connect(&fleet.hub, TOOL).await;
-    let mut reports = hub.subscribe("fleet.install.ct-fac.>").await.unwrap();
-    let alice = "spiffe://ck.local/operator/alice";
-    let alice_proof = proof(&socket, alice, "ck-install:ct-fac");
-    let install = serde_json::json!({
-        "id": "req-1",
-        "kernel": "Demo.Echo",
-        "guid": guid,
-        "version": "develop",
-        "digest": digest,
-        "requested_by": alice,
-        "proof": alice_proof,
-    });
-    request(&hub_js, "req-1", &install).await;
-    let (done, steps) = outcome_of(&mut reports, "req-1", || host.log()).await;
-    assert_eq!(done["outcome"], "installed", "{done}\n{}", host.log());
-    assert_eq!(done["receipt"]["requester"], alice);
-    assert_eq!(done["receipt"]["digest"], digest);
+    let mut site = SiteRig::start(&fleet).await;
+    site.publish("echo", &fleet.hub, |_| {});
+    let install = site.install_request("req-1", "Demo.Echo", ECHO_GUID).await;
+    let (done, steps) = site.ask("request", &install).await;
+    assert_eq!(done["outcome"], "installed", "{done}\n{}", site.host.log());
+    assert_eq!(done["receipt"]["requester"], ALICE);
+    assert_eq!(done["receipt"]["digest"], install["digest"]);
     assert_eq!(
         done["receipt"]["host"],
         "spiffe://ck.local/ck/host/ct-fac/h1"
@@ -756,70 +863,63 @@ async fn an_install_request_at_the_hub_is_carried_out_by_the_site_host_alone() {
     );
 
     // The kernel answers a caller at the hub, across the link.
-    let echo = |hub: async_nats::Client| async move {
-        let reply = tokio::time::timeout(
-            Duration::from_secs(10),
-            hub.request(
-                "input.Demo.Echo",
-                r#"{"action":"echo","data":{"x":1}}"#.into(),
-            ),
-        )
-        .await
-        .expect("echo answers within 10 s")
-        .expect("echo answers");
-        serde_json::from_slice::<serde_json::Value>(&reply.payload).unwrap()
-    };
-    let answer = echo(hub.clone()).await;
+    let answer = site
+        .call("Demo.Echo", "echo", serde_json::json!({"x": 1}))
+        .await;
+    let answer = answer.expect("echo answers at the hub");
     assert_eq!(answer["status"], "ok", "{answer}");
     assert_eq!(answer["data"]["x"], 1, "{answer}");
 
     // Each bad request is refused with its reason, and what the site serves is unchanged.
     let served = done["kernels"].clone();
-    let mut bad = Vec::new();
-    let mut with = |id: &str, edit: &dyn Fn(&mut serde_json::Value)| {
-        let mut body = install.clone();
-        body["id"] = id.into();
-        edit(&mut body);
-        bad.push((id.to_owned(), body));
-    };
-    with("dup", &|b| b["id"] = "req-1".into());
-    with("digest", &|b| {
-        b["digest"] = format!("blake3:{}", "0".repeat(64)).into()
-    });
-    with(
-        "missing",
-        &|b| b["version"] = serde_json::json!({"ck": "1".repeat(40), "tool": "2".repeat(40)}),
-    );
     let intruder = "spiffe://ck.local/intruder/mallory";
-    let intruder_proof = proof(&socket, intruder, "ck-install:ct-fac");
-    with("intruder", &|b| {
-        b["requested_by"] = intruder.into();
-        b["proof"] = intruder_proof.clone().into();
-    });
-    let other_site = proof(&socket, alice, "ck-install:ct-lab");
-    with("audience", &|b| b["proof"] = other_site.clone().into());
-    with("claimed", &|b| {
-        b["requested_by"] = "spiffe://ck.local/operator/bob".into()
-    });
-    let expected = [
-        ("dup", "duplicate request id `req-1`"),
-        ("digest", "names digest blake3:0000"),
-        ("missing", "was never published"),
+    let intruder_proof = site.proof(intruder, "ck-install:ct-fac");
+    let other_site = site.proof(ALICE, "ck-install:ct-lab");
+    let bad: Vec<(&str, Edit, &str)> = vec![
+        (
+            "dup",
+            Box::new(|b| b["id"] = "req-1".into()),
+            "duplicate request id `req-1`",
+        ),
+        (
+            "digest",
+            Box::new(|b| b["digest"] = format!("blake3:{}", "0".repeat(64)).into()),
+            "names digest blake3:0000",
+        ),
+        (
+            "missing",
+            Box::new(|b| {
+                b["version"] = serde_json::json!({"ck": "1".repeat(40), "tool": "2".repeat(40)})
+            }),
+            "was never published",
+        ),
         (
             "intruder",
+            Box::new(|b| {
+                b["requested_by"] = intruder.into();
+                b["proof"] = intruder_proof.clone().into();
+            }),
             "no rule of the install policy lets spiffe://ck.local/intruder/mallory",
         ),
-        ("audience", "audience does not include 'ck-install:ct-fac'"),
+        (
+            "audience",
+            Box::new(|b| b["proof"] = other_site.clone().into()),
+            "audience does not include 'ck-install:ct-fac'",
+        ),
         (
             "claimed",
+            Box::new(|b| b["requested_by"] = "spiffe://ck.local/operator/bob".into()),
             "not the requester spiffe://ck.local/operator/bob",
         ),
     ];
-    for (msg_id, body) in &bad {
-        request(&hub_js, msg_id, body).await;
-        let id = body["id"].as_str().unwrap();
-        let (done, steps) = outcome_of(&mut reports, id, || host.log()).await;
-        let why = expected.iter().find(|(m, _)| m == msg_id).unwrap().1;
+    for (msg_id, edit, why) in &bad {
+        let mut body = install.clone();
+        body["id"] = (*msg_id).into();
+        edit(&mut body);
+        let id = body["id"].as_str().unwrap().to_owned();
+        publish_at_hub(&site.hub_js, "request", msg_id, &body).await;
+        let host = &site.host;
+        let (done, steps) = outcome_of(&mut site.reports, &id, || host.log()).await;
         assert_eq!(done["outcome"], "refused", "{msg_id}: {done}");
         assert!(
             done["reason"].as_str().unwrap().contains(why),
@@ -830,13 +930,15 @@ async fn an_install_request_at_the_hub_is_carried_out_by_the_site_host_alone() {
         assert_eq!(steps.last().unwrap()["ok"], false, "{msg_id}: {steps:?}");
     }
     // A malformed request (the fleet document's shorthand) is refused under its id too.
-    hub.publish(
-        "fleet.install.ct-fac.request",
-        r#"{"v":"v622","id":"short"}"#.into(),
-    )
-    .await
-    .unwrap();
-    let (done, _) = outcome_of(&mut reports, "short", || host.log()).await;
+    site.hub
+        .publish(
+            "fleet.install.ct-fac.request",
+            r#"{"v":"v622","id":"short"}"#.into(),
+        )
+        .await
+        .unwrap();
+    let host = &site.host;
+    let (done, _) = outcome_of(&mut site.reports, "short", || host.log()).await;
     assert_eq!(done["outcome"], "refused");
     assert!(
         done["reason"]
@@ -846,10 +948,11 @@ async fn an_install_request_at_the_hub_is_carried_out_by_the_site_host_alone() {
         "{done}"
     );
     assert_eq!(done["kernels"], served);
-    assert_eq!(echo(hub.clone()).await["status"], "ok");
+    let answer = site.call("Demo.Echo", "echo", serde_json::json!({})).await;
+    assert_eq!(answer.expect("echo still answers")["status"], "ok");
 
     // The receipts are in the site's hash-chained audit ledger.
-    let ledger = std::fs::read_to_string(served_dir.join("data/ledger/audit.jsonl")).unwrap();
+    let ledger = std::fs::read_to_string(site.served_dir.join("data/ledger/audit.jsonl")).unwrap();
     assert_eq!(
         ledger.matches("\"install.installed\"").count(),
         1,
@@ -866,9 +969,227 @@ async fn an_install_request_at_the_hub_is_carried_out_by_the_site_host_alone() {
     assert!(watched.contains("\"health\":\"serving\""), "{watched}");
 
     // A restarted host serves the site's set again with no request.
-    host.kill();
-    let host = ck_proc(&host_args, root.join("host-2.log"));
-    host.wait_for("site.reserved");
-    assert_eq!(echo(hub.clone()).await["status"], "ok", "{}", host.log());
-    drop(callout);
+    site.restart_host(2);
+    site.host.wait_for("site.reserved");
+    let answer = site.call("Demo.Echo", "echo", serde_json::json!({})).await;
+    assert_eq!(
+        answer.expect("echo answers after the restart")["status"],
+        "ok"
+    );
+}
+
+/// How many `done` reports of ct-fac the hub's FLEET_REPORTS holds, by request id.
+async fn dones_at_hub(
+    hub_js: &async_nats::jetstream::Context,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut dones = std::collections::BTreeMap::new();
+    let Ok(mut reports) = hub_js
+        .get_stream(ck_manifest::topics::FLEET_REPORTS_STREAM)
+        .await
+    else {
+        return dones;
+    };
+    let last = reports.info().await.map_or(0, |i| i.state.last_sequence);
+    for seq in 1..=last {
+        let Ok(message) = reports.get_raw_message(seq).await else {
+            continue;
+        };
+        if message.subject.as_str() == "fleet.install.ct-fac.done" {
+            let body: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+            *dones
+                .entry(body["id"].as_str().unwrap_or_default().to_owned())
+                .or_default() += 1;
+        }
+    }
+    dones
+}
+
+/// Writes `tool/echo.c` of a checkout of `kernels/echo` so that no instance of it can start:
+/// 64 MiB of static memory, above the 16 MiB its manifest allows. It compiles and loads; only
+/// starting it fails.
+fn write_unstartable_echo(kernel: &Path) {
+    let source = "#include \"kernel.h\"\n#include \"ck.h\"\n\
+        static volatile char ballast[64 << 20];\n\
+        bool exports_conceptkernel_kernel_handler_handle(ck_str *action, ck_str *data, ck_context *ctx, ck_str *ret, ck_error *err) {\n\
+          (void)err;\n\
+          ballast[data->len % sizeof ballast] = 1;\n\
+          ck_buf b = {0};\n\
+          ck_buf_puts(&b, \"{}\");\n\
+          bool ok = ck_ok_buf(ret, &b);\n\
+          kernel_string_free(data);\n\
+          kernel_string_free(action);\n\
+          exports_conceptkernel_kernel_handler_context_free(ctx);\n\
+          return ok;\n\
+        }\n";
+    std::fs::write(kernel.join("tool/echo.c"), source).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_upgrade_rolls_back_and_a_scrub_archives_every_sealed_instance() {
+    let mut fleet = fleet();
+    let mut site = SiteRig::start(&fleet).await;
+    site.publish("echo", &fleet.hub, |k| ck_tests::write_echo_version(k, 1));
+    let v1 = site.install_request("echo-1", "Demo.Echo", ECHO_GUID).await;
+    let (done, _) = site.ask("request", &v1).await;
+    assert_eq!(done["outcome"], "installed", "{done}");
+    // The link cut (the site's server stopped, its host and callout left running) while the
+    // operator publishes a request, twice: carried out once, after the link returns.
+    site.publish("tasks", &fleet.hub, |_| {});
+    let tasks = site
+        .install_request("tasks-1", "Demo.Tasks", TASKS_GUID)
+        .await;
+    fleet.sites[0].stop();
+    publish_at_hub(&site.hub_js, "request", "tasks-1", &tasks).await;
+    publish_at_hub(&site.hub_js, "request", "tasks-1", &tasks).await;
+    fleet.sites[0].restart().expect("ct-fac comes back");
+    let host = &site.host;
+    let (done, _) = outcome_of(&mut site.reports, "tasks-1", || host.log()).await;
+    assert_eq!(
+        done["outcome"],
+        "installed",
+        "{done}\n{}",
+        site._callout.log()
+    );
+    let v = |answer: Option<serde_json::Value>| answer.map(|a| a["data"]["v"].clone());
+    // The site's kernels reconnect and the link carries their subscriptions again.
+    assert_eq!(
+        v(site.call_until_answered("Demo.Echo", "echo").await),
+        Some(1.into())
+    );
+
+    // Version 2 cannot start: its health check fails and version 1 serves again, by itself.
+    site.publish("echo", &fleet.hub, write_unstartable_echo);
+    let v2 = site.install_request("echo-2", "Demo.Echo", ECHO_GUID).await;
+    assert_ne!(v2["digest"], v1["digest"]);
+    let (done, steps) = site.ask("request", &v2).await;
+    assert_eq!(
+        done["outcome"],
+        "rolled_back",
+        "{done}\n{}",
+        site.host.log()
+    );
+    let reason = done["reason"].as_str().unwrap();
+    assert!(reason.contains("health check failed"), "{reason}");
+    assert!(reason.contains("rolled back"), "{reason}");
+    let health = steps.iter().find(|s| s["step"] == "health").unwrap();
+    assert_eq!(health["ok"], false, "{steps:?}");
+    let rollback = steps.iter().find(|s| s["step"] == "rollback").unwrap();
+    assert_eq!(rollback["ok"], true, "{steps:?}");
+    assert_eq!(
+        v(site.call("Demo.Echo", "echo", serde_json::json!({})).await),
+        Some(1.into())
+    );
+    let echo = done["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "Demo.Echo")
+        .unwrap()
+        .clone();
+    assert_eq!(echo["digest"], v1["digest"], "{done}");
+
+    // A task sealed at the site, then the scrub.
+    let start = site
+        .call(
+            "Demo.Tasks",
+            "task.start",
+            serde_json::json!({"task_id": "t-1"}),
+        )
+        .await;
+    assert_eq!(start.expect("task.start answers")["status"], "ok");
+    let complete = site
+        .call(
+            "Demo.Tasks",
+            "task.complete",
+            serde_json::json!({"task_id": "t-1", "output": {"n": 1}}),
+        )
+        .await
+        .expect("task.complete answers");
+    let instance = complete["data"]["instance_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{complete}"))
+        .to_owned();
+    let scrub = serde_json::json!({
+        "id": "scrub-1",
+        "reason": "engagement-complete",
+        "requested_by": ALICE,
+        "proof": site.proof(ALICE, "ck-install:ct-fac"),
+    });
+    let (done, _) = site.ask("scrub", &scrub).await;
+    assert_eq!(done["outcome"], "scrubbed", "{done}\n{}", site.host.log());
+    assert_eq!(done["kernels"], serde_json::json!([]), "{done}");
+    assert!(
+        done["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("engagement-complete")
+    );
+    assert_eq!(done["receipt"]["requester"], ALICE);
+    assert!(
+        site.call("Demo.Echo", "echo", serde_json::json!({}))
+            .await
+            .is_none()
+    );
+
+    // The sealed instance is in the archive, which verifies against what the site's cluster
+    // recorded; nothing is served after a restart.
+    let archived: Vec<std::path::PathBuf> = std::fs::read_dir(site.served_dir.join("archive"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let tasks_archive = archived
+        .iter()
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("Demo.Tasks-")
+        })
+        .unwrap_or_else(|| panic!("{archived:?}"));
+    assert!(
+        tasks_archive
+            .join("data/instances")
+            .join(&instance)
+            .is_dir(),
+        "{instance} is not in {}",
+        tasks_archive.display()
+    );
+    let verify = Command::new(CK)
+        .arg("verify")
+        .arg(tasks_archive)
+        .args([
+            "--nats",
+            &fleet.sites[0].url(),
+            "--user",
+            TOOL.0,
+            "--password",
+            TOOL.1,
+        ])
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+    site.restart_host(2);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !site.host.log().contains("site.reserved"),
+        "{}",
+        site.host.log()
+    );
+
+    // Every request was carried out once: one done each in the hub's FLEET_REPORTS (sourced
+    // from the site's stream; after the site's restart the hub's source resumes after its
+    // back-off).
+    let wanted = ["echo-1", "tasks-1", "echo-2", "scrub-1"];
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let dones = loop {
+        let dones = dones_at_hub(&site.hub_js).await;
+        if wanted.iter().all(|id| dones.contains_key(*id)) || std::time::Instant::now() > deadline {
+            break dones;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for id in wanted {
+        assert_eq!(dones.get(id), Some(&1), "{id}: {dones:?}");
+    }
 }

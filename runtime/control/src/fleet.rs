@@ -328,6 +328,12 @@ impl FleetReporter {
         })
     }
 
+    /// Keeps this host's state in `state` from now on (a site's host reaching the hub's
+    /// FLEET_STATE once its link is up).
+    pub fn report_to(&mut self, state: kv::Store) {
+        self.kv = state;
+    }
+
     /// The policy it reports under.
     pub fn policy(&self) -> &FleetPolicy {
         &self.policy

@@ -107,7 +107,7 @@ pub struct Host {
     identity: Option<ck_identity::IdentityClient>,
     pub(crate) verifier: Option<Arc<SvidVerifier>>,
     control: Option<ck_control::ControlPlane>,
-    fleet: Option<tokio::sync::Mutex<ck_control::fleet::FleetReporter>>,
+    fleet: Option<tokio::sync::Mutex<crate::fleet::FleetLink>>,
     pub(crate) site: Option<crate::install::SiteParts>,
     metrics: crate::observe::HostMetrics,
     kernels: tokio::sync::Mutex<BTreeMap<String, Served>>,
@@ -636,7 +636,13 @@ impl Host {
             // server gone the state simply goes stale).
             let said = tokio::time::timeout(std::time::Duration::from_secs(2), async {
                 let kernels = crate::fleet::kernel_states(self.report().await);
-                fleet.lock().await.ready(false, kernels).await
+                fleet
+                    .lock()
+                    .await
+                    .reporter()
+                    .await
+                    .ready(false, kernels)
+                    .await
             })
             .await;
             if let Ok(Err(e)) = said {
@@ -659,9 +665,10 @@ impl Host {
         let Some(fleet) = &self.fleet else {
             return;
         };
-        let heartbeat = fleet.lock().await.policy().heartbeat();
+        let heartbeat = fleet.lock().await.reporter().await.policy().heartbeat();
         let kernels = crate::fleet::kernel_states(self.report().await);
-        let mut reporter = fleet.lock().await;
+        let mut link = fleet.lock().await;
+        let reporter = link.reporter().await;
         for outcome in [
             reporter.boot(kernels.clone()).await,
             reporter.ready(true, kernels).await,
@@ -670,7 +677,7 @@ impl Host {
                 tracing::warn!(error = %e, "fleet.report-failed");
             }
         }
-        drop(reporter);
+        drop(link);
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -686,7 +693,7 @@ impl Host {
             return;
         };
         let kernels = crate::fleet::kernel_states(self.report().await);
-        if let Err(e) = fleet.lock().await.pulse(kernels).await {
+        if let Err(e) = fleet.lock().await.reporter().await.pulse(kernels).await {
             tracing::warn!(error = %e, "fleet.report-failed");
         }
     }

@@ -31,6 +31,28 @@ pub fn replicas(js: &jetstream::Context) -> usize {
     }
 }
 
+/// Creates with `create(replicas(js))`. A lone server announcing a cluster name (a site's
+/// server with leaf-node links does) refuses more than one replica — nats-server's error
+/// 10074, "replicas > 1 not supported in non-clustered mode" — and is then given one: the
+/// server, not a guess from its INFO, says whether it is clustered.
+async fn create_replicated<T, E, Fut>(
+    js: &jetstream::Context,
+    mut create: impl FnMut(usize) -> Fut,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let wanted = replicas(js);
+    match create(wanted).await {
+        Err(e) if wanted > 1 && e.to_string().contains("10074") => {
+            tracing::info!(target: "ck::task", replicas = 1, "provision.not-clustered");
+            create(1).await
+        }
+        outcome => outcome,
+    }
+}
+
 /// The sealed-instance store's configuration for kernel `guid`.
 pub fn sealed_store_config(guid: &str, replicas: usize) -> object_store::Config {
     object_store::Config {
@@ -51,7 +73,7 @@ pub async fn sealed_store(
     if let Ok(store) = js.get_object_store(&name).await {
         return Ok(store);
     }
-    js.create_object_store(sealed_store_config(guid, replicas(js)))
+    create_replicated(js, |n| js.create_object_store(sealed_store_config(guid, n)))
         .await
         .map_err(|e| ProvisionError {
             guid: guid.to_owned(),
@@ -107,9 +129,11 @@ pub async fn task_bucket(js: &jetstream::Context, guid: &str) -> Result<kv::Stor
     if let Ok(kv) = js.get_key_value(&bucket).await {
         return Ok(kv);
     }
-    js.create_key_value(kv::Config {
-        num_replicas: replicas(js),
-        ..bucket_config(guid)
+    create_replicated(js, |n| {
+        js.create_key_value(kv::Config {
+            num_replicas: n,
+            ..bucket_config(guid)
+        })
     })
     .await
     .map_err(|e| ProvisionError {
@@ -126,18 +150,19 @@ pub async fn data_stream(
     guid: &str,
     name: &str,
 ) -> Result<stream::Stream, ProvisionError> {
-    let config = stream::Config {
-        num_replicas: replicas(js),
-        ..data_stream_config(guid, name)
-    };
-    let stream_name = config.name.clone();
-    js.get_or_create_stream(config)
-        .await
-        .map_err(|e| ProvisionError {
-            guid: guid.to_owned(),
-            what: format!("DATA event stream {stream_name}"),
-            why: e.to_string(),
+    let stream_name = topics::data_event_stream(guid);
+    create_replicated(js, |n| {
+        js.get_or_create_stream(stream::Config {
+            num_replicas: n,
+            ..data_stream_config(guid, name)
         })
+    })
+    .await
+    .map_err(|e| ProvisionError {
+        guid: guid.to_owned(),
+        what: format!("DATA event stream {stream_name}"),
+        why: e.to_string(),
+    })
 }
 
 /// Creates kernel `guid`'s task bucket and DATA event stream where they do not exist yet (an
