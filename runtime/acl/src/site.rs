@@ -207,6 +207,32 @@ impl SiteLink<'_> {
     }
 }
 
+/// What the hub's operator needs on top of the `operator` role to drive its sites (`ck fleet
+/// link-hub`, `ck deploy`, `ck fleet scrub`, or natscli): publishing each site's requests and
+/// scrubs, following every site's install bus and events, and creating and inspecting the
+/// hub's streams of them.
+pub fn hub_operator_access(silos: &[&str]) -> Permissions {
+    let mut publish = Vec::new();
+    let mut streams = vec![topics::FLEET_REPORTS_STREAM.to_owned()];
+    for silo in silos {
+        publish.push(topics::fleet_install_subject(silo, InstallSubject::Request));
+        publish.push(topics::fleet_install_subject(silo, InstallSubject::Scrub));
+        streams.push(topics::fleet_install_stream(silo));
+    }
+    for stream in &streams {
+        for op in ["CREATE", "UPDATE", "INFO"] {
+            publish.push(format!("$JS.API.STREAM.{op}.{stream}"));
+        }
+        publish.push(format!("$JS.API.STREAM.MSG.GET.{stream}"));
+        publish.push(format!("$JS.API.DIRECT.GET.{stream}"));
+    }
+    Permissions {
+        publish: PermissionList::allow_only(publish),
+        subscribe: PermissionList::allow_only(["fleet.install.>", "fleet.events.>"]),
+        allow_responses: None,
+    }
+}
+
 /// `api` (a `$JS.API.…` subject) through JetStream domain `domain`.
 fn through(domain: &str, api: &str) -> String {
     match api.strip_prefix("$JS.API.") {
@@ -306,6 +332,18 @@ mod tests {
         );
         assert!(!link.can_publish("$KV.CK_REGISTRY.g-1.ck.abc"));
         assert!(!link.can_publish("$KV.CK_SITE.served.x"));
+    }
+
+    #[test]
+    fn the_hub_operator_requests_installs_of_its_sites_only() {
+        let op = hub_operator_access(&["ct-fac"]);
+        assert!(op.can_publish("fleet.install.ct-fac.request"));
+        assert!(op.can_publish("fleet.install.ct-fac.scrub"));
+        assert!(op.can_publish("$JS.API.STREAM.CREATE.FLEET_INSTALL_ct-fac"));
+        assert!(!op.can_publish("fleet.install.ct-fac.done"));
+        assert!(!op.can_publish("fleet.install.ct-lab.request"));
+        assert!(!op.can_publish("$JS.API.STREAM.DELETE.FLEET_INSTALL_ct-fac"));
+        assert!(op.can_subscribe("fleet.install.ct-fac.>"));
     }
 
     #[test]

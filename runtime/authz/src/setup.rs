@@ -312,24 +312,32 @@ pub fn render_server_config(
         let permissions = match &u.role {
             Some(role) => {
                 let mut permissions = policy.permissions(role)?;
-                if let Topology::Site(site) = topology {
-                    let link = ck_acl::site::SiteLink {
-                        silo: &site.silo,
-                        hub_domain: &site.hub_domain,
-                        kernels: None,
-                    };
-                    let extra = match role.as_str() {
-                        // A site's host reads the hub's control plane, copies what it installs
-                        // into the site's own and takes the site's install requests.
-                        HOST_ROLE => Some(link.site_host_access()),
-                        // Its operator links it (`ck fleet link-site`).
-                        OPERATOR_ROLE => Some(link.site_operator_access()),
-                        _ => None,
-                    };
-                    if let Some(extra) = extra {
-                        permissions.publish.allow.extend(extra.publish.allow);
-                        permissions.subscribe.allow.extend(extra.subscribe.allow);
+                let extra = match (topology, role.as_str()) {
+                    (Topology::Site(site), role) => {
+                        let link = ck_acl::site::SiteLink {
+                            silo: &site.silo,
+                            hub_domain: &site.hub_domain,
+                            kernels: None,
+                        };
+                        match role {
+                            // A site's host reads the hub's control plane, copies what it
+                            // installs into the site's own and takes the site's requests.
+                            HOST_ROLE => Some(link.site_host_access()),
+                            // Its operator links it (`ck fleet link-site`).
+                            OPERATOR_ROLE => Some(link.site_operator_access()),
+                            _ => None,
+                        }
                     }
+                    // The hub's operator links and drives its sites.
+                    (Topology::Hub(hub), OPERATOR_ROLE) => {
+                        let silos: Vec<&str> = hub.sites.iter().map(|s| s.silo.as_str()).collect();
+                        Some(ck_acl::site::hub_operator_access(&silos))
+                    }
+                    _ => None,
+                };
+                if let Some(extra) = extra {
+                    permissions.publish.allow.extend(extra.publish.allow);
+                    permissions.subscribe.allow.extend(extra.subscribe.allow);
                 }
                 permissions
             }

@@ -1,5 +1,5 @@
 //! `ck fleet`: the streams that carry a site's install traffic across its leaf link
-//! (`ck_control::link`).
+//! (`ck_control::link`), and a site's scrub (`ck_control::install`).
 
 use std::process::ExitCode;
 
@@ -22,6 +22,24 @@ enum Command {
     /// At a site: the mirror of its requests at the hub (carried out once the link returns
     /// after a cut) and the stream of its progress and done reports.
     LinkSite(LinkSiteArgs),
+    /// At the hub: ask a site to stop and remove every kernel it serves, archiving their DATA
+    /// (sealed instances are kept: in the site's store and its archive); shows its progress,
+    /// exit 0 once scrubbed.
+    Scrub(ScrubArgs),
+}
+
+#[derive(clap::Args)]
+struct ScrubArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// The site.
+    #[arg(long, value_name = "SILO")]
+    silo: String,
+    /// Why (kept in the receipt and the site's ledger).
+    #[arg(long, default_value = "")]
+    reason: String,
+    #[command(flatten)]
+    requester: crate::deploy::RequesterArgs,
 }
 
 #[derive(clap::Args)]
@@ -82,6 +100,39 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                     ck_manifest::topics::fleet_install_stream(&a.silo),
                     ck_manifest::topics::fleet_reports_stream(&a.silo)
                 );
+            }
+            Command::Scrub(a) => {
+                if let Some(problem) = ck_manifest::topics::silo_name_problem(&a.silo) {
+                    anyhow::bail!("--silo: {problem}");
+                }
+                let id = a.requester.id()?;
+                let request = ck_control::install::ScrubRequest {
+                    id: id.clone(),
+                    reason: a.reason.clone(),
+                    requested_by: a.requester.requester.clone(),
+                    proof: a.requester.proof(&a.silo).await?,
+                };
+                if a.requester.print_request {
+                    println!("{}", serde_json::to_string(&request)?);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let js = a.cluster.connect(&refusals).await?;
+                let watch = ck_control::install::send(
+                    &js,
+                    &a.silo,
+                    ck_manifest::topics::InstallSubject::Scrub,
+                    &id,
+                    &request,
+                )
+                .await
+                .map_err(|e| refusals.explain(e.into()))?;
+                println!("{id}: scrub requested at the hub; {}:", a.silo);
+                return crate::deploy::follow(
+                    watch,
+                    &a.silo,
+                    std::time::Duration::from_secs(a.requester.timeout),
+                )
+                .await;
             }
         }
         Ok(ExitCode::SUCCESS)

@@ -7,6 +7,7 @@ mod bench;
 mod bench_load;
 mod build;
 mod call;
+mod deploy;
 mod dev;
 mod fleet;
 mod host;
@@ -59,6 +60,9 @@ enum Command {
     /// Serve a fleet site: what its bucket lists, and every install request and scrub the hub
     /// sends it (verified, fetched, compiled, loaded, health-checked, reported), until SIGTERM.
     Host(host::Args),
+    /// Deploy a kernel to a fleet site from the hub: publish it, request it on the site's
+    /// install bus with your JWT-SVID, show its progress; exit 0 once the site serves it.
+    Deploy(deploy::Args),
     /// Send one request to a kernel and print the answer (exit 1 on an error answer).
     Call(call::Args),
     /// Measure request/reply through the kernel host beside a plain async-nats responder, on a
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Host(args) => host::run(&args),
+        Command::Deploy(args) => deploy::run(&args),
         Command::Call(args) => call::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::BenchLoad(args) => bench_load::run(&args),

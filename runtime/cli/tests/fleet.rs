@@ -1193,3 +1193,87 @@ async fn an_unhealthy_upgrade_rolls_back_and_a_scrub_archives_every_sealed_insta
         assert_eq!(dones.get(id), Some(&1), "{id}: {dones:?}");
     }
 }
+
+/// The README's fleet journey block (between its `fleet-journey` markers).
+fn readme_journey() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let start = readme
+        .find("<!-- fleet-journey -->")
+        .expect("README marks its fleet journey");
+    let end = readme[start..]
+        .find("<!-- /fleet-journey -->")
+        .expect("README ends its fleet journey")
+        + start;
+    readme[start..end].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_journey_runs_with_natscli_and_nothing_run_at_the_site() {
+    let fleet = fleet();
+    let site = SiteRig::start(&fleet).await;
+    let kernel = site.root.join("operator/echo");
+    ck_tests::copy_kernel("echo", &kernel);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/fleet-journey");
+    // The commands the README shows are the script's.
+    let journey = readme_journey();
+    let script_text = std::fs::read_to_string(script).unwrap();
+    let commands: Vec<&str> = journey
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("nats ") || l.contains("=$(ck "))
+        .map(|l| l.split("  #").next().unwrap().trim().trim_end_matches(" &"))
+        .collect();
+    assert!(commands.len() >= 6, "{journey}");
+    for command in &commands {
+        assert!(
+            script_text.contains(command),
+            "the script does not run `{command}`"
+        );
+    }
+    let ck_dir = Path::new(CK).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        ck_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = tokio::task::spawn_blocking({
+        let (kernel, socket, hub_url) = (kernel.clone(), site.socket.clone(), fleet.hub.url());
+        move || {
+            Command::new(script)
+                .arg(&kernel)
+                .arg("ct-fac")
+                .env("PATH", path)
+                .env("NATS_URL", hub_url)
+                .env("NATS_USER", OPERATOR.0)
+                .env("NATS_PASSWORD", OPERATOR.1)
+                .env("SPIFFE_ENDPOINT_SOCKET", socket)
+                .env("CK_REQUESTER", ALICE)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        site.host.log()
+    );
+    assert!(stdout.contains("== install: installed"), "{stdout}");
+    assert!(stdout.contains("== scrub: scrubbed"), "{stdout}");
+    // natscli showed the steps and the receipt, and the site's state at the hub.
+    for step in ["verify", "fetch", "compile", "load", "health"] {
+        assert!(
+            stdout.contains(&format!("\"step\":\"{step}\"")),
+            "{step}: {stdout}"
+        );
+    }
+    assert!(stdout.contains("\"receipt\""), "{stdout}");
+    assert!(
+        stdout.contains("PUT FLEET_STATE > ct-fac.host.h1"),
+        "{stdout}"
+    );
+}

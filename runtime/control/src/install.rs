@@ -543,6 +543,98 @@ impl ControlPlane {
     }
 }
 
+/// A report of a request, as the hub sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// One step.
+    Progress(Progress),
+    /// The outcome.
+    Done(Done),
+}
+
+/// Follows one request's reports (`progress` then `done`) at the hub.
+pub struct RequestWatch {
+    reports: async_nats::Subscriber,
+    id: String,
+}
+
+impl RequestWatch {
+    /// The next report of this request; None when the subscription ended.
+    pub async fn next(&mut self) -> Option<Report> {
+        while let Some(message) = self.reports.next().await {
+            let Some(kind) = message.subject.as_str().rsplit('.').next() else {
+                continue;
+            };
+            // Reports are the site's: anything unreadable is skipped, not trusted.
+            let report = match kind {
+                "progress" => serde_json::from_slice(&message.payload)
+                    .ok()
+                    .map(Report::Progress),
+                "done" => serde_json::from_slice(&message.payload)
+                    .ok()
+                    .map(Report::Done),
+                _ => None,
+            };
+            let id = match &report {
+                Some(Report::Progress(p)) => p.id.as_deref(),
+                Some(Report::Done(d)) => d.id.as_deref(),
+                None => None,
+            };
+            if id == Some(self.id.as_str()) {
+                return report;
+            }
+        }
+        None
+    }
+}
+
+/// Publishes a request (`kind` is `Request` or `Scrub`) to silo `silo` at the hub, kept by the
+/// hub's stream of the site's requests under `id` (`Nats-Msg-Id`: sent twice, it is kept
+/// once), and follows its reports. Subscribed before publishing, so no report is missed.
+pub async fn send(
+    js: &jetstream::Context,
+    silo: &str,
+    kind: InstallSubject,
+    id: &str,
+    body: &impl Serialize,
+) -> Result<RequestWatch, ControlError> {
+    if !kind.from_hub() {
+        return Err(ControlError::Refused(format!(
+            "`{}` is the site's to publish, not a request",
+            kind.name()
+        )));
+    }
+    let client = js.client();
+    let what = format!("subscribing to silo {silo}'s reports");
+    let reports = client
+        .subscribe(format!("fleet.install.{silo}.*"))
+        .await
+        .map_err(|e| nats_error(what)(e.to_string()))?;
+    let subject = topics::fleet_install_subject(silo, kind);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id);
+    let payload = serde_json::to_vec(body)
+        .map_err(|e| ControlError::Refused(format!("encoding the request: {e}")))?;
+    let ack = js
+        .publish_with_headers(subject.clone(), headers, payload.into())
+        .await
+        .map_err(|e| nats_error(format!("publishing on {subject}"))(e.to_string()))?
+        .await
+        .map_err(|e| {
+            nats_error(format!("publishing on {subject}"))(format!(
+                "{e} (the hub keeps a site's requests in {}: `ck fleet link-hub --site {silo}` creates it)",
+                topics::fleet_install_stream(silo)
+            ))
+        })?;
+    if ack.duplicate {
+        tracing::info!(target: "ck::control", id, "install.request-duplicate");
+    }
+    Ok(RequestWatch {
+        reports,
+        id: id.to_owned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
