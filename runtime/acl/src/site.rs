@@ -208,9 +208,9 @@ impl SiteLink<'_> {
 }
 
 /// What the hub's operator needs on top of the `operator` role to drive its sites (`ck fleet
-/// link-hub`, `ck deploy`, `ck fleet scrub`, or natscli): publishing each site's requests and
-/// scrubs, following every site's install bus and events, and creating and inspecting the
-/// hub's streams of them.
+/// link-hub`, `ck deploy`, `ck fleet scrub`, `ck build-agent`, or natscli): publishing each
+/// site's requests and scrubs, following every site's install bus and events, creating and
+/// inspecting the hub's streams of them, and the build pipeline's requests and answers.
 pub fn hub_operator_access(silos: &[&str]) -> Permissions {
     let mut publish = Vec::new();
     let mut streams = vec![topics::FLEET_REPORTS_STREAM.to_owned()];
@@ -226,10 +226,21 @@ pub fn hub_operator_access(silos: &[&str]) -> Permissions {
         publish.push(format!("$JS.API.STREAM.MSG.GET.{stream}"));
         publish.push(format!("$JS.API.DIRECT.GET.{stream}"));
     }
+    // The build pipeline: requests, and the agent's answers.
+    publish.push("fleet.build.>".to_owned());
     Permissions {
         publish: PermissionList::allow_only(publish),
-        subscribe: PermissionList::allow_only(["fleet.install.>", "fleet.events.>"]),
-        allow_responses: None,
+        subscribe: PermissionList::allow_only([
+            "fleet.install.>",
+            "fleet.events.>",
+            "fleet.build.>",
+        ]),
+        // The build agent answers a build request to whoever asked (once, within a build's
+        // time).
+        allow_responses: Some(ck_subject::ResponsePermission {
+            max: 1,
+            expires_ms: 10 * 60 * 1000,
+        }),
     }
 }
 

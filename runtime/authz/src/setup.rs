@@ -338,6 +338,8 @@ pub fn render_server_config(
                 if let Some(extra) = extra {
                     permissions.publish.allow.extend(extra.publish.allow);
                     permissions.subscribe.allow.extend(extra.subscribe.allow);
+                    permissions.allow_responses =
+                        permissions.allow_responses.or(extra.allow_responses);
                 }
                 permissions
             }

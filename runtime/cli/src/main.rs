@@ -6,6 +6,7 @@ mod authz;
 mod bench;
 mod bench_load;
 mod build;
+mod build_agent;
 mod call;
 mod deploy;
 mod dev;
@@ -63,6 +64,10 @@ enum Command {
     /// Deploy a kernel to a fleet site from the hub: publish it, request it on the site's
     /// install bus with your JWT-SVID, show its progress; exit 0 once the site serves it.
     Deploy(deploy::Args),
+    /// Answer the hub's build requests (`fleet.build.{guid}.request` `{ref}`): build the
+    /// component from the kernel's TOOL loop at that ref, check it reproduces, push it to the
+    /// hub's store and answer `fleet.build.{guid}.done`.
+    BuildAgent(build_agent::Args),
     /// Send one request to a kernel and print the answer (exit 1 on an error answer).
     Call(call::Args),
     /// Measure request/reply through the kernel host beside a plain async-nats responder, on a
@@ -141,7 +146,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(matches!(
         cli.command,
-        Command::Run(_) | Command::Host(_) | Command::Authz(_) | Command::Identity(_)
+        Command::Run(_)
+            | Command::Host(_)
+            | Command::BuildAgent(_)
+            | Command::Authz(_)
+            | Command::Identity(_)
     ));
     let result = match cli.command {
         Command::Validate(args) => validate::run(&args),
@@ -150,6 +159,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Host(args) => host::run(&args),
         Command::Deploy(args) => deploy::run(&args),
+        Command::BuildAgent(args) => build_agent::run(&args),
         Command::Call(args) => call::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::BenchLoad(args) => bench_load::run(&args),

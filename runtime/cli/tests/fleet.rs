@@ -45,6 +45,7 @@ fn start(dir: &Path) -> NatsServer {
 struct Fleet {
     hub: NatsServer,
     sites: Vec<NatsServer>,
+    silos: Vec<String>,
     hub_dir: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -52,6 +53,11 @@ struct Fleet {
 const SILOS: [&str; 2] = ["ct-fac", "ct-lab"];
 
 fn fleet() -> Fleet {
+    fleet_of(&SILOS)
+}
+
+/// A hub and one site per silo of `silos`, linked as leaf nodes.
+fn fleet_of(silos: &[&str]) -> Fleet {
     ck_natsd::binary().expect("nats-server >= 2.15 on PATH (scripts/ensure-nats-server)");
     let dir = tempfile::tempdir().unwrap();
     let hub_dir = dir.path().join("hub");
@@ -69,7 +75,7 @@ fn fleet() -> Fleet {
         "--operator",
         &operator,
     ];
-    for silo in SILOS {
+    for silo in silos {
         args.extend(["--site", silo]);
     }
     ck(&args);
@@ -78,7 +84,7 @@ fn fleet() -> Fleet {
     let url = format!("nats-leaf://127.0.0.1:{leaf}");
     let host = format!("{}:{}", HOST.0, HOST.1);
     let mut sites = Vec::new();
-    for silo in SILOS {
+    for silo in silos {
         let site_dir = dir.path().join(silo);
         let password = ck_authz::setup::site_password_file(&hub_dir, silo);
         ck(&[
@@ -102,12 +108,13 @@ fn fleet() -> Fleet {
     }
     ck_tests::eventually(
         Duration::from_secs(20),
-        || hub.log().matches("Leafnode connection created").count() >= SILOS.len(),
+        || hub.log().matches("Leafnode connection created").count() >= silos.len(),
         || format!("both sites link to the hub\n{}", hub.log()),
     );
     Fleet {
         hub,
         sites,
+        silos: silos.iter().map(|s| s.to_string()).collect(),
         hub_dir,
         _dir: dir,
     }
@@ -407,12 +414,12 @@ async fn a_request_published_while_the_link_is_down_reaches_the_site_once() {
 }
 
 /// Links every site to the hub (`ck fleet link-site` at each site as its operator, then `ck
-/// fleet link-hub`) and waits until the hub's source of ct-fac's reports is active: a source
+/// fleet link-hub`) and waits until the hub's source of the first site's reports is active: a source
 /// whose first consumer request is lost is retried only after nats-server's back-off (10–20 s
 /// on an idle machine here). Returns the hub's JetStream as the tool user.
 async fn link(fleet: &Fleet) -> async_nats::jetstream::Context {
     // Each site's streams first: the hub's FLEET_REPORTS sources streams that exist.
-    for (i, silo) in SILOS.iter().enumerate() {
+    for (i, silo) in fleet.silos.iter().enumerate() {
         let url = fleet.sites[i].url();
         ck(&[
             "fleet",
@@ -438,7 +445,7 @@ async fn link(fleet: &Fleet) -> async_nats::jetstream::Context {
         "--nats-password",
         TOOL.1,
     ];
-    for silo in SILOS {
+    for silo in &fleet.silos {
         args.extend(["--site", silo]);
     }
     ck(&args);
@@ -453,13 +460,14 @@ async fn link(fleet: &Fleet) -> async_nats::jetstream::Context {
         let active = info
             .sources
             .iter()
-            .any(|s| s.name == "FLEET_REPORTS_ct-fac" && s.active.is_some());
+            .any(|s| s.name == format!("FLEET_REPORTS_{}", fleet.silos[0]) && s.active.is_some());
         if active {
             return hub_js;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the hub never sourced ct-fac: {:?}",
+            "the hub never sourced {}: {:?}",
+            fleet.silos[0],
             info.sources
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -777,11 +785,23 @@ impl SiteRig {
             .await
             .unwrap()
             .digest;
+        self.request_for(id, kernel, guid, "develop".into(), &digest)
+    }
+
+    /// An install request by Alice of `version` of kernel `guid`, whose component is `digest`.
+    fn request_for(
+        &self,
+        id: &str,
+        kernel: &str,
+        guid: &str,
+        version: serde_json::Value,
+        digest: &str,
+    ) -> serde_json::Value {
         serde_json::json!({
             "id": id,
             "kernel": kernel,
             "guid": guid,
-            "version": "develop",
+            "version": version,
             "digest": digest,
             "requested_by": ALICE,
             "proof": self.proof(ALICE, "ck-install:ct-fac"),
@@ -839,8 +859,61 @@ impl SiteRig {
 async fn an_install_request_at_the_hub_is_carried_out_by_the_site_host_alone() {
     let fleet = fleet();
     let mut site = SiteRig::start(&fleet).await;
-    site.publish("echo", &fleet.hub, |_| {});
-    let install = site.install_request("req-1", "Demo.Echo", ECHO_GUID).await;
+    // The build pipeline at the hub: the operator's checkout built once (its TOOL loop), a
+    // build agent answering for it; a build request at the hub is built, reproduced and
+    // pushed to the hub's store.
+    let kernel = site.root.join("operator/echo");
+    ck_tests::copy_kernel("echo", &kernel);
+    ck_tests::ck_build(CK, &[&kernel]);
+    let hub_url = fleet.hub.url();
+    let agent = ck_proc(
+        &[
+            "build-agent",
+            kernel.to_str().unwrap(),
+            "--nats",
+            &hub_url,
+            "--nats-user",
+            OPERATOR.0,
+            "--nats-password",
+            OPERATOR.1,
+        ],
+        site.root.join("build-agent.log"),
+    );
+    agent.wait_for("build-agent.serving");
+    let build = |body: &'static str| {
+        let hub = site.hub.clone();
+        async move {
+            let reply = tokio::time::timeout(
+                Duration::from_secs(60),
+                hub.request(format!("fleet.build.{ECHO_GUID}.request"), body.into()),
+            )
+            .await
+            .expect("the build agent answers within 60 s")
+            .expect("the build agent answers");
+            serde_json::from_slice::<serde_json::Value>(&reply.payload).unwrap()
+        }
+    };
+    let built = build(r#"{"ref":"develop","id":"b-1"}"#).await;
+    assert_eq!(built["ok"], true, "{built}\n{}", agent.log());
+    assert_eq!(built["pushed"], true, "{built}");
+    assert_eq!(built["id"], "b-1");
+    let unknown = build(r#"{"ref":"no-such-branch"}"#).await;
+    assert_eq!(unknown["ok"], false, "{unknown}");
+    assert!(
+        unknown["error"]
+            .as_str()
+            .unwrap()
+            .contains("names no commit or branch"),
+        "{unknown}"
+    );
+    // The install names exactly what the build pushed.
+    let install = site.request_for(
+        "req-1",
+        "Demo.Echo",
+        ECHO_GUID,
+        serde_json::json!({"ck": built["ck_commit"], "tool": built["tool_commit"]}),
+        built["digest"].as_str().unwrap(),
+    );
     let (done, steps) = site.ask("request", &install).await;
     assert_eq!(done["outcome"], "installed", "{done}\n{}", site.host.log());
     assert_eq!(done["receipt"]["requester"], ALICE);
@@ -1275,5 +1348,374 @@ async fn the_readme_journey_runs_with_natscli_and_nothing_run_at_the_site() {
     assert!(
         stdout.contains("PUT FLEET_STATE > ct-fac.host.h1"),
         "{stdout}"
+    );
+}
+
+/// The `p`th percentile of `samples` (sorted here), in milliseconds.
+fn percentile_ms(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort();
+    let rank = ((p / 100.0) * (samples.len() as f64 - 1.0)).round() as usize;
+    samples[rank.min(samples.len() - 1)].as_secs_f64() * 1000.0
+}
+
+fn summary(name: &str, samples: &mut [Duration]) -> String {
+    format!(
+        "{name}: n={} p50 {:.1} ms p95 {:.1} ms max {:.1} ms",
+        samples.len(),
+        percentile_ms(samples, 50.0),
+        percentile_ms(samples, 95.0),
+        percentile_ms(samples, 100.0)
+    )
+}
+
+/// Publishes `body` at the hub for `silo` and waits on `done` (subscribed to that silo's
+/// `done`) for its outcome; the time from publishing to `done`.
+async fn timed_install(
+    hub_js: &async_nats::jetstream::Context,
+    done: &mut async_nats::Subscriber,
+    silo: &str,
+    body: &serde_json::Value,
+) -> (Duration, serde_json::Value) {
+    let id = body["id"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id.as_str());
+    hub_js
+        .publish_with_headers(
+            format!("fleet.install.{silo}.request"),
+            headers,
+            body.to_string().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(300), done.next())
+            .await
+            .unwrap_or_else(|_| panic!("no done for {id} at {silo}"))
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        if report["id"] == id.as_str() {
+            return (started.elapsed(), report);
+        }
+    }
+}
+
+/// The fleet benchmark (docs/BENCHMARKS.md, issue 16): request-to-done of a small C kernel with
+/// the artifact new to the site and already there, ten sites installing at once, and
+/// build-request-to-done; beside it in the same run the bus alone (a plain JetStream consumer at
+/// a site answering `done` for each request). Figures are printed, nothing is asserted on time:
+///   cargo test --release -p ck-cli --test fleet bench_fleet_install -- --ignored --nocapture
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run it with --ignored --nocapture (docs/BENCHMARKS.md)"]
+async fn bench_fleet_install() {
+    use async_nats::jetstream::{self, consumer};
+    let rounds: usize = std::env::var("CK_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let mut names: Vec<String> = (0..10).map(|i| format!("site-{i:02}")).collect();
+    names.push("base".into());
+    let silo_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let fleet = fleet_of(&silo_refs);
+    let hub_js = link(&fleet).await;
+    let hub = connect(&fleet.hub, TOOL).await;
+    let root = fleet._dir.path().to_path_buf();
+    let mut report = Vec::new();
+
+    // Baseline: the bus alone. A plain JetStream consumer on site `base`'s mirror answers each
+    // request with a `done` into the site's reports stream.
+    let base = 10;
+    let site_js = jetstream::new(connect(&fleet.sites[base], TOOL).await);
+    let requests = site_js.get_stream("FLEET_INSTALL_base").await.unwrap();
+    let plain = requests
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("baseline".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let responder = tokio::spawn(async move {
+        let mut messages = plain.messages().await.unwrap();
+        while let Some(Ok(message)) = messages.next().await {
+            let body: serde_json::Value =
+                serde_json::from_slice(&message.payload).unwrap_or_default();
+            let done = serde_json::json!({"id": body["id"], "outcome": "installed"});
+            site_js
+                .publish("fleet.install.base.done", done.to_string().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            message.ack().await.unwrap();
+        }
+    });
+    let mut base_done = hub.subscribe("fleet.install.base.done").await.unwrap();
+    let mut samples = Vec::new();
+    for n in 0..rounds * 2 {
+        let body = serde_json::json!({"id": format!("base-{n}")});
+        samples.push(
+            timed_install(&hub_js, &mut base_done, "base", &body)
+                .await
+                .0,
+        );
+    }
+    report.push(summary(
+        "baseline: the bus alone (hub stream → site mirror → plain consumer → done)",
+        &mut samples,
+    ));
+    responder.abort();
+
+    // Ten sites: a callout and a host each, one identity provider.
+    let socket = root.join("spiffe.sock").display().to_string();
+    let identity = ck_proc(
+        &[
+            "identity",
+            "serve",
+            "--socket",
+            &socket,
+            "--dir",
+            root.join("keys").to_str().unwrap(),
+            "--trust-domain",
+            "example.org",
+            "--trust-domain",
+            "ck.local",
+        ],
+        root.join("identity.log"),
+    );
+    identity.wait_for("identity.serving");
+    let mut site_procs = Vec::new();
+    for (i, silo) in names.iter().take(10).enumerate() {
+        let url = fleet.sites[i].url();
+        let callout = ck_proc(
+            &[
+                "authz",
+                "serve",
+                "--dir",
+                root.join(silo).to_str().unwrap(),
+                "--nats",
+                &url,
+                "--control",
+                "--trust-domain",
+                "example.org",
+                "--spiffe-socket",
+                &socket,
+            ],
+            root.join(format!("{silo}-authz.log")),
+        );
+        let host = ck_proc(
+            &[
+                "host",
+                "--silo",
+                silo,
+                "--nats",
+                &url,
+                "--control-user",
+                HOST.0,
+                "--control-password",
+                HOST.1,
+                "--spiffe-socket",
+                &socket,
+                "--site-dir",
+                root.join(format!("{silo}-host")).to_str().unwrap(),
+                "--host-id",
+                "h1",
+                "--cache-dir",
+                root.join(format!("{silo}-cache")).to_str().unwrap(),
+            ],
+            root.join(format!("{silo}-host.log")),
+        );
+        site_procs.push((callout, host));
+    }
+    for (callout, host) in &site_procs {
+        callout.wait_for("authz.serving");
+        host.wait_for("site.serving");
+    }
+
+    // Versions of echo, each built and published at the hub (not timed).
+    let kernel = root.join("operator/echo");
+    ck_tests::copy_kernel("echo", &kernel);
+    let hub_plane = |client: async_nats::Client| async move {
+        ck_control::ControlPlane::open(jetstream::new(client))
+            .await
+            .unwrap()
+    };
+    let operator = connect(&fleet.hub, OPERATOR).await;
+    let mut versions = Vec::new();
+    for v in 1..=(rounds + 2) {
+        ck_tests::write_echo_version(&kernel, v as u32);
+        ck_tests::ck_build(CK, &[&kernel]);
+        ck(&[
+            "publish",
+            kernel.to_str().unwrap(),
+            "--nats",
+            &fleet.hub.url(),
+            "--nats-user",
+            OPERATOR.0,
+            "--nats-password",
+            OPERATOR.1,
+        ]);
+        let plane = hub_plane(operator.clone()).await;
+        let pin = plane.develop(ECHO_GUID).await.unwrap().unwrap();
+        let digest = plane
+            .tool_commit(ECHO_GUID, &pin.tool)
+            .await
+            .unwrap()
+            .digest;
+        versions.push((pin, digest));
+    }
+    let proofs: Vec<String> = names
+        .iter()
+        .take(10)
+        .map(|silo| {
+            let out = Command::new(CK)
+                .args([
+                    "identity",
+                    "fetch",
+                    ALICE,
+                    "--audience",
+                    &format!("ck-install:{silo}"),
+                ])
+                .args(["--socket", &socket])
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        })
+        .collect();
+    let request = |id: String, silo: usize, v: usize| {
+        let (pin, digest) = &versions[v];
+        serde_json::json!({
+            "id": id, "kernel": "Demo.Echo", "guid": ECHO_GUID,
+            "version": {"ck": pin.ck, "tool": pin.tool}, "digest": digest,
+            "requested_by": ALICE, "proof": proofs[silo],
+        })
+    };
+
+    // Site 0, one request at a time: the first install (the kernel added), then upgrades to
+    // versions the site never had (fetched across the link, compiled), then back to versions
+    // it has (no fetch, compiled-component cache).
+    let mut done0 = hub.subscribe("fleet.install.site-00.done").await.unwrap();
+    let (first, outcome) = timed_install(
+        &hub_js,
+        &mut done0,
+        "site-00",
+        &request("first".into(), 0, 0),
+    )
+    .await;
+    assert_eq!(outcome["outcome"], "installed", "{outcome}");
+    report.push(format!(
+        "first install at a site (kernel added): {:.1} ms",
+        first.as_secs_f64() * 1000.0
+    ));
+    let mut uncached = Vec::new();
+    for v in 1..rounds {
+        let (t, outcome) = timed_install(
+            &hub_js,
+            &mut done0,
+            "site-00",
+            &request(format!("new-{v}"), 0, v),
+        )
+        .await;
+        assert_eq!(outcome["outcome"], "installed", "{outcome}");
+        uncached.push(t);
+    }
+    report.push(summary("upgrade, artifact not at the site", &mut uncached));
+    let mut cached = Vec::new();
+    for v in 0..rounds {
+        let (t, outcome) = timed_install(
+            &hub_js,
+            &mut done0,
+            "site-00",
+            &request(format!("again-{v}"), 0, v),
+        )
+        .await;
+        assert_eq!(outcome["outcome"], "installed", "{outcome}");
+        cached.push(t);
+    }
+    report.push(summary(
+        "upgrade, artifact already at the site",
+        &mut cached,
+    ));
+
+    // Ten sites at once, twice: a version new to every site (nine first installs and an
+    // upgrade), then another (ten upgrades).
+    for (round, v) in [(0, rounds), (1, rounds + 1)] {
+        let mut subscribers = Vec::new();
+        for silo in names.iter().take(10) {
+            subscribers.push(
+                hub.subscribe(format!("fleet.install.{silo}.done"))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let started = std::time::Instant::now();
+        let waits = subscribers.into_iter().enumerate().map(|(i, mut sub)| {
+            let hub_js = hub_js.clone();
+            let body = request(format!("ten-{round}-{i}"), i, v);
+            let silo = names[i].clone();
+            async move { timed_install(&hub_js, &mut sub, &silo, &body).await }
+        });
+        let outcomes = futures::future::join_all(waits).await;
+        let wall = started.elapsed();
+        let mut times: Vec<Duration> = outcomes
+            .iter()
+            .map(|(t, outcome)| {
+                assert_eq!(outcome["outcome"], "installed", "{outcome}");
+                *t
+            })
+            .collect();
+        report.push(format!(
+            "{}; all ten done after {:.1} ms",
+            summary(
+                if round == 0 {
+                    "ten sites at once (nine first installs)"
+                } else {
+                    "ten sites at once (ten upgrades)"
+                },
+                &mut times
+            ),
+            wall.as_secs_f64() * 1000.0
+        ));
+    }
+
+    // The build pipeline: build-request-to-done at the hub.
+    let agent = ck_proc(
+        &[
+            "build-agent",
+            kernel.to_str().unwrap(),
+            "--nats",
+            &fleet.hub.url(),
+            "--nats-user",
+            OPERATOR.0,
+            "--nats-password",
+            OPERATOR.1,
+        ],
+        root.join("build-agent.log"),
+    );
+    agent.wait_for("build-agent.serving");
+    let mut builds = Vec::new();
+    for n in 0..rounds {
+        let started = std::time::Instant::now();
+        let reply = hub
+            .request(
+                format!("fleet.build.{ECHO_GUID}.request"),
+                format!(r#"{{"ref":"develop","id":"bench-{n}"}}"#).into(),
+            )
+            .await
+            .unwrap();
+        builds.push(started.elapsed());
+        let done: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(done["ok"], true, "{done}");
+    }
+    report.push(summary(
+        "build request to done (build, reproduce, push)",
+        &mut builds,
+    ));
+    println!(
+        "\n== fleet benchmark ({} rounds)\n{}",
+        rounds,
+        report.join("\n")
     );
 }

@@ -52,6 +52,15 @@ impl ControlPlane {
         Ok(true)
     }
 
+    /// Whether the store holds the component with digest `digest` whole (with its SHA-256);
+    /// reading it still checks both digests.
+    pub async fn has_component(&self, digest: &str) -> bool {
+        self.artifacts
+            .info(hex_of(digest))
+            .await
+            .is_ok_and(|info| !info.deleted && info.digest.is_some())
+    }
+
     /// The component with digest `digest` (`blake3:{hex}` or `{hex}`), checked by the store's
     /// SHA-256 and by blake3.
     pub async fn fetch_component(&self, digest: &str) -> Result<Vec<u8>, ControlError> {

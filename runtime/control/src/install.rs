@@ -504,9 +504,9 @@ pub struct Imported {
 
 impl ControlPlane {
     /// Copies version `pin` of kernel `guid` (class `kernel`) from `hub` into this plane: both
-    /// registry documents, and the component (checked by the hub store's SHA-256 and by
-    /// blake3, then against `digest`). Nothing is written unless every check passes; what
-    /// exists is kept.
+    /// registry documents, and the component unless this plane has it (checked by the hub
+    /// store's SHA-256 and by blake3, after the registry's digest is checked against
+    /// `digest`). Nothing is written unless every check passes; what exists is kept.
     pub async fn import(
         &self,
         hub: &ControlPlane,
@@ -530,8 +530,14 @@ impl ControlPlane {
                 tool.digest
             )));
         }
-        let bytes = hub.fetch_component(&tool.digest).await?;
-        let uploaded = self.put_component(&bytes).await?;
+        // A component the site has already (an earlier install, a rollback) is not fetched
+        // across the link again.
+        let uploaded = if self.has_component(&tool.digest).await {
+            false
+        } else {
+            let bytes = hub.fetch_component(&tool.digest).await?;
+            self.put_component(&bytes).await?
+        };
         self.put_commit_docs(&ck, &tool).await?;
         Ok(Imported {
             pin: pin.clone(),

@@ -180,6 +180,18 @@ impl ControlPlane {
         })
     }
 
+    /// Publishes the recorded version `pin` of `kernel` (a build agent's build): its manifest
+    /// and digest into the registry, its component into the store. Returns whether the
+    /// component was uploaded (false: the store had it).
+    pub async fn publish_pin(
+        &self,
+        kernel: &Kernel,
+        pin: &VersionRef,
+    ) -> Result<bool, ControlError> {
+        let snapshot = state::materialize(kernel.dir(), pin)?;
+        self.publish_version(kernel, &snapshot).await
+    }
+
     /// Publishes one version; returns whether its component was uploaded.
     async fn publish_version(
         &self,

@@ -200,6 +200,37 @@ impl LoopRepo {
         Ok(Some(blob.content().to_vec()))
     }
 
+    /// Every file of `commit`'s tree, with its path (`/`-separated) and bytes.
+    pub fn files(&self, commit: &str) -> Result<Vec<SnapshotFile>, GitError> {
+        let oid = Oid::from_str(commit).map_err(|e| self.err("commit id", e))?;
+        let tree = self
+            .repo
+            .find_commit(oid)
+            .and_then(|c| c.tree())
+            .map_err(|e| self.err("reading the tree", e))?;
+        let mut files = Vec::new();
+        let mut failed = None;
+        tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
+            if entry.kind() != Some(git2::ObjectType::Blob) {
+                return git2::TreeWalkResult::Ok;
+            }
+            let path = format!("{dir}{}", entry.name().unwrap_or_default());
+            match self.repo.find_blob(entry.id()) {
+                Ok(blob) => files.push((path, blob.content().to_vec())),
+                Err(e) => {
+                    failed = Some(self.err(&format!("reading {path}"), e));
+                    return git2::TreeWalkResult::Abort;
+                }
+            }
+            git2::TreeWalkResult::Ok
+        })
+        .map_err(|e| self.err("walking the tree", e))?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(files),
+        }
+    }
+
     /// The first line of `commit`'s message.
     pub fn summary(&self, commit: &str) -> Option<String> {
         let commit = self.repo.find_commit(Oid::from_str(commit).ok()?).ok()?;

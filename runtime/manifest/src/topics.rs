@@ -280,6 +280,16 @@ pub fn fleet_site_inbox(silo: &str) -> String {
     format!("$CK.INBOX.{silo}")
 }
 
+/// The build pipeline's subjects of kernel `guid`: `fleet.build.{guid}.request` (`{ref}`, at the
+/// hub) and `fleet.build.{guid}.done` (the build agent's answer). The GUID, one token, names the
+/// kernel: a class name (`Demo.Echo`) would be several.
+pub fn fleet_build_subject(guid: &str, done: bool) -> String {
+    format!(
+        "fleet.build.{guid}.{}",
+        if done { "done" } else { "request" }
+    )
+}
+
 /// The site's own KV bucket (in its domain): what it was asked to serve, kept across restarts
 /// and link cuts.
 pub const SITE_BUCKET: &str = "CK_SITE";

@@ -270,4 +270,57 @@ impl Loops {
     pub fn materialize(&self, pin: &VersionRef) -> Result<VersionSnapshot, LoopError> {
         snapshot::materialize_from(&self.dir, &self.ck, &self.tool, pin)
     }
+
+    /// What a build at TOOL ref `spec` (`develop`, a branch, or the start of a commit id)
+    /// starts from: the version (`develop`'s CK commit, the TOOL commit `spec` names), the
+    /// manifest of that CK commit and the TOOL commit's sources (`tool/…`), and the component
+    /// digest the TOOL commit recorded.
+    pub fn sources_at(&self, spec: &str) -> Result<SourcesAt, LoopError> {
+        let develop = self.develop().ok_or_else(|| {
+            LoopError::Refused(format!(
+                "{} has no recorded version yet: build it (`ck build {}`) first",
+                self.name,
+                self.kernel_dir.display()
+            ))
+        })?;
+        let tool = self.tool.resolve(spec).ok_or_else(|| {
+            LoopError::Refused(format!(
+                "`{spec}` names no commit or branch of {}'s TOOL loop",
+                self.name
+            ))
+        })?;
+        let pin = VersionRef {
+            ck: develop.ck,
+            tool,
+        };
+        let snapshot = self.materialize(&pin)?;
+        let sources = self
+            .tool
+            .files(&pin.tool)?
+            .into_iter()
+            .filter(|(path, _)| path != TOOL_JSON)
+            .collect();
+        Ok(SourcesAt {
+            pin,
+            manifest: snapshot.manifest,
+            ck_guid: snapshot.ck_guid,
+            sources,
+            recorded_digest: snapshot.digest,
+        })
+    }
+}
+
+/// What [`Loops::sources_at`] read.
+#[derive(Debug, Clone)]
+pub struct SourcesAt {
+    /// The version built.
+    pub pin: VersionRef,
+    /// The CK commit's manifest.
+    pub manifest: String,
+    /// The CK commit's `.ck-guid`.
+    pub ck_guid: Option<String>,
+    /// The TOOL commit's files (paths relative to the kernel directory).
+    pub sources: Vec<crate::git::SnapshotFile>,
+    /// The component digest the TOOL commit recorded.
+    pub recorded_digest: String,
 }
