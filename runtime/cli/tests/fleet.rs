@@ -1605,9 +1605,18 @@ async fn bench_fleet_install() {
     )
     .await;
     assert_eq!(outcome["outcome"], "installed", "{outcome}");
+    let steps: Vec<String> = site_procs[0]
+        .1
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"site.progress\"") && l.contains("\"id\":\"first\""))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| format!("{} {} ms", v["step"].as_str().unwrap_or_default(), v["ms"]))
+        .collect();
     report.push(format!(
-        "first install at a site (kernel added): {:.1} ms",
-        first.as_secs_f64() * 1000.0
+        "first install at a site (kernel added): {:.1} ms ({})",
+        first.as_secs_f64() * 1000.0,
+        steps.join(", ")
     ));
     let mut uncached = Vec::new();
     for v in 1..rounds {
