@@ -1228,6 +1228,21 @@ async fn an_unhealthy_upgrade_rolls_back_and_a_scrub_archives_every_sealed_insta
         "{instance} is not in {}",
         tasks_archive.display()
     );
+    // The sealed copy stays in the site's cluster store.
+    let site_js = async_nats::jetstream::new(connect(&fleet.sites[0], TOOL).await);
+    let sealed = site_js
+        .get_object_store(ck_manifest::topics::sealed_store(TASKS_GUID))
+        .await
+        .expect("the site's sealed-instance store of Demo.Tasks");
+    let mut names = Vec::new();
+    let mut objects = sealed.list().await.unwrap();
+    while let Some(Ok(object)) = objects.next().await {
+        names.push(object.name);
+    }
+    assert!(
+        names.iter().any(|n| n.contains(&instance)),
+        "{instance} is not in the site's sealed store: {names:?}"
+    );
     let verify = Command::new(CK)
         .arg("verify")
         .arg(tasks_archive)
@@ -1349,6 +1364,49 @@ async fn the_readme_journey_runs_with_natscli_and_nothing_run_at_the_site() {
         stdout.contains("PUT FLEET_STATE > ct-fac.host.h1"),
         "{stdout}"
     );
+
+    // `ck deploy` itself: published, requested, progress shown, the exit code from done.
+    let deploy = |requester: &str, id: &str| {
+        let out = Command::new(CK)
+            .arg("deploy")
+            .arg(&kernel)
+            .args(["--silo", "ct-fac", "--as", requester, "--id", id])
+            .args(["--spiffe-socket", &site.socket])
+            .args(["--nats", &fleet.hub.url(), "--nats-user", OPERATOR.0])
+            .args(["--nats-password", OPERATOR.1])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, stdout) = tokio::task::block_in_place(|| deploy(ALICE, "deploy-1"));
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("ct-fac: installed"), "{stdout}");
+    assert!(stdout.contains("  health   ok"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("receipt: requested by {ALICE}")),
+        "{stdout}"
+    );
+    let (code, stdout) =
+        tokio::task::block_in_place(|| deploy("spiffe://ck.local/intruder/mallory", "deploy-2"));
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("ct-fac: refused: unauthorised"), "{stdout}");
+    let scrub = tokio::task::block_in_place(|| {
+        Command::new(CK)
+            .args([
+                "fleet", "scrub", "--silo", "ct-fac", "--reason", "done", "--id", "scrub-2",
+            ])
+            .args(["--as", ALICE, "--spiffe-socket", &site.socket])
+            .args(["--nats", &fleet.hub.url(), "--nats-user", OPERATOR.0])
+            .args(["--nats-password", OPERATOR.1])
+            .output()
+            .unwrap()
+    });
+    let stdout = String::from_utf8_lossy(&scrub.stdout);
+    assert!(scrub.status.success(), "{stdout}");
+    assert!(stdout.contains("ct-fac: scrubbed: done"), "{stdout}");
 }
 
 /// The `p`th percentile of `samples` (sorted here), in milliseconds.
