@@ -124,7 +124,8 @@ pub struct SiteConfig {
     pub dir: PathBuf,
     /// Who may install what where.
     pub policy: ck_acl::install::InstallPolicy,
-    /// The SPIFFE ID this host signs receipts as.
+    /// The SPIFFE ID receipts name as the host that carried a request out; the Workload API
+    /// must issue it an SVID when the host starts.
     pub host_spiffe_id: String,
     /// How long a health check waits for the installed version to serve.
     pub health_timeout: Duration,

@@ -191,6 +191,19 @@ impl Host {
         };
         let site = match (&config.site, &control, &site_silo) {
             (Some(s), Some(plane), Some(silo)) => {
+                // Receipts name this host's SPIFFE ID: the Workload API must issue it an SVID
+                // (with SPIRE, a registration entry for this host), or the host does not start.
+                if let Some(identity) = &identity {
+                    identity
+                        .fetch(&s.host_spiffe_id, "ck-install-receipt")
+                        .await
+                        .kinded(ServeErrorKind::Identity, || {
+                            format!(
+                                "the Workload API issues no SVID for the host's SPIFFE ID {} (register it, or pass --host-spiffe-id)",
+                                s.host_spiffe_id
+                            )
+                        })?;
+                }
                 Some(crate::install::SiteParts::open(s, silo, plane).await?)
             }
             (Some(_), _, _) => {
