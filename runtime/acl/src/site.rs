@@ -218,6 +218,11 @@ pub fn hub_operator_access(silos: &[&str]) -> Permissions {
         publish.push(topics::fleet_install_subject(silo, InstallSubject::Request));
         publish.push(topics::fleet_install_subject(silo, InstallSubject::Scrub));
         streams.push(topics::fleet_install_stream(silo));
+        // Whether the site's mirror of its requests is active, through its domain.
+        publish.push(format!(
+            "$JS.{silo}.API.STREAM.INFO.{}",
+            topics::fleet_install_stream(silo)
+        ));
     }
     for stream in &streams {
         for op in ["CREATE", "UPDATE", "INFO"] {

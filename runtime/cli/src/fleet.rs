@@ -52,6 +52,10 @@ struct LinkHubArgs {
     /// Replicas of the hub's streams (3 on a 3-node cluster).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     replicas: u8,
+    /// Seconds to wait until every site's mirror of its requests and the hub's source of its
+    /// reports are active (0: do not wait).
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    wait: u64,
 }
 
 #[derive(clap::Args)]
@@ -88,6 +92,34 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                     ck_manifest::topics::FLEET_REPORTS_STREAM,
                     a.sites.len()
                 );
+                if a.wait > 0 {
+                    println!(
+                        "hub: waiting up to {} s for each site's mirror and source to be active",
+                        a.wait
+                    );
+                    let inactive = ck_control::link::wait_active(
+                        &js,
+                        &a.sites,
+                        std::time::Duration::from_secs(a.wait),
+                    )
+                    .await;
+                    for (silo, state) in &inactive {
+                        eprintln!(
+                            "{silo}: {}{} after {} s: is the site linked (`ck fleet link-site --silo {silo}`) and its leaf node up?",
+                            if state.mirror { "" } else { "its mirror of its requests is not active" },
+                            match (state.mirror, state.source) {
+                                (false, false) => "; the hub does not source its reports",
+                                (true, false) => "the hub does not source its reports",
+                                _ => "",
+                            },
+                            a.wait
+                        );
+                    }
+                    if !inactive.is_empty() {
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    println!("hub: every site's link is active");
+                }
             }
             Command::LinkSite(a) => {
                 let js = a.cluster.connect(&refusals).await?;

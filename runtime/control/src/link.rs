@@ -154,6 +154,66 @@ pub async fn provision_hub(
     Ok(())
 }
 
+/// Whether one site's link carries its JetStream traffic yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinkActive {
+    /// The site's mirror of its requests reaches the hub's stream.
+    pub mirror: bool,
+    /// The hub's `FLEET_REPORTS` sources the site's reports.
+    pub source: bool,
+}
+
+/// How silo `silo`'s link stands, as the hub sees it: its mirror read through the site's domain
+/// (`$JS.{silo}.API`), the hub's source of its reports from `FLEET_REPORTS`.
+pub async fn link_active(js: &jetstream::Context, silo: &str) -> LinkActive {
+    let site = jetstream::with_domain(js.client(), silo);
+    let mirror = match site.get_stream(topics::fleet_install_stream(silo)).await {
+        Ok(mut stream) => stream
+            .info()
+            .await
+            .ok()
+            .and_then(|i| i.mirror.as_ref().and_then(|m| m.active))
+            .is_some(),
+        Err(_) => false,
+    };
+    let source = match js.get_stream(topics::FLEET_REPORTS_STREAM).await {
+        Ok(mut stream) => stream.info().await.ok().is_some_and(|i| {
+            i.sources
+                .iter()
+                .any(|s| s.name == topics::fleet_reports_stream(silo) && s.active.is_some())
+        }),
+        Err(_) => false,
+    };
+    LinkActive { mirror, source }
+}
+
+/// Waits until every site's link is active ([`link_active`]) or `within` has passed; returns
+/// the sites that are not (with how they stand). nats-server retries a mirror or source that
+/// failed — a site linked before the hub had its streams — only after a back-off (seconds);
+/// waiting here keeps the first request from waiting for it.
+pub async fn wait_active(
+    js: &jetstream::Context,
+    silos: &[String],
+    within: Duration,
+) -> Vec<(String, LinkActive)> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut pending: Vec<String> = silos.to_vec();
+    loop {
+        let mut still = Vec::new();
+        for silo in &pending {
+            let state = link_active(js, silo).await;
+            if !(state.mirror && state.source) {
+                still.push((silo.clone(), state));
+            }
+        }
+        if still.is_empty() || tokio::time::Instant::now() >= deadline {
+            return still;
+        }
+        pending = still.into_iter().map(|(s, _)| s).collect();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Creates the site's side: the mirror of its requests at the hub with the durable consumer its
 /// hosts share, its reports stream, its own control plane and its bucket
 /// ([`topics::SITE_BUCKET`]). Needs the site's `operator` (it creates the control plane).
