@@ -840,11 +840,18 @@ async fn a_killed_nats_node_under_load_loses_no_task() {
             completed += usize::from(record["state"] == "completed");
         }
     }
-    let store = js
-        .get_object_store(format!("ck_sealed_{}", TASKS_GUID.replace('-', "_")))
-        .await
-        .unwrap();
-    // The test's own reads ride out the store's leader election too.
+    // The test's own reads ride out the store's leader election too (opening the store asks
+    // for its stream's info, which times out while the election runs).
+    let name = format!("ck_sealed_{}", TASKS_GUID.replace('-', "_"));
+    let mut opened = js.get_object_store(&name).await;
+    for _ in 0..40 {
+        if opened.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        opened = js.get_object_store(&name).await;
+    }
+    let store = opened.unwrap();
     let stored = || async {
         for _ in 0..40 {
             let Ok(mut list) = store.list().await else {

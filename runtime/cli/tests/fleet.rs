@@ -605,6 +605,91 @@ const ALICE: &str = "spiffe://ck.local/operator/alice";
 const ECHO_GUID: &str = "0e1c4a5b-2d3f-4a6b-9c8d-7e6f5a4b3c2d";
 const TASKS_GUID: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
 
+/// The dev identity provider (the Workload API of every site's kernels, hosts and operators),
+/// issuing in example.org (the kernels) and ck.local (operators and hosts); its socket.
+fn identity_provider(root: &Path) -> (ck_tests::Proc, String) {
+    let socket = root.join("spiffe.sock").display().to_string();
+    let identity = ck_proc(
+        &[
+            "identity",
+            "serve",
+            "--socket",
+            &socket,
+            "--dir",
+            root.join("keys").to_str().unwrap(),
+            "--trust-domain",
+            "example.org",
+            "--trust-domain",
+            "ck.local",
+        ],
+        root.join("identity.log"),
+    );
+    identity.wait_for("identity.serving");
+    (identity, socket)
+}
+
+/// `spiffe_id`'s JWT-SVID for `audience`, as the operator's `ck identity fetch` prints it.
+fn fetch_proof(socket: &str, spiffe_id: &str, audience: &str) -> String {
+    let out = Command::new(CK)
+        .args(["identity", "fetch", spiffe_id, "--audience", audience])
+        .args(["--socket", socket])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Site `silo`'s callout (`ck authz serve --control`: connects decided from the site's own
+/// control plane), not yet waited for.
+fn site_callout(root: &Path, silo: &str, url: &str, socket: &str) -> ck_tests::Proc {
+    ck_proc(
+        &[
+            "authz",
+            "serve",
+            "--dir",
+            root.join(silo).to_str().unwrap(),
+            "--nats",
+            url,
+            "--control",
+            "--trust-domain",
+            "example.org",
+            "--spiffe-socket",
+            socket,
+        ],
+        root.join(format!("{silo}-authz.log")),
+    )
+}
+
+/// The arguments of site `silo`'s `ck host` (its directory `{silo}-host`, its cache
+/// `{silo}-cache`, host id h1, health checks of at most 10 s).
+fn site_host_args(root: &Path, silo: &str, url: &str, socket: &str) -> Vec<String> {
+    let dir = root.join(format!("{silo}-host"));
+    let cache = root.join(format!("{silo}-cache"));
+    [
+        "host",
+        "--silo",
+        silo,
+        "--nats",
+        url,
+        "--control-user",
+        HOST.0,
+        "--control-password",
+        HOST.1,
+        "--spiffe-socket",
+        socket,
+        "--site-dir",
+        dir.to_str().unwrap(),
+        "--host-id",
+        "h1",
+        "--health-timeout",
+        "10",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// Site ct-fac of a linked fleet, with an identity provider, the site's callout (deciding
 /// connects from the site's own control plane) and one `ck host --silo ct-fac`; at the hub,
 /// the operator's connection and a subscription to ct-fac's install subjects.
@@ -626,65 +711,12 @@ impl SiteRig {
     async fn start(fleet: &Fleet) -> SiteRig {
         let hub_js = link(fleet).await;
         let root = fleet._dir.path().to_path_buf();
-        let socket = root.join("spiffe.sock").display().to_string();
-        let identity = ck_proc(
-            &[
-                "identity",
-                "serve",
-                "--socket",
-                &socket,
-                "--dir",
-                root.join("keys").to_str().unwrap(),
-                "--trust-domain",
-                "example.org",
-                "--trust-domain",
-                "ck.local",
-            ],
-            root.join("identity.log"),
-        );
-        identity.wait_for("identity.serving");
+        let (identity, socket) = identity_provider(&root);
         let site_url = fleet.sites[0].url();
-        let callout = ck_proc(
-            &[
-                "authz",
-                "serve",
-                "--dir",
-                root.join("ct-fac").to_str().unwrap(),
-                "--nats",
-                &site_url,
-                "--control",
-                "--trust-domain",
-                "example.org",
-                "--spiffe-socket",
-                &socket,
-            ],
-            root.join("site-authz.log"),
-        );
+        let callout = site_callout(&root, "ct-fac", &site_url, &socket);
         callout.wait_for("authz.serving");
         let served_dir = root.join("ct-fac-host");
-        let host_args: Vec<String> = [
-            "host",
-            "--silo",
-            "ct-fac",
-            "--nats",
-            &site_url,
-            "--control-user",
-            HOST.0,
-            "--control-password",
-            HOST.1,
-            "--spiffe-socket",
-            &socket,
-            "--site-dir",
-            served_dir.to_str().unwrap(),
-            "--host-id",
-            "h1",
-            "--health-timeout",
-            "10",
-            "--cache-dir",
-            root.join("cache").to_str().unwrap(),
-        ]
-        .map(str::to_owned)
-        .to_vec();
+        let host_args = site_host_args(&root, "ct-fac", &site_url, &socket);
         let host = SiteRig::spawn_host(&host_args, &root, 1);
         let hub = connect(&fleet.hub, TOOL).await;
         let reports = hub.subscribe("fleet.install.ct-fac.>").await.unwrap();
@@ -741,13 +773,7 @@ impl SiteRig {
 
     /// `spiffe_id`'s JWT-SVID for `audience`, as the operator's `ck identity fetch` prints it.
     fn proof(&self, spiffe_id: &str, audience: &str) -> String {
-        let out = Command::new(CK)
-            .args(["identity", "fetch", spiffe_id, "--audience", audience])
-            .args(["--socket", &self.socket])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        fetch_proof(&self.socket, spiffe_id, audience)
     }
 
     /// An install request by Alice of kernel `guid`'s newest published version.
@@ -1504,64 +1530,14 @@ async fn bench_fleet_install() {
     responder.abort();
 
     // Ten sites: a callout and a host each, one identity provider.
-    let socket = root.join("spiffe.sock").display().to_string();
-    let identity = ck_proc(
-        &[
-            "identity",
-            "serve",
-            "--socket",
-            &socket,
-            "--dir",
-            root.join("keys").to_str().unwrap(),
-            "--trust-domain",
-            "example.org",
-            "--trust-domain",
-            "ck.local",
-        ],
-        root.join("identity.log"),
-    );
-    identity.wait_for("identity.serving");
+    let (_identity, socket) = identity_provider(&root);
     let mut site_procs = Vec::new();
     for (i, silo) in names.iter().take(10).enumerate() {
         let url = fleet.sites[i].url();
-        let callout = ck_proc(
-            &[
-                "authz",
-                "serve",
-                "--dir",
-                root.join(silo).to_str().unwrap(),
-                "--nats",
-                &url,
-                "--control",
-                "--trust-domain",
-                "example.org",
-                "--spiffe-socket",
-                &socket,
-            ],
-            root.join(format!("{silo}-authz.log")),
-        );
-        let host = ck_proc(
-            &[
-                "host",
-                "--silo",
-                silo,
-                "--nats",
-                &url,
-                "--control-user",
-                HOST.0,
-                "--control-password",
-                HOST.1,
-                "--spiffe-socket",
-                &socket,
-                "--site-dir",
-                root.join(format!("{silo}-host")).to_str().unwrap(),
-                "--host-id",
-                "h1",
-                "--cache-dir",
-                root.join(format!("{silo}-cache")).to_str().unwrap(),
-            ],
-            root.join(format!("{silo}-host.log")),
-        );
+        let callout = site_callout(&root, silo, &url, &socket);
+        let args = site_host_args(&root, silo, &url, &socket);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let host = ck_proc(&args, root.join(format!("{silo}-host.log")));
         site_procs.push((callout, host));
     }
     for (callout, host) in &site_procs {
@@ -1604,20 +1580,7 @@ async fn bench_fleet_install() {
     let proofs: Vec<String> = names
         .iter()
         .take(10)
-        .map(|silo| {
-            let out = Command::new(CK)
-                .args([
-                    "identity",
-                    "fetch",
-                    ALICE,
-                    "--audience",
-                    &format!("ck-install:{silo}"),
-                ])
-                .args(["--socket", &socket])
-                .output()
-                .unwrap();
-            String::from_utf8(out.stdout).unwrap().trim().to_owned()
-        })
+        .map(|silo| fetch_proof(&socket, ALICE, &format!("ck-install:{silo}")))
         .collect();
     let request = |id: String, silo: usize, v: usize| {
         let (pin, digest) = &versions[v];
