@@ -49,15 +49,16 @@ impl SiteLink<'_> {
             format!("$JS.{hub}.API.DIRECT.GET.{state_stream}.$KV.{state}.{silo}"),
             format!("$JS.{hub}.API.DIRECT.GET.{state_stream}.$KV.{state}.{silo}.>"),
         ];
-        for store in [
-            ControlStore::Registry,
-            ControlStore::Serving,
-            ControlStore::Artifacts,
-        ] {
+        for store in [ControlStore::Registry, ControlStore::Artifacts] {
             publish.extend(store.read_api().iter().map(|api| through(hub, api)));
             // Flow control of the ordered consumers that read objects and list keys.
             publish.push(format!("$JS.FC.{}.>", store.stream()));
         }
+        // Opening the hub's control plane looks its serving bucket up; its records are not read.
+        publish.push(format!(
+            "$JS.{hub}.API.STREAM.INFO.{}",
+            ControlStore::Serving.stream()
+        ));
         publish
     }
 
@@ -224,8 +225,13 @@ pub fn hub_operator_access(silos: &[&str]) -> Permissions {
             topics::fleet_install_stream(silo)
         ));
     }
+    // Only FLEET_REPORTS is updated (to source sites added since).
+    publish.push(format!(
+        "$JS.API.STREAM.UPDATE.{}",
+        topics::FLEET_REPORTS_STREAM
+    ));
     for stream in &streams {
-        for op in ["CREATE", "UPDATE", "INFO"] {
+        for op in ["CREATE", "INFO"] {
             publish.push(format!("$JS.API.STREAM.{op}.{stream}"));
         }
         publish.push(format!("$JS.API.STREAM.MSG.GET.{stream}"));

@@ -40,7 +40,8 @@ pub struct Args {
     /// This host's name in its silo (default: the machine's name and the process id).
     #[arg(long, value_name = "NAME")]
     pub host_id: Option<String>,
-    /// The SPIFFE ID receipts are signed as (default:
+    /// The SPIFFE ID receipts name as the host that carried a request out; the Workload API must
+    /// issue it an SVID (default:
     /// spiffe://{the policy's first trust domain}/ck/host/{silo}/{host}).
     #[arg(long, value_name = "ID")]
     pub host_spiffe_id: Option<String>,

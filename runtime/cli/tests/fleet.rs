@@ -983,6 +983,11 @@ async fn an_install_request_at_the_hub_is_carried_out_by_the_site_host_alone() {
             "audience does not include 'ck-install:ct-fac'",
         ),
         (
+            "guid",
+            Box::new(|b| b["guid"] = "aaaaaaaa-0000-4000-8000-000000000000".into()),
+            "Demo.Echo is served here as kernel 0e1c4a5b",
+        ),
+        (
             "claimed",
             Box::new(|b| b["requested_by"] = "spiffe://ck.local/operator/bob".into()),
             "not the requester spiffe://ck.local/operator/bob",
@@ -1034,7 +1039,7 @@ async fn an_install_request_at_the_hub_is_carried_out_by_the_site_host_alone() {
         1,
         "{ledger}"
     );
-    assert_eq!(ledger.matches("\"install.refused\"").count(), 7, "{ledger}");
+    assert_eq!(ledger.matches("\"install.refused\"").count(), 8, "{ledger}");
 
     // The operator at the hub sees the site's host with the real natscli.
     let watched = natscli_first_line(

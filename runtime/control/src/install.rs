@@ -117,6 +117,15 @@ fn is_kernel_name(name: &str) -> bool {
 impl Request {
     /// Reads a message of the site's mirror: its subject says which kind it is.
     pub fn parse(silo: &str, subject: &str, payload: &[u8]) -> Result<Request, Malformed> {
+        if payload.len() > MAX_REQUEST {
+            return Err(Malformed {
+                id: None,
+                reason: format!(
+                    "the request is {} bytes, over the {MAX_REQUEST}-byte limit",
+                    payload.len()
+                ),
+            });
+        }
         // The id first, leniently, so even a refused request is answered under its id.
         let id = serde_json::from_slice::<serde_json::Value>(payload)
             .ok()
@@ -126,12 +135,6 @@ impl Request {
             id: id.clone(),
             reason,
         };
-        if payload.len() > MAX_REQUEST {
-            return Err(bad(format!(
-                "the request is {} bytes, over the {MAX_REQUEST}-byte limit",
-                payload.len()
-            )));
-        }
         let check_id = |v: &str| {
             if topics::is_fleet_name(v) {
                 Ok(())
@@ -462,20 +465,18 @@ impl SiteStore {
         Ok(())
     }
 
-    /// Takes request `id` on for the message at stream sequence `seq`, once: written only if
-    /// the id is new.
-    pub async fn claim(&self, id: &str, seq: u64) -> Result<Claim, ControlError> {
+    /// Takes request `id` on for the message at stream sequence `seq`, verified as `requester`,
+    /// once: written only if the id is new.
+    pub async fn claim(&self, id: &str, seq: u64, requester: &str) -> Result<Claim, ControlError> {
         let key = topics::site_request_key(id);
-        match self.kv.create(&key, seq.to_string().into()).await {
+        match self
+            .kv
+            .create(&key, format!("{seq} {requester}").into())
+            .await
+        {
             Ok(_) => Ok(Claim::New),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let first = self
-                    .kv
-                    .get(&key)
-                    .await
-                    .map_err(|e| nats_error(format!("reading {key}"))(e.to_string()))?
-                    .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u64>().ok())
-                    .unwrap_or(0);
+                let first = self.claimed(id).await?.map_or(0, |(seq, _)| seq);
                 Ok(if first == seq {
                     Claim::Resumed
                 } else {
@@ -484,6 +485,23 @@ impl SiteStore {
             }
             Err(e) => Err(nats_error(format!("writing {key}"))(e.to_string())),
         }
+    }
+
+    /// Who request `id` was taken on for, and the stream sequence of its message: a message
+    /// handed out again (its host stopped before acknowledging it) resumes as that requester,
+    /// whose proof was verified then and may have expired since.
+    pub async fn claimed(&self, id: &str) -> Result<Option<(u64, String)>, ControlError> {
+        let key = topics::site_request_key(id);
+        let value = self
+            .kv
+            .get(&key)
+            .await
+            .map_err(|e| nats_error(format!("reading {key}"))(e.to_string()))?;
+        Ok(value.and_then(|b| {
+            let text = std::str::from_utf8(&b).ok()?.to_owned();
+            let (seq, requester) = text.split_once(' ')?;
+            Some((seq.parse().ok()?, requester.to_owned()))
+        }))
     }
 }
 

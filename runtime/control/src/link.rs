@@ -48,6 +48,8 @@ pub fn hub_requests_config(silo: &str, replicas: usize) -> stream::Config {
         num_replicas: replicas,
         duplicate_window: REQUEST_DEDUP_WINDOW,
         max_age: LINK_RETENTION,
+        // The server refuses a larger request before it is kept (a site refuses it too).
+        max_message_size: crate::install::MAX_REQUEST as i32,
         ..Default::default()
     }
 }

@@ -145,14 +145,20 @@ impl Host {
                     }
                     None => break,
                 };
-                let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+                let Ok(seq) = message.info().map(|i| i.stream_sequence) else {
+                    // Not a JetStream delivery of the mirror: nothing to carry out or resume.
+                    tracing::warn!(subject = %message.subject, "site.request-unreadable");
+                    let _ = message.ack_with(jetstream::AckKind::Term).await;
+                    continue;
+                };
                 let done = self
                     .carry_out(site, message.subject.as_str(), &message.payload, seq)
                     .await;
                 if let Err(e) = self.report_done(site, &done).await {
-                    // Not acknowledged: the consumer hands it out again and the request
-                    // resumes under its id.
+                    // Handed out again in a moment; the request resumes under its id.
                     tracing::warn!(error = %e, id = ?done.id, "site.done-unpublished");
+                    let delay = Some(Duration::from_secs(5));
+                    let _ = message.ack_with(jetstream::AckKind::Nak(delay)).await;
                     continue;
                 }
                 if let Err(e) = message.double_ack().await {
@@ -254,14 +260,27 @@ impl Host {
             }
         };
         let id = request.id().to_owned();
-        let requester = match self.verify(site, &request).await {
-            Ok(r) => r,
-            Err(refusal) => {
-                let claimed = request.requester().0.to_owned();
-                return self
-                    .refused(site, Some(id), &claimed, refusal, started)
-                    .await;
+        // This very message handed out again (its host stopped before acknowledging it): it
+        // resumes as the requester verified when it was taken on, whose proof may have expired
+        // since.
+        let resumed = match site.store.claimed(&id).await {
+            Ok(Some((first, requester))) if first == seq => Some(requester),
+            _ => None,
+        };
+        let requester = match resumed {
+            Some(requester) => {
+                tracing::info!(id = %id, seq, requester = %requester, "site.request-resumed");
+                requester
             }
+            None => match self.verify(site, &request).await {
+                Ok(r) => r,
+                Err(refusal) => {
+                    let claimed = request.requester().0.to_owned();
+                    return self
+                        .refused(site, Some(id), &claimed, refusal, started)
+                        .await;
+                }
+            },
         };
         self.progress(site, &id, Step::Verify, true, started, None)
             .await;
@@ -327,13 +346,15 @@ impl Host {
     }
 
     /// Takes the request's id on; refused when another request had it first.
-    async fn claim(&self, site: &SiteParts, id: &str, seq: u64) -> Result<(), Refusal> {
-        match site.store.claim(id, seq).await {
-            Ok(Claim::New) => Ok(()),
-            Ok(Claim::Resumed) => {
-                tracing::info!(id, seq, "site.request-resumed");
-                Ok(())
-            }
+    async fn claim(
+        &self,
+        site: &SiteParts,
+        id: &str,
+        seq: u64,
+        requester: &str,
+    ) -> Result<(), Refusal> {
+        match site.store.claim(id, seq, requester).await {
+            Ok(Claim::New | Claim::Resumed) => Ok(()),
             Ok(Claim::Duplicate(first)) => Err(refuse(
                 Step::Verify,
                 format!(
@@ -354,7 +375,25 @@ impl Host {
         let plane = self
             .local_plane()
             .map_err(|e| refuse(Step::Fetch, e.to_string()))?;
-        self.claim(site, &r.id, seq).await?;
+        self.claim(site, &r.id, seq, requester).await?;
+        // One kernel per class name at a site: another GUID under a served name is refused
+        // (it would never swap in, and its failure would stop the one serving).
+        if let Some(other) = site
+            .store
+            .served()
+            .await
+            .map_err(|e| refuse(Step::Verify, e.to_string()))?
+            .into_iter()
+            .find(|e| e.kernel == r.kernel && e.guid != r.guid)
+        {
+            return Err(refuse(
+                Step::Verify,
+                format!(
+                    "{} is served here as kernel {}, not {}: scrub the site first",
+                    r.kernel, other.guid, r.guid
+                ),
+            ));
+        }
 
         // Fetch: from the hub, checked, into the site's own plane.
         let step = Instant::now();
@@ -435,13 +474,18 @@ impl Host {
             .map_err(|e| refuse(Step::Load, e.to_string()))?;
         let previous = match current {
             // A resumed request that got this far already.
-            Some((record, _)) if record.stable == pin => record.previous.last().cloned(),
+            Some((record, _)) if record.stable == pin => {
+                record.previous.last().cloned().filter(|_| served_before)
+            }
             _ => {
                 plane
                     .install(&r.kernel, &r.guid, &pin)
                     .await
                     .map_err(|e| refuse(Step::Load, e.to_string()))?
                     .1
+                    // A version the site's record remembers from before a scrub is not served:
+                    // there is nothing to roll back to.
+                    .filter(|_| served_before)
             }
         };
         if !served_before {
@@ -556,10 +600,19 @@ impl Host {
                             }),
                         )
                         .await;
-                        (
-                            Outcome::RolledBack,
-                            format!("{why}; rolled back: {} serves again", previous.short()),
-                        )
+                        match back {
+                            Ok(()) => (
+                                Outcome::RolledBack,
+                                format!("{why}; rolled back: {} serves again", previous.short()),
+                            ),
+                            Err(e) => (
+                                Outcome::Failed,
+                                format!(
+                                    "{why}; rolled back to {}, which does not serve either: {e}",
+                                    previous.short()
+                                ),
+                            ),
+                        }
                     }
                     Err(e) => (Outcome::Failed, format!("{why}; rolling back failed: {e}")),
                 }
@@ -647,7 +700,7 @@ impl Host {
         requester: &str,
         seq: u64,
     ) -> Result<Done, Refusal> {
-        self.claim(site, &r.id, seq).await?;
+        self.claim(site, &r.id, seq, requester).await?;
         let step = Instant::now();
         let served = site
             .store
@@ -664,22 +717,44 @@ impl Host {
             }
             let from = site.kernel_dir(&entry.kernel);
             let to = archive.join(format!("{}-{stamp}", entry.kernel));
-            if from.exists() {
+            let moved = if from.exists() {
                 std::fs::create_dir_all(&archive)
                     .and_then(|()| std::fs::rename(&from, &to))
                     .and_then(|()| ck_fs::sync_dir(&archive))
-                    .map_err(|e| {
-                        refuse(
-                            Step::Scrub,
-                            format!("archiving {} into {}: {e}", from.display(), to.display()),
-                        )
-                    })?;
+                    .and_then(|()| ck_fs::sync_dir(&site.config.dir.join("kernels")))
+                    .map_err(|e| format!("archiving {} into {}: {e}", from.display(), to.display()))
+            } else {
+                Ok(())
+            };
+            let outcome = match moved {
+                Ok(()) => site
+                    .store
+                    .remove_served(&entry.kernel)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = outcome {
+                // Part way: some kernels are stopped (and archived) already, so this is not
+                // a refusal that changed nothing.
+                let reason = format!(
+                    "scrub failed at {}: {e}; archived so far: [{}]",
+                    entry.kernel,
+                    archived.join(", ")
+                );
+                self.progress(site, &r.id, Step::Scrub, false, step, Some(reason.clone()))
+                    .await;
+                return Ok(Done {
+                    id: Some(r.id.clone()),
+                    outcome: Outcome::Failed,
+                    reason: Some(reason),
+                    kernels: self.served_kernels(site).await,
+                    receipt: None,
+                });
+            }
+            if from.exists() || to.exists() {
                 archived.push(to.display().to_string());
             }
-            site.store
-                .remove_served(&entry.kernel)
-                .await
-                .map_err(|e| refuse(Step::Scrub, e.to_string()))?;
         }
         let detail = format!(
             "{} kernel(s) stopped; DATA archived in {}",
