@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use ck_control::install::{self, InstallRequest, Outcome, Report, RequestWatch, VersionSpec};
+use ck_control::install::{self, Outcome, Report, RequestWatch, VersionSpec};
 use ck_manifest::topics::InstallSubject;
 
 use crate::publish::{ClusterArgs, Refusals};
@@ -168,28 +168,26 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             .await
             .with_context(|| format!("publishing {} to the hub", kernel.name))
             .map_err(|e| refusals.explain(e))?;
-        let develop = plane
-            .develop(&kernel.guid)
-            .await?
-            .context("the hub has no develop version of it after publishing")?;
-        let digest = plane.tool_commit(&kernel.guid, &develop.tool).await?.digest;
+        let request = plane
+            .develop_request(
+                &kernel,
+                &id,
+                &args.requester.requester,
+                args.requester.proof(&args.silo).await?,
+            )
+            .await?;
         if !args.requester.print_request {
             println!(
-                "{} {} ({digest}) at the hub: {} component(s) uploaded",
+                "{} {} ({}) at the hub: {} component(s) uploaded",
                 kernel.name,
-                develop.short(),
+                match &request.version {
+                    VersionSpec::Pin(pin) => pin.short(),
+                    VersionSpec::Named(name) => name.clone(),
+                },
+                request.digest,
                 published.uploaded
             );
         }
-        let request = InstallRequest {
-            id: id.clone(),
-            kernel: kernel.name.clone(),
-            guid: kernel.guid.clone(),
-            version: VersionSpec::Pin(develop),
-            digest,
-            requested_by: args.requester.requester.clone(),
-            proof: args.requester.proof(&args.silo).await?,
-        };
         if args.requester.print_request {
             println!("{}", serde_json::to_string(&request)?);
             return Ok(ExitCode::SUCCESS);

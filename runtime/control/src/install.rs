@@ -567,6 +567,36 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// An install request for the newest published version (`develop`) of `kernel`, pinned by
+    /// its commits and named by its component's digest as the hub's registry holds them — what
+    /// `ck deploy` sends right after publishing.
+    pub async fn develop_request(
+        &self,
+        kernel: &ck_manifest::Kernel,
+        id: &str,
+        requested_by: &str,
+        proof: String,
+    ) -> Result<InstallRequest, ControlError> {
+        let develop = self.develop(&kernel.guid).await?.ok_or_else(|| {
+            ControlError::Refused(format!(
+                "the hub has no published develop version of {} (`ck publish` it first)",
+                kernel.name
+            ))
+        })?;
+        let digest = self.tool_commit(&kernel.guid, &develop.tool).await?.digest;
+        Ok(InstallRequest {
+            id: id.to_owned(),
+            kernel: kernel.name.clone(),
+            guid: kernel.guid.clone(),
+            version: VersionSpec::Pin(develop),
+            digest,
+            requested_by: requested_by.to_owned(),
+            proof,
+        })
+    }
+}
+
 /// A report of a request, as the hub sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
