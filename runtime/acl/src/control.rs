@@ -122,14 +122,7 @@ pub fn write_denials() -> Vec<String> {
     // leaf link to the hub's, and only these denials stop it at the site.
     let through_domains: Vec<String> = deny
         .iter()
-        .filter_map(|s| {
-            s.strip_prefix("$JS.API.")
-                .map(|rest| format!("$JS.*.API.{rest}"))
-                .or_else(|| {
-                    (s.starts_with("$KV.") || s.starts_with("$O."))
-                        .then(|| format!("$JS.*.API.{s}"))
-                })
-        })
+        .filter_map(|s| topics::in_domain("*", s))
         .collect();
     deny.extend(through_domains);
     deny

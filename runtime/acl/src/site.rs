@@ -50,7 +50,12 @@ impl SiteLink<'_> {
             format!("$JS.{hub}.API.DIRECT.GET.{state_stream}.$KV.{state}.{silo}.>"),
         ];
         for store in [ControlStore::Registry, ControlStore::Artifacts] {
-            publish.extend(store.read_api().iter().map(|api| through(hub, api)));
+            publish.extend(
+                store
+                    .read_api()
+                    .iter()
+                    .filter_map(|api| topics::in_domain(hub, api)),
+            );
             // Flow control of the ordered consumers that read objects and list keys.
             publish.push(format!("$JS.FC.{}.>", store.stream()));
         }
@@ -252,14 +257,6 @@ pub fn hub_operator_access(silos: &[&str]) -> Permissions {
             max: 1,
             expires_ms: 10 * 60 * 1000,
         }),
-    }
-}
-
-/// `api` (a `$JS.API.…` subject) through JetStream domain `domain`.
-fn through(domain: &str, api: &str) -> String {
-    match api.strip_prefix("$JS.API.") {
-        Some(rest) => format!("$JS.{domain}.API.{rest}"),
-        None => api.to_owned(),
     }
 }
 

@@ -423,6 +423,17 @@ impl ControlStore {
     }
 }
 
+/// `subject` as a client reaches it in JetStream domain `domain` (`*`: any domain): an API
+/// request `$JS.API.…` becomes `$JS.{domain}.API.…`, and a KV or object-store write (`$KV.…`,
+/// `$O.…`) travels as `$JS.{domain}.API.$KV.…`. Anything else has no domain form.
+pub fn in_domain(domain: &str, subject: &str) -> Option<String> {
+    match subject.strip_prefix("$JS.API.") {
+        Some(rest) => Some(format!("$JS.{domain}.API.{rest}")),
+        None => (subject.starts_with("$KV.") || subject.starts_with("$O."))
+            .then(|| format!("$JS.{domain}.API.{subject}")),
+    }
+}
+
 /// The JetStream account-information request every JetStream client may send.
 pub const JS_ACCOUNT_INFO: &str = "$JS.API.INFO";
 
