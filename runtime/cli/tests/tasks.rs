@@ -802,7 +802,9 @@ async fn events_cut_off_by_an_outage_are_replayed_in_order() {
         positions.windows(2).all(|w| w[0] <= w[1]),
         "events out of commit order: {positions:?}"
     );
-    assert!(host.log().contains("event.replayed"), "{}", host.log());
+    // The host removes the queue file before it logs the replay: wait for the line (it fails
+    // after 30 s without it) rather than look once.
+    host.wait_for("event.replayed");
     assert!(!kernel.join("data/ledger/pending_events.jsonl").exists());
 }
 
