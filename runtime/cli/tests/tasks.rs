@@ -804,7 +804,7 @@ async fn events_cut_off_by_an_outage_are_replayed_in_order() {
     );
     // The host removes the queue file before it logs the replay: wait for the line (it fails
     // after 30 s without it) rather than look once.
-    host.wait_for("event.replayed");
+    host.proc.wait_for("event.replayed");
     assert!(!kernel.join("data/ledger/pending_events.jsonl").exists());
 }
 
