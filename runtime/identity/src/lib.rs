@@ -15,7 +15,9 @@ pub mod workload_api;
 pub use client::{IdentityClient, Svid, endpoint_for};
 pub use provider::{DEFAULT_TTL, DevProvider, ProviderConfig};
 pub use spiffe::{JwtSource, SpiffeId, TrustDomain};
-pub use verify::{Rejection, VerifiedSvid, nats_audience, verify_bearer, verify_svid};
+pub use verify::{
+    Rejection, VerifiedSvid, nats_audience, verify_bearer, verify_bearer_at, verify_svid,
+};
 
 use thiserror::Error;
 

@@ -145,14 +145,26 @@ impl Host {
                     }
                     None => break,
                 };
-                let Ok(seq) = message.info().map(|i| i.stream_sequence) else {
+                // The time the hub's server stored the request (a mirror keeps the origin's
+                // timestamp): the proof must have been valid then, however long the site was
+                // cut off before the request reached it.
+                let Ok((seq, stored_at)) = message
+                    .info()
+                    .map(|i| (i.stream_sequence, std::time::SystemTime::from(i.published)))
+                else {
                     // Not a JetStream delivery of the mirror: nothing to carry out or resume.
                     tracing::warn!(subject = %message.subject, "site.request-unreadable");
                     let _ = message.ack_with(jetstream::AckKind::Term).await;
                     continue;
                 };
                 let done = self
-                    .carry_out(site, message.subject.as_str(), &message.payload, seq)
+                    .carry_out(
+                        site,
+                        message.subject.as_str(),
+                        &message.payload,
+                        seq,
+                        stored_at,
+                    )
                     .await;
                 if let Err(e) = self.report_done(site, &done).await {
                     // Handed out again in a moment; the request resumes under its id.
@@ -248,7 +260,14 @@ impl Host {
     }
 
     /// Carries one request out; what to publish on `done`.
-    async fn carry_out(&self, site: &SiteParts, subject: &str, payload: &[u8], seq: u64) -> Done {
+    async fn carry_out(
+        &self,
+        site: &SiteParts,
+        subject: &str,
+        payload: &[u8],
+        seq: u64,
+        stored_at: std::time::SystemTime,
+    ) -> Done {
         let started = Instant::now();
         let request = match Request::parse(&site.silo, subject, payload) {
             Ok(r) => r,
@@ -272,7 +291,7 @@ impl Host {
                 tracing::info!(id = %id, seq, requester = %requester, "site.request-resumed");
                 requester
             }
-            None => match self.verify(site, &request).await {
+            None => match self.verify(site, &request, stored_at).await {
                 Ok(r) => r,
                 Err(refusal) => {
                     let claimed = request.requester().0.to_owned();
@@ -297,8 +316,14 @@ impl Host {
         }
     }
 
-    /// The requester, verified: proof, policy, and the id new at this site.
-    async fn verify(&self, site: &SiteParts, request: &Request) -> Result<String, Refusal> {
+    /// The requester, verified: proof (valid when the hub stored the request, at
+    /// `stored_at`), policy, and the id new at this site.
+    async fn verify(
+        &self,
+        site: &SiteParts,
+        request: &Request,
+        stored_at: std::time::SystemTime,
+    ) -> Result<String, Refusal> {
         let (claimed, proof) = request.requester();
         let Some(verifier) = &self.verifier else {
             return Err(refuse(
@@ -316,15 +341,24 @@ impl Host {
             .filter_map(|r| ck_identity::SpiffeId::new(r.trim_end_matches("/*")).ok())
             .map(|id| id.trust_domain().clone())
             .collect();
-        let verified =
-            ck_identity::verify_bearer(proof, &audience, &trust_domains, &verifier.bundles)
-                .map_err(|e| {
-                    refuse(
-                        Step::Verify,
-                        format!("unauthorised: the proof is refused: {e}"),
-                    )
-                })?;
+        let verified = ck_identity::verify_bearer_at(
+            proof,
+            &audience,
+            &trust_domains,
+            &verifier.bundles,
+            stored_at,
+        )
+        .map_err(|e| {
+            refuse(
+                Step::Verify,
+                format!("unauthorised: the proof is refused: {e}"),
+            )
+        })?;
         let proven = verified.spiffe_id.to_string();
+        if verified.expires_at <= std::time::SystemTime::now() {
+            let queued_s = stored_at.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+            tracing::info!(requester = %proven, queued_s, "site.proof-valid-when-stored");
+        }
         if proven != claimed {
             return Err(refuse(
                 Step::Verify,
