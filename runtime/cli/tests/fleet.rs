@@ -608,22 +608,33 @@ const TASKS_GUID: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
 /// The dev identity provider (the Workload API of every site's kernels, hosts and operators),
 /// issuing in example.org (the kernels) and ck.local (operators and hosts); its socket.
 fn identity_provider(root: &Path) -> (ck_tests::Proc, String) {
-    let socket = root.join("spiffe.sock").display().to_string();
-    let identity = ck_proc(
-        &[
-            "identity",
-            "serve",
-            "--socket",
-            &socket,
-            "--dir",
-            root.join("keys").to_str().unwrap(),
-            "--trust-domain",
-            "example.org",
-            "--trust-domain",
-            "ck.local",
-        ],
-        root.join("identity.log"),
-    );
+    identity_provider_named(root, "spiffe", &[])
+}
+
+/// A dev identity provider on socket `{name}.sock` signing with the same keys (`root/keys`)
+/// as every other, with `extra` arguments (`--ttl`); its socket.
+fn identity_provider_named(root: &Path, name: &str, extra: &[&str]) -> (ck_tests::Proc, String) {
+    let socket = root.join(format!("{name}.sock")).display().to_string();
+    let keys = root.join("keys");
+    let mut args = vec![
+        "identity",
+        "serve",
+        "--socket",
+        &socket,
+        "--dir",
+        keys.to_str().unwrap(),
+        "--trust-domain",
+        "example.org",
+        "--trust-domain",
+        "ck.local",
+    ];
+    args.extend(extra);
+    let log = if name == "spiffe" {
+        "identity.log".to_owned()
+    } else {
+        format!("identity-{name}.log")
+    };
+    let identity = ck_proc(&args, root.join(log));
     identity.wait_for("identity.serving");
     (identity, socket)
 }
@@ -1103,6 +1114,48 @@ fn write_unstartable_echo(kernel: &Path) {
           return ok;\n\
         }\n";
     std::fs::write(kernel.join("tool/echo.c"), source).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_queued_longer_than_its_proofs_lifetime_is_carried_out_and_a_late_proof_is_not() {
+    let mut fleet = fleet();
+    let mut site = SiteRig::start(&fleet).await;
+    site.publish("echo", &fleet.hub, |_| {});
+    // Alice's proofs from a provider signing with the same keys but living 6 s.
+    let (_short_lived, short_socket) =
+        identity_provider_named(&site.root, "short", &["--ttl", "6"]);
+    let mut queued = site
+        .install_request("queued-1", "Demo.Echo", ECHO_GUID)
+        .await;
+    queued["proof"] = fetch_proof(&short_socket, ALICE, "ck-install:ct-fac").into();
+
+    // The link cut longer than the proof lives: the hub stores the request while the proof
+    // is valid, the site sees it only after the proof expired.
+    fleet.sites[0].stop();
+    publish_at_hub(&site.hub_js, "request", "queued-1", &queued).await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    fleet.sites[0].restart().expect("ct-fac comes back");
+    let host = &site.host;
+    let (done, _) = outcome_of(&mut site.reports, "queued-1", || host.log()).await;
+    assert_eq!(done["outcome"], "installed", "{done}\n{}", host.log());
+    let host_log = site.host.log();
+    let line = host_log
+        .lines()
+        .find(|l| l.contains("site.proof-valid-when-stored"))
+        .unwrap_or_else(|| panic!("the host says the proof was checked when stored\n{host_log}"));
+    assert!(line.contains(ALICE), "{line}");
+
+    // A proof that expired before the operator published is refused, link up or not: the
+    // time that counts is the hub's, not one the request could claim.
+    let mut late = site.install_request("late-1", "Demo.Echo", ECHO_GUID).await;
+    late["proof"] = fetch_proof(&short_socket, ALICE, "ck-install:ct-fac").into();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (done, _) = site.ask("request", &late).await;
+    assert_eq!(done["outcome"], "refused", "{done}");
+    assert!(
+        done["reason"].as_str().unwrap().contains("expired"),
+        "{done}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
