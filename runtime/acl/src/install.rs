@@ -11,7 +11,8 @@ use serde::Deserialize;
 pub const SHIPPED_INSTALL_POLICY: &str = include_str!("../../../policies/install.yaml");
 
 /// The policy format's version this reader understands.
-pub const INSTALL_POLICY_VERSION: u32 = 1;
+/// Version 2 binds each proof to its request: the audience holds `{request}`.
+pub const INSTALL_POLICY_VERSION: u32 = 2;
 
 /// `policies/install.yaml`, parsed.
 #[derive(Debug, Clone, Deserialize)]
@@ -20,7 +21,9 @@ pub struct InstallPolicy {
     /// Format version (1).
     pub version: u32,
     /// The audience a request's JWT-SVID must be addressed to; `{silo}` is replaced by the
-    /// site's name, so a token minted for one site is refused by every other.
+    /// site's name, so a token minted for one site is refused by every other, and `{request}`
+    /// by what the request asks (its id and digest, or its id and `scrub`), so a token seen on
+    /// the bus cannot be reused for another request.
     pub audience: String,
     /// The rules; a request is allowed when one of them matches it. None: nothing is allowed.
     #[serde(default)]
@@ -58,8 +61,11 @@ pub enum InstallPolicyError {
         /// The pattern.
         requester: String,
     },
-    /// An audience without the `{silo}` placeholder would let one site's token install at all.
-    #[error("install policy: audience `{0}` must contain {{silo}}")]
+    /// An audience without `{silo}` would let one site's token install at all; one without
+    /// `{request}` would let a token seen on the bus be reused for another request.
+    #[error(
+        "install policy: audience `{0}` must contain {{silo}} (the site) and {{request}} (what the request asks)"
+    )]
     Audience(String),
 }
 
@@ -83,7 +89,7 @@ impl InstallPolicy {
         if policy.version != INSTALL_POLICY_VERSION {
             return Err(InstallPolicyError::Version(policy.version));
         }
-        if !policy.audience.contains("{silo}") {
+        if !policy.audience.contains("{silo}") || !policy.audience.contains("{request}") {
             return Err(InstallPolicyError::Audience(policy.audience));
         }
         for (i, rule) in policy.rules.iter().enumerate() {
@@ -101,9 +107,10 @@ impl InstallPolicy {
         Ok(policy)
     }
 
-    /// The audience a request to `silo` must be addressed to.
-    pub fn audience_for(&self, silo: &str) -> String {
-        self.audience.replace("{silo}", silo)
+    /// The audience the proof of a request to `silo` must be addressed to; `request` is the
+    /// request's binding (`ck_control::install::Request::proof_binding`).
+    pub fn audience_for(&self, silo: &str, request: &str) -> String {
+        audience_from(&self.audience, silo, request)
     }
 
     /// Whether `requester` (a verified SPIFFE ID) may install `kernel` at `silo`.
@@ -146,6 +153,14 @@ impl InstallPolicy {
     }
 }
 
+/// `template` (an install policy's `audience`, or one given by hand) filled in for `silo` and
+/// `request`.
+pub fn audience_from(template: &str, silo: &str, request: &str) -> String {
+    template
+        .replace("{silo}", silo)
+        .replace("{request}", request)
+}
+
 /// `pattern` is an exact SPIFFE ID, or `spiffe://td/path/*`: every ID strictly below the path.
 fn requester_matches(pattern: &str, requester: &str) -> bool {
     match pattern.strip_suffix("/*") {
@@ -161,8 +176,8 @@ mod tests {
     use super::*;
 
     const POLICY: &str = r#"
-version: 1
-audience: "ck-install:{silo}"
+version: 2
+audience: "ck-install:{silo}:{request}"
 rules:
   - requesters: ["spiffe://ck.local/operator/*"]
     silos: ["*"]
@@ -209,15 +224,24 @@ rules:
     #[test]
     fn the_audience_names_the_site() {
         let p = InstallPolicy::parse(POLICY).unwrap();
-        assert_eq!(p.audience_for("ct-fac"), "ck-install:ct-fac");
-        let err = InstallPolicy::parse("version: 1\naudience: ck-install\n").unwrap_err();
-        assert!(err.to_string().contains("{silo}"), "{err}");
+        assert_eq!(
+            p.audience_for("ct-fac", "r-1:blake3:ab"),
+            "ck-install:ct-fac:r-1:blake3:ab"
+        );
+        for unbound in ["ck-install", "ck-install:{silo}", "ck-install:{request}"] {
+            let text = format!("version: 2\naudience: '{unbound}'\n");
+            let err = InstallPolicy::parse(&text).unwrap_err();
+            assert!(err.to_string().contains("{request}"), "{err}");
+        }
+        // Version 1 (audience per site only) is refused, not read as version 2.
+        let old = InstallPolicy::parse("version: 1\naudience: 'a:{silo}:{request}'\n");
+        assert!(old.unwrap_err().to_string().contains("version 1"));
     }
 
     #[test]
     fn kernels_at_a_site_are_the_union_of_its_rules() {
         let narrow = InstallPolicy::parse(
-            "version: 1\naudience: 'a:{silo}'\nrules:\n  - {requesters: ['spiffe://d/x'], silos: [s1], kernels: [B, A]}\n  - {requesters: ['spiffe://d/y'], silos: ['*'], kernels: [A, C]}\n",
+            "version: 2\naudience: 'a:{silo}:{request}'\nrules:\n  - {requesters: ['spiffe://d/x'], silos: [s1], kernels: [B, A]}\n  - {requesters: ['spiffe://d/y'], silos: ['*'], kernels: [A, C]}\n",
         )
         .unwrap();
         assert_eq!(
@@ -231,7 +255,7 @@ rules:
     #[test]
     fn malformed_policies_are_refused_with_the_field_at_fault() {
         let e = InstallPolicy::parse(
-            "version: 1\naudience: 'a:{silo}'\nrules:\n  - {requesters: [alice], silos: ['*'], kernels: ['*']}\n",
+            "version: 2\naudience: 'a:{silo}:{request}'\nrules:\n  - {requesters: [alice], silos: ['*'], kernels: ['*']}\n",
         )
         .unwrap_err();
         assert!(
@@ -239,9 +263,11 @@ rules:
             "{e}"
         );
         assert!(matches!(
-            InstallPolicy::parse("version: 2\naudience: 'a:{silo}'\n"),
-            Err(InstallPolicyError::Version(2))
+            InstallPolicy::parse("version: 3\naudience: 'a:{silo}:{request}'\n"),
+            Err(InstallPolicyError::Version(3))
         ));
-        assert!(InstallPolicy::parse("version: 1\naudience: 'a:{silo}'\nextra: 1\n").is_err());
+        assert!(
+            InstallPolicy::parse("version: 2\naudience: 'a:{silo}:{request}'\nextra: 1\n").is_err()
+        );
     }
 }

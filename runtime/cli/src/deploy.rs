@@ -23,8 +23,9 @@ pub struct RequesterArgs {
     /// serve`).
     #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET", value_name = "PATH")]
     pub spiffe_socket: String,
-    /// The site's install audience (default: the shipped install policy's, for the silo).
-    #[arg(long, value_name = "AUDIENCE")]
+    /// The site's install audience template, `{silo}` and `{request}` filled in (default: the
+    /// shipped install policy's).
+    #[arg(long, value_name = "TEMPLATE")]
     pub audience: Option<String>,
     /// The request's id (default: generated). A request is carried out once per id.
     #[arg(long, value_name = "ID")]
@@ -51,12 +52,13 @@ impl RequesterArgs {
         Ok(id)
     }
 
-    /// A JWT-SVID of the requester for silo `silo`'s install audience.
-    pub async fn proof(&self, silo: &str) -> Result<String> {
+    /// A JWT-SVID of the requester for silo `silo`'s install audience, bound to `binding`
+    /// (the request's `proof_binding`).
+    pub async fn proof(&self, silo: &str, binding: &str) -> Result<String> {
         let audience = match &self.audience {
-            Some(a) => a.clone(),
+            Some(template) => ck_acl::install::audience_from(template, silo, binding),
             None => ck_acl::install::InstallPolicy::parse(ck_acl::install::SHIPPED_INSTALL_POLICY)?
-                .audience_for(silo),
+                .audience_for(silo, binding),
         };
         let identity = ck_identity::IdentityClient::connect(&self.spiffe_socket)
             .await
@@ -168,13 +170,12 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             .await
             .with_context(|| format!("publishing {} to the hub", kernel.name))
             .map_err(|e| refusals.explain(e))?;
-        let request = plane
-            .develop_request(
-                &kernel,
-                &id,
-                &args.requester.requester,
-                args.requester.proof(&args.silo).await?,
-            )
+        let mut request = plane
+            .develop_request(&kernel, &id, &args.requester.requester)
+            .await?;
+        request.proof = args
+            .requester
+            .proof(&args.silo, &request.proof_binding())
             .await?;
         if !args.requester.print_request {
             println!(

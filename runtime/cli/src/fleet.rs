@@ -138,12 +138,16 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                     anyhow::bail!("--silo: {problem}");
                 }
                 let id = a.requester.id()?;
-                let request = ck_control::install::ScrubRequest {
+                let mut request = ck_control::install::ScrubRequest {
                     id: id.clone(),
                     reason: a.reason.clone(),
                     requested_by: a.requester.requester.clone(),
-                    proof: a.requester.proof(&a.silo).await?,
+                    proof: String::new(),
                 };
+                request.proof = a
+                    .requester
+                    .proof(&a.silo, &request.proof_binding())
+                    .await?;
                 if a.requester.print_request {
                     println!("{}", serde_json::to_string(&request)?);
                     return Ok(ExitCode::SUCCESS);

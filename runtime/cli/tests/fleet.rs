@@ -597,6 +597,12 @@ async fn publish_at_hub(
         .expect("the hub keeps the request");
 }
 
+/// The audience the shipped install policy binds a proof to: the site, the request's id and
+/// its digest (`scrub` for a scrub).
+fn install_audience(silo: &str, id: &str, digest: &str) -> String {
+    format!("ck-install:{silo}:{id}:{digest}")
+}
+
 /// A change made to a request (to make it a bad one).
 type Edit<'a> = Box<dyn Fn(&mut serde_json::Value) + 'a>;
 
@@ -818,7 +824,7 @@ impl SiteRig {
             "version": version,
             "digest": digest,
             "requested_by": ALICE,
-            "proof": self.proof(ALICE, "ck-install:ct-fac"),
+            "proof": self.proof(ALICE, &install_audience("ct-fac", id, digest)),
         })
     }
 
@@ -960,8 +966,16 @@ async fn an_install_request_at_the_hub_is_carried_out_by_the_site_host_alone() {
     // Each bad request is refused with its reason, and what the site serves is unchanged.
     let served = done["kernels"].clone();
     let intruder = "spiffe://ck.local/intruder/mallory";
-    let intruder_proof = site.proof(intruder, "ck-install:ct-fac");
-    let other_site = site.proof(ALICE, "ck-install:ct-lab");
+    let digest = install["digest"].as_str().unwrap().to_owned();
+    let intruder_proof = site.proof(intruder, &install_audience("ct-fac", "intruder", &digest));
+    let other_site = site.proof(ALICE, &install_audience("ct-lab", "audience", &digest));
+    // Alice's proof for what `body` asks (each bad request below is signed for itself unless
+    // its change sets the proof).
+    let socket = site.socket.clone();
+    let alice_proof = |b: &serde_json::Value| -> serde_json::Value {
+        let (id, digest) = (b["id"].as_str().unwrap(), b["digest"].as_str().unwrap());
+        fetch_proof(&socket, ALICE, &install_audience("ct-fac", id, digest)).into()
+    };
     let bad: Vec<(&str, Edit, &str)> = vec![
         (
             "dup",
@@ -991,7 +1005,27 @@ async fn an_install_request_at_the_hub_is_carried_out_by_the_site_host_alone() {
         (
             "audience",
             Box::new(|b| b["proof"] = other_site.clone().into()),
-            "audience does not include 'ck-install:ct-fac'",
+            "audience does not include 'ck-install:ct-fac:audience:blake3:",
+        ),
+        (
+            // req-1's proof, read off the hub's stream, reused for another request.
+            "replayed",
+            Box::new(|b| b["proof"] = install["proof"].clone()),
+            "audience does not include 'ck-install:ct-fac:replayed:blake3:",
+        ),
+        (
+            // req-1's proof with its id, for another digest.
+            "rebound",
+            Box::new(|b| {
+                b["digest"] = format!("blake3:{}", "0".repeat(64)).into();
+                b["proof"] = fetch_proof(
+                    &socket,
+                    ALICE,
+                    &install_audience("ct-fac", "rebound", &digest),
+                )
+                .into();
+            }),
+            "audience does not include 'ck-install:ct-fac:rebound:blake3:0000",
         ),
         (
             "guid",
@@ -1007,7 +1041,11 @@ async fn an_install_request_at_the_hub_is_carried_out_by_the_site_host_alone() {
     for (msg_id, edit, why) in &bad {
         let mut body = install.clone();
         body["id"] = (*msg_id).into();
+        body["proof"] = serde_json::Value::Null;
         edit(&mut body);
+        if body["proof"].is_null() {
+            body["proof"] = alice_proof(&body);
+        }
         let id = body["id"].as_str().unwrap().to_owned();
         publish_at_hub(&site.hub_js, "request", msg_id, &body).await;
         let host = &site.host;
@@ -1050,7 +1088,11 @@ async fn an_install_request_at_the_hub_is_carried_out_by_the_site_host_alone() {
         1,
         "{ledger}"
     );
-    assert_eq!(ledger.matches("\"install.refused\"").count(), 8, "{ledger}");
+    assert_eq!(
+        ledger.matches("\"install.refused\"").count(),
+        10,
+        "{ledger}"
+    );
 
     // The operator at the hub sees the site's host with the real natscli.
     let watched = natscli_first_line(
@@ -1127,7 +1169,8 @@ async fn a_request_queued_longer_than_its_proofs_lifetime_is_carried_out_and_a_l
     let mut queued = site
         .install_request("queued-1", "Demo.Echo", ECHO_GUID)
         .await;
-    queued["proof"] = fetch_proof(&short_socket, ALICE, "ck-install:ct-fac").into();
+    let audience = install_audience("ct-fac", "queued-1", queued["digest"].as_str().unwrap());
+    queued["proof"] = fetch_proof(&short_socket, ALICE, &audience).into();
 
     // The link cut longer than the proof lives: the hub stores the request while the proof
     // is valid, the site sees it only after the proof expired.
@@ -1148,7 +1191,8 @@ async fn a_request_queued_longer_than_its_proofs_lifetime_is_carried_out_and_a_l
     // A proof that expired before the operator published is refused, link up or not: the
     // time that counts is the hub's, not one the request could claim.
     let mut late = site.install_request("late-1", "Demo.Echo", ECHO_GUID).await;
-    late["proof"] = fetch_proof(&short_socket, ALICE, "ck-install:ct-fac").into();
+    let audience = install_audience("ct-fac", "late-1", late["digest"].as_str().unwrap());
+    late["proof"] = fetch_proof(&short_socket, ALICE, &audience).into();
     tokio::time::sleep(Duration::from_secs(8)).await;
     let (done, _) = site.ask("request", &late).await;
     assert_eq!(done["outcome"], "refused", "{done}");
@@ -1247,7 +1291,7 @@ async fn an_unhealthy_upgrade_rolls_back_and_a_scrub_archives_every_sealed_insta
         "id": "scrub-1",
         "reason": "engagement-complete",
         "requested_by": ALICE,
-        "proof": site.proof(ALICE, "ck-install:ct-fac"),
+        "proof": site.proof(ALICE, &install_audience("ct-fac", "scrub-1", "scrub")),
     });
     let (done, _) = site.ask("scrub", &scrub).await;
     assert_eq!(done["outcome"], "scrubbed", "{done}\n{}", site.host.log());
@@ -1635,17 +1679,14 @@ async fn bench_fleet_install() {
             .digest;
         versions.push((pin, digest));
     }
-    let proofs: Vec<String> = names
-        .iter()
-        .take(10)
-        .map(|silo| fetch_proof(&socket, ALICE, &format!("ck-install:{silo}")))
-        .collect();
+    // Each request with its own proof (fetched before any timing starts).
     let request = |id: String, silo: usize, v: usize| {
         let (pin, digest) = &versions[v];
+        let proof = fetch_proof(&socket, ALICE, &install_audience(&names[silo], &id, digest));
         serde_json::json!({
             "id": id, "kernel": "Demo.Echo", "guid": ECHO_GUID,
             "version": {"ck": pin.ck, "tool": pin.tool}, "digest": digest,
-            "requested_by": ALICE, "proof": proofs[silo],
+            "requested_by": ALICE, "proof": proof,
         })
     };
 
@@ -1715,13 +1756,19 @@ async fn bench_fleet_install() {
                     .unwrap(),
             );
         }
+        let bodies: Vec<serde_json::Value> = (0..subscribers.len())
+            .map(|i| request(format!("ten-{round}-{i}"), i, v))
+            .collect();
         let started = std::time::Instant::now();
-        let waits = subscribers.into_iter().enumerate().map(|(i, mut sub)| {
-            let hub_js = hub_js.clone();
-            let body = request(format!("ten-{round}-{i}"), i, v);
-            let silo = names[i].clone();
-            async move { timed_install(&hub_js, &mut sub, &silo, &body).await }
-        });
+        let waits = subscribers
+            .into_iter()
+            .zip(bodies)
+            .enumerate()
+            .map(|(i, (mut sub, body))| {
+                let hub_js = hub_js.clone();
+                let silo = names[i].clone();
+                async move { timed_install(&hub_js, &mut sub, &silo, &body).await }
+            });
         let outcomes = futures::future::join_all(waits).await;
         let wall = started.elapsed();
         let mut times: Vec<Duration> = outcomes

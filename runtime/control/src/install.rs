@@ -234,6 +234,30 @@ impl Request {
             Request::Scrub(r) => (&r.requested_by, &r.proof),
         }
     }
+
+    /// What the proof is bound to (the install policy's `{request}`).
+    pub fn proof_binding(&self) -> String {
+        match self {
+            Request::Install(r) => r.proof_binding(),
+            Request::Scrub(r) => r.proof_binding(),
+        }
+    }
+}
+
+impl InstallRequest {
+    /// What this request's proof is bound to (the install policy's `{request}`): its id and
+    /// the digest it installs, so a proof seen on the bus installs nothing else.
+    pub fn proof_binding(&self) -> String {
+        format!("{}:{}", self.id, self.digest)
+    }
+}
+
+impl ScrubRequest {
+    /// What this scrub's proof is bound to: its id and `scrub` (never a digest, so an
+    /// install's proof cannot scrub).
+    pub fn proof_binding(&self) -> String {
+        format!("{}:scrub", self.id)
+    }
 }
 
 /// One step of carrying a request out.
@@ -570,13 +594,13 @@ impl ControlPlane {
 impl ControlPlane {
     /// An install request for the newest published version (`develop`) of `kernel`, pinned by
     /// its commits and named by its component's digest as the hub's registry holds them — what
-    /// `ck deploy` sends right after publishing.
+    /// `ck deploy` sends right after publishing. Its `proof` is empty: the requester's JWT-SVID
+    /// is fetched for its [`InstallRequest::proof_binding`], which needs the digest.
     pub async fn develop_request(
         &self,
         kernel: &ck_manifest::Kernel,
         id: &str,
         requested_by: &str,
-        proof: String,
     ) -> Result<InstallRequest, ControlError> {
         let develop = self.develop(&kernel.guid).await?.ok_or_else(|| {
             ControlError::Refused(format!(
@@ -592,7 +616,7 @@ impl ControlPlane {
             version: VersionSpec::Pin(develop),
             digest,
             requested_by: requested_by.to_owned(),
-            proof,
+            proof: String::new(),
         })
     }
 }

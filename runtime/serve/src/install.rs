@@ -331,7 +331,10 @@ impl Host {
                 "this host has no trust bundles to verify requesters with (start it with --spiffe-socket)",
             ));
         };
-        let audience = site.config.policy.audience_for(&site.silo);
+        let audience = site
+            .config
+            .policy
+            .audience_for(&site.silo, &request.proof_binding());
         let trust_domains: Vec<ck_identity::TrustDomain> = site
             .config
             .policy
