@@ -18,7 +18,7 @@ pub const INSTALL_POLICY_VERSION: u32 = 2;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstallPolicy {
-    /// Format version (1).
+    /// Format version (2).
     pub version: u32,
     /// The audience a request's JWT-SVID must be addressed to; `{silo}` is replaced by the
     /// site's name, so a token minted for one site is refused by every other, and `{request}`
