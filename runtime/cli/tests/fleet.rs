@@ -926,6 +926,20 @@ async fn an_install_request_at_the_hub_is_carried_out_by_the_site_host_alone() {
             .contains("names no commit or branch"),
         "{unknown}"
     );
+    // A branch of the TOOL loop whose C does not compile (a developer pushed a broken change):
+    // `done` is a failure carrying the compiler's own message, and nothing is pushed.
+    push_tool_branch(&kernel, "broken", |source| {
+        source.push_str("\nint broken( { this is not C\n");
+    });
+    let broken = build(r#"{"ref":"broken","id":"b-2"}"#).await;
+    assert_eq!(broken["ok"], false, "{broken}");
+    assert_eq!(broken["id"], "b-2", "{broken}");
+    assert_ne!(broken["pushed"], true, "{broken}");
+    let message = broken["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("echo.c") && message.contains("error:"),
+        "the compiler's message names the file and the error: {broken}"
+    );
     // The install names exactly what the build pushed.
     let install = site.request_for(
         "req-1",
@@ -1113,6 +1127,42 @@ async fn an_install_request_at_the_hub_is_carried_out_by_the_site_host_alone() {
 }
 
 /// How many `done` reports of ct-fac the hub's FLEET_REPORTS holds, by request id.
+/// Commits to a new branch `branch` of `kernel`'s TOOL loop (from `develop`) its C source as
+/// `edit` leaves it — with git, as a developer pushing a change would.
+fn push_tool_branch(kernel: &Path, branch: &str, edit: impl Fn(&mut String)) {
+    let repo = kernel.join(".ck/tool.git");
+    let work = tempfile::tempdir().unwrap();
+    let git = |dir: &Path, args: &[&str]| {
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "user.name=dev",
+                "-c",
+                "user.email=dev@example.invalid",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    git(
+        work.path(),
+        &["clone", "-q", "-b", "develop", repo.to_str().unwrap(), "w"],
+    );
+    let checkout = work.path().join("w");
+    git(&checkout, &["checkout", "-q", "-b", branch]);
+    let source = checkout.join("tool/echo.c");
+    let mut text = std::fs::read_to_string(&source).unwrap();
+    edit(&mut text);
+    std::fs::write(&source, text).unwrap();
+    git(
+        &checkout,
+        &["commit", "-q", "-am", "a change that does not compile"],
+    );
+    git(&checkout, &["push", "-q", "origin", branch]);
+}
+
 async fn dones_at_hub(
     hub_js: &async_nats::jetstream::Context,
 ) -> std::collections::BTreeMap<String, usize> {
