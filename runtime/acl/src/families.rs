@@ -42,6 +42,8 @@ struct FamilyDef {
     name: String,
     subject: String,
     #[serde(default)]
+    stream: Option<String>,
+    #[serde(default)]
     description: String,
 }
 
@@ -54,6 +56,54 @@ pub struct Family {
     pub pattern: FamilyPattern,
     /// What it carries.
     pub description: String,
+    /// The JetStream stream that stores it, if one does.
+    pub stream: Option<FamilyStream>,
+}
+
+/// The JetStream stream of a family: its name and the NATS subjects it captures (together
+/// exactly the family's subjects).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyStream {
+    /// The stream's name.
+    pub name: String,
+    /// Its subjects.
+    pub subjects: Vec<String>,
+}
+
+/// Why a subject, or a subscription filter, is not in exactly one family.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterOutside {
+    /// Not a NATS subject or pattern.
+    #[error("'{filter}' is not a NATS subject: {why}")]
+    Syntax {
+        /// The filter.
+        filter: String,
+        /// Why.
+        why: String,
+    },
+    /// No family holds any subject it matches.
+    #[error("'{filter}' is outside every declared subject family{}", closest_text(.closest))]
+    Outside {
+        /// The filter.
+        filter: String,
+        /// The closest family's name and pattern.
+        closest: Option<(String, String)>,
+    },
+    /// It matches subjects of more than one family.
+    #[error("'{filter}' matches subjects of more than one family ({}): name one family per filter", .families.join(", "))]
+    Across {
+        /// The filter.
+        filter: String,
+        /// The families it reaches.
+        families: Vec<String>,
+    },
+}
+
+fn closest_text(closest: &Option<(String, String)>) -> String {
+    match closest {
+        Some((name, pattern)) => format!(" (closest: `{name}`, {pattern})"),
+        None => String::new(),
+    }
 }
 
 /// Subject families that cannot be used.
@@ -78,6 +128,16 @@ pub enum FamiliesError {
     /// Two families of one name.
     #[error("subject family `{0}` is declared twice")]
     Duplicate(String),
+    /// A family's stream that cannot be.
+    #[error("subject family `{family}`: stream `{stream}` {why}")]
+    Stream {
+        /// The family.
+        family: String,
+        /// The stream's name.
+        stream: String,
+        /// Why not.
+        why: String,
+    },
     /// Two families sharing a subject.
     #[error(
         "subject families `{first}` ({first_subject}) and `{second}` ({second_subject}) are not disjoint: both hold `{shared}`"
@@ -100,6 +160,7 @@ pub enum FamiliesError {
 #[derive(Debug, Clone)]
 pub struct Families {
     families: Vec<Family>,
+    placeholders: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Families {
@@ -134,13 +195,49 @@ impl Families {
                     shared,
                 });
             }
+            let stream = match def.stream {
+                None => None,
+                Some(name) => {
+                    let refuse = |why: &str| FamiliesError::Stream {
+                        family: def.name.clone(),
+                        stream: name.clone(),
+                        why: why.to_owned(),
+                    };
+                    if !(1..=32).contains(&name.len())
+                        || !name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                    {
+                        return Err(refuse("must be 1–32 of A-Z a-z 0-9 _ -"));
+                    }
+                    if families
+                        .iter()
+                        .any(|f| f.stream.as_ref().is_some_and(|s| s.name == name))
+                    {
+                        return Err(refuse("is already another family's"));
+                    }
+                    let subjects = pattern.nats_subjects().ok_or_else(|| {
+                        refuse("cannot capture a pattern whose placeholder leaves tokens out")
+                    })?;
+                    Some(FamilyStream { name, subjects })
+                }
+            };
             families.push(Family {
                 name: def.name,
                 pattern,
                 description: def.description,
+                stream,
             });
         }
-        Ok(Families { families })
+        let placeholders = file
+            .placeholders
+            .into_iter()
+            .map(|(name, p)| (name, p.excludes))
+            .collect();
+        Ok(Families {
+            families,
+            placeholders,
+        })
     }
 
     /// The repository's families ([`SUBJECT_FAMILIES`]).
@@ -158,6 +255,58 @@ impl Families {
     /// does (families are disjoint, so at most one holds a literal subject).
     pub fn family_of(&self, subject: &str) -> Option<&Family> {
         self.families.iter().find(|f| f.pattern.contains(subject))
+    }
+
+    /// The tokens placeholder `{name}` never takes, if it is defined.
+    pub fn placeholder_excludes(&self, name: &str) -> Option<&BTreeSet<String>> {
+        self.placeholders.get(name)
+    }
+
+    /// The family of a subject about to be published: the one holding it, or why none does
+    /// (naming the closest family).
+    pub fn family_of_subject(&self, subject: &str) -> Result<&Family, FilterOutside> {
+        if let Err(e) = ck_subject::validate_literal(subject) {
+            return Err(FilterOutside::Syntax {
+                filter: subject.to_owned(),
+                why: e.to_string(),
+            });
+        }
+        self.family_of(subject).ok_or_else(|| self.outside(subject))
+    }
+
+    /// The one family a subscription filter (a NATS subject or pattern) reaches. A filter may
+    /// match subjects no family holds besides those of its family (`fleet.events.*.>` also
+    /// matches `fleet.events.install.x`, which nothing may publish); it may not reach two
+    /// families, nor none.
+    pub fn family_of_filter(&self, filter: &str) -> Result<&Family, FilterOutside> {
+        let syntax = |why: String| FilterOutside::Syntax {
+            filter: filter.to_owned(),
+            why,
+        };
+        ck_subject::validate_pattern(filter).map_err(|e| syntax(e.to_string()))?;
+        let pattern = FamilyPattern::parse(filter, |_| None).map_err(|e| syntax(e.to_string()))?;
+        let reached: Vec<&Family> = self
+            .families
+            .iter()
+            .filter(|f| f.pattern.overlap(&pattern).is_some())
+            .collect();
+        match reached.as_slice() {
+            [one] => Ok(one),
+            [] => Err(self.outside(filter)),
+            many => Err(FilterOutside::Across {
+                filter: filter.to_owned(),
+                families: many.iter().map(|f| f.name.clone()).collect(),
+            }),
+        }
+    }
+
+    fn outside(&self, subject: &str) -> FilterOutside {
+        FilterOutside::Outside {
+            filter: subject.to_owned(),
+            closest: self
+                .closest(subject)
+                .map(|f| (f.name.clone(), f.pattern.to_string())),
+        }
     }
 
     /// The family closest to `subject` (for a subject none holds): the one whose tokens resemble
@@ -290,6 +439,86 @@ mod tests {
             Families::parse("version: 2\nfamilies: []\n"),
             Err(FamiliesError::Version(2))
         ));
+    }
+
+    #[test]
+    fn the_platform_families_hold_versioned_and_keyed_subjects_each_in_its_own_stream() {
+        let families = Families::builtin();
+        let of = |s: &str| families.family_of_subject(s).map(|f| f.name.as_str());
+        assert_eq!(
+            of("platform.capability.changed.v1"),
+            Ok("platform.capability")
+        );
+        assert_eq!(
+            of("platform.capability.changed.v1.billing"),
+            Ok("platform.capability")
+        );
+        assert_eq!(of("fleet.agent.handoff.v1"), Ok("fleet.agent"));
+        assert_eq!(of("platform.delivery.parked.v1"), Ok("platform.delivery"));
+        let stray = families
+            .family_of_subject("platform.capabilty.changed.v1")
+            .unwrap_err();
+        assert!(
+            stray.to_string().contains("closest: `platform.capability`"),
+            "{stray}"
+        );
+        assert!(matches!(
+            families.family_of_subject("platform.*"),
+            Err(FilterOutside::Syntax { .. })
+        ));
+        let streams: Vec<(&str, &[String])> = families
+            .iter()
+            .filter_map(|f| f.stream.as_ref())
+            .map(|s| (s.name.as_str(), s.subjects.as_slice()))
+            .collect();
+        assert!(
+            streams.contains(&("FLEET_AGENT", &["fleet.agent.>".to_owned()][..])),
+            "{streams:?}"
+        );
+        assert_eq!(streams.len(), 6);
+    }
+
+    #[test]
+    fn a_filter_reaches_exactly_one_family_or_is_refused() {
+        let families = Families::builtin();
+        let of = |s: &str| families.family_of_filter(s).map(|f| f.name.as_str());
+        assert_eq!(of("fleet.events.*.>"), Ok("fleet.events"));
+        assert_eq!(of("fleet.install.*.done"), Ok("fleet.install"));
+        assert_eq!(of("platform.capability.*.v1.*"), Ok("platform.capability"));
+        assert!(matches!(
+            of("platform.>"),
+            Err(FilterOutside::Across { .. })
+        ));
+        assert!(matches!(
+            of("fleet.*.scan.>"),
+            Err(FilterOutside::Across { .. })
+        ));
+        assert!(matches!(of("orders.>"), Err(FilterOutside::Outside { .. })));
+        assert!(matches!(of("a..b"), Err(FilterOutside::Syntax { .. })));
+    }
+
+    #[test]
+    fn a_silo_may_take_no_token_its_placeholder_excludes() {
+        let families = Families::builtin();
+        let excluded: Vec<&str> = families
+            .placeholder_excludes("silo")
+            .unwrap()
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let mut reserved = ck_manifest::topics::RESERVED_SILO_NAMES.to_vec();
+        reserved.sort_unstable();
+        assert_eq!(excluded, reserved);
+    }
+
+    #[test]
+    fn a_stream_must_spell_its_family_in_nats_subjects() {
+        let text = "version: 1\nplaceholders:\n  s: {excludes: [x]}\nfamilies:\n  - {name: a, subject: \"a.{s}.b\", stream: A}\n";
+        let err = Families::parse(text).unwrap_err().to_string();
+        assert!(err.contains("stream `A`"), "{err}");
+        let twice = "version: 1\nfamilies:\n  - {name: a, subject: \"a.>\", stream: S}\n  - {name: b, subject: \"b.>\", stream: S}\n";
+        let err = Families::parse(twice).unwrap_err().to_string();
+        assert!(err.contains("already another family's"), "{err}");
     }
 
     #[test]

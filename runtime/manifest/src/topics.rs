@@ -321,7 +321,7 @@ pub fn is_fleet_name(name: &str) -> bool {
 /// Names a silo may not take: the literals beside `{silo}` in the fleet families
 /// (`policies/subject-families.yaml`). A silo named `events` would have its
 /// `fleet.{silo}.scan.*` subjects inside `fleet.events.>`.
-pub const RESERVED_SILO_NAMES: [&str; 5] = ["events", "install", "state", "build", "lean"];
+pub const RESERVED_SILO_NAMES: [&str; 6] = ["events", "install", "state", "build", "lean", "agent"];
 
 /// Why a name cannot be a silo's.
 pub fn silo_name_problem(silo: &str) -> Option<String> {

@@ -210,6 +210,37 @@ impl FamilyPattern {
         }
     }
 
+    /// The NATS subjects (wildcards allowed) that together match exactly this family, if
+    /// there are such: alternatives expand to one subject each, `*` and an unrestricted
+    /// placeholder are `*`; a placeholder that excludes tokens has no NATS spelling (NATS
+    /// wildcards cannot leave tokens out), so such a family has none.
+    pub fn nats_subjects(&self) -> Option<Vec<String>> {
+        let mut subjects = vec![String::new()];
+        for (i, token) in self.tokens.iter().enumerate() {
+            let choices: Vec<&str> = match token {
+                FamilyToken::Literal(l) => vec![l.as_str()],
+                FamilyToken::OneOf(set) => set.iter().map(String::as_str).collect(),
+                FamilyToken::Placeholder { excludes, .. } if excludes.is_empty() => vec!["*"],
+                FamilyToken::Placeholder { .. } => return None,
+                FamilyToken::Any => vec!["*"],
+                FamilyToken::Tail => vec![">"],
+            };
+            subjects = subjects
+                .iter()
+                .flat_map(|prefix| {
+                    choices.iter().map(move |c| {
+                        if i == 0 {
+                            (*c).to_owned()
+                        } else {
+                            format!("{prefix}.{c}")
+                        }
+                    })
+                })
+                .collect();
+        }
+        Some(subjects)
+    }
+
     /// Whether every subject the NATS subject or pattern `nats` matches is in this family.
     pub fn contains(&self, nats: &str) -> bool {
         let theirs: Vec<&str> = nats.split('.').collect();
@@ -248,6 +279,22 @@ mod tests {
             _ => None,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn a_family_is_spelled_in_nats_subjects_unless_a_placeholder_leaves_tokens_out() {
+        assert_eq!(
+            p("platform.capability.>").nats_subjects(),
+            Some(vec!["platform.capability.>".to_owned()])
+        );
+        assert_eq!(
+            p("fleet.lean.proof.{file}.step|sorry").nats_subjects(),
+            Some(vec![
+                "fleet.lean.proof.*.sorry".to_owned(),
+                "fleet.lean.proof.*.step".to_owned()
+            ])
+        );
+        assert_eq!(p("fleet.{silo}.scan.request").nats_subjects(), None);
     }
 
     #[test]
