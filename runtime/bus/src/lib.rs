@@ -13,7 +13,6 @@
 
 mod caller;
 pub mod clock;
-pub mod cloudevent;
 mod connection;
 pub mod envelope;
 pub mod metrics;
@@ -22,7 +21,6 @@ mod publisher;
 mod serve;
 
 pub use caller::{CLAIMED_PREFIX, Caller};
-pub use cloudevent::LoopCloudEvent;
 pub use connection::{
     ConnectSpec, CredentialSource, Credentials, CredentialsUnavailable, connect, serve_rotating,
     servers, with_tls,

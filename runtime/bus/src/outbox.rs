@@ -248,8 +248,8 @@ impl Outbox {
         );
         if state.queued == 0 && state.degraded {
             state.degraded = false;
-            let at = crate::cloudevent::now();
-            let degraded = crate::cloudevent::LoopCloudEvent {
+            let at = ck_events::now();
+            let degraded = ck_events::LoopCloudEvent {
                 guid: &self.guid,
                 source: &self.kernel_urn,
                 event: LoopEvent::DataNatsDegraded,
@@ -258,15 +258,20 @@ impl Outbox {
                 time: &at,
                 data: serde_json::json!({"event": LoopEvent::DataNatsDegraded.to_string(), "guid": self.guid, "replayed": sent, "timestamp": at}),
             };
-            let event = LoopEventMessage {
-                subject: degraded.nats_subject(),
-                msg_id: degraded.id(),
-                trace_id: "nats-degraded".into(),
-                user: "ck host".into(),
-                body: degraded.body(),
-            };
-            if self.publish(&js, &event).await.is_err() {
-                self.enqueue_locked(state, std::slice::from_ref(&event))?;
+            match degraded.body() {
+                Ok(body) => {
+                    let event = LoopEventMessage {
+                        subject: degraded.nats_subject(),
+                        msg_id: degraded.id(),
+                        trace_id: "nats-degraded".into(),
+                        user: "ck host".into(),
+                        body,
+                    };
+                    if self.publish(&js, &event).await.is_err() {
+                        self.enqueue_locked(state, std::slice::from_ref(&event))?;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "event.unformable"),
             }
         }
         Ok(sent)

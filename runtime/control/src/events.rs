@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
-use ck_bus::LoopCloudEvent;
+use ck_events::LoopCloudEvent;
 use ck_loops::journal::Journal;
 use ck_manifest::topics::{self, LoopEvent};
 
@@ -116,7 +116,13 @@ pub async fn publish_journal(
             .publish_with_headers(
                 event.nats_subject(),
                 headers,
-                event.body().to_string().into(),
+                event
+                    .body()
+                    .map_err(|e| {
+                        ControlError::Refused(format!("journal entry {}: {e}", entry.seq))
+                    })?
+                    .to_string()
+                    .into(),
             )
             .await
             .map_err(|e| failed(&entry.subject, e.to_string()))?;

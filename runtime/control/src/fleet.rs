@@ -369,14 +369,15 @@ impl FleetReporter {
         let subject = topics::fleet_event_subject(&self.silo, event);
         let id = format!("{}:{}:{}:{key}", self.silo, self.host, event.name());
         let source = format!("ck://fleet/{}/{}", self.silo, self.host);
-        let body = ck_bus::cloudevent::structured(
+        let body = ck_events::structured(
             &id,
             &source,
             &format!("ck.fleet.{}", event.name()),
             Some(&self.host),
-            &ck_bus::cloudevent::now(),
+            &ck_events::now(),
             &data,
-        );
+        )
+        .map_err(|e| ControlError::Refused(e.to_string()))?;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(ck_bus::envelope::MSG_ID, id.as_str());
         // A feed: subscribers have it once the server took it (the last value of each host

@@ -4,7 +4,7 @@
 //! landed — and followed by every host serving the kernel through a KV watch.
 
 use async_nats::jetstream::kv;
-use ck_bus::LoopCloudEvent;
+use ck_events::LoopCloudEvent;
 use ck_loops::serving::{RolledBack, ServingRecord, ServingRefused, VersionRef, short};
 use ck_manifest::topics::{self, LoopEvent};
 use futures::StreamExt;
@@ -471,7 +471,7 @@ impl ControlPlane {
             .map(|d| d.urn)
             .unwrap_or_else(|_| format!("ckp://Kernel#{}", record.kernel));
         let key = format!("rev{}", record.revision);
-        let time = ck_bus::cloudevent::now();
+        let time = ck_events::now();
         let mut announced = Vec::new();
         for (event, mut data) in events {
             data["event"] = json!(event.to_string());
@@ -493,7 +493,11 @@ impl ControlPlane {
                 &self.js,
                 cloud.nats_subject(),
                 headers,
-                cloud.body().to_string().into(),
+                cloud
+                    .body()
+                    .map_err(|e| ControlError::Refused(e.to_string()))?
+                    .to_string()
+                    .into(),
             )
             .await?;
             announced.push((cloud.nats_subject(), duplicate));

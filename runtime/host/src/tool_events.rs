@@ -2,7 +2,7 @@
 //! `tool.completed` or `tool.failed` (with its duration, and the error) after — CloudEvents
 //! like every loop event. They are on the hot path of every call, so the parts that never
 //! change (subjects, source, kernel, version) are encoded once and each event only appends its
-//! own fields — to the shape `ck_bus::cloudevent` gives every loop event (a test checks that
+//! own fields — to the shape `ck_events` (the one CloudEvents builder) gives every loop event (a test checks that
 //! both agree), with its id `{guid}:tool.{event}:{started}:{call}` (`topics::loop_event_id`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -219,7 +219,7 @@ mod tests {
             let key = id
                 .strip_prefix(&format!("{}:{event}:", kernel.guid))
                 .unwrap();
-            let built = ck_bus::LoopCloudEvent {
+            let built = ck_events::LoopCloudEvent {
                 guid: &kernel.guid,
                 source: &kernel.urn,
                 event,
@@ -228,7 +228,7 @@ mod tests {
                 time: fast["time"].as_str().unwrap(),
                 data: fast["data"].clone(),
             };
-            assert_eq!(fast, built.body(), "{event}");
+            assert_eq!(fast, built.body().unwrap(), "{event}");
             assert_eq!(subject.as_str(), built.nats_subject());
         }
     }

@@ -577,7 +577,7 @@ impl Host {
             pin: pin.clone(),
             digest: imported.digest.clone(),
             request: r.id.clone(),
-            installed_at: ck_bus::cloudevent::now(),
+            installed_at: ck_events::now(),
         };
         if let Err(e) = site.store.put_served(&entry).await {
             tracing::error!(kernel = %r.kernel, error = %e, "site.served-set-unwritten");
@@ -882,7 +882,7 @@ impl Host {
             requester: requester.to_owned(),
             digest: digest.map(str::to_owned),
             host: site.config.host_spiffe_id.clone(),
-            at: ck_bus::cloudevent::now(),
+            at: ck_events::now(),
             seq,
         };
         let record = ck_audit::AuditRecord::now(

@@ -5,7 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ck_bus::{LoopCloudEvent, LoopEventMessage};
+use ck_bus::LoopEventMessage;
+use ck_events::LoopCloudEvent;
 use ck_manifest::topics::LoopEvent;
 use serde_json::{Value, json};
 
@@ -199,7 +200,7 @@ impl Lifecycle {
     /// instance of `commit` through the outbox, each with the message id
     /// `{guid}:{event}:{instance}`.
     pub(super) async fn announce(&self, batch: &[Committed], commit: &str) {
-        let at = ck_bus::cloudevent::now();
+        let at = ck_events::now();
         let events: Vec<LoopEventMessage> = batch
             .iter()
             .flat_map(|sealed| {
@@ -213,7 +214,7 @@ impl Lifecycle {
                 };
                 events.iter().map(move |event| (sealed, *event))
             })
-            .map(|(sealed, event)| {
+            .filter_map(|(sealed, event)| {
                 let key = match &sealed.amendment {
                     None => sealed.instance_id.clone(),
                     Some(file) => format!("{}:{file}", sealed.instance_id),
@@ -241,13 +242,17 @@ impl Lifecycle {
                             "proof": format!("data/instances/{}/proof.json", sealed.instance_id),
                     }),
                 };
-                LoopEventMessage {
+                let body = cloud_event
+                    .body()
+                    .map_err(|e| tracing::error!(instance = %sealed.instance_id, error = %e, "event.unformable"))
+                    .ok()?;
+                Some(LoopEventMessage {
                     subject: cloud_event.nats_subject(),
                     msg_id: cloud_event.id(),
                     trace_id: sealed.trace_id.clone(),
                     user: sealed.user.clone(),
-                    body: cloud_event.body(),
-                }
+                    body,
+                })
             })
             .collect();
         if let Err(e) = self.outbox.send(events).await {
