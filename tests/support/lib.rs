@@ -9,11 +9,13 @@
 
 pub mod fuzz;
 mod process;
+mod witness;
 
 pub use process::{
     Proc, ck_build, ck_run, copy_kernel, eventually, reference_kernels, seconds_from_env,
     write_echo_version,
 };
+pub use witness::{Verdicts, Witness};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

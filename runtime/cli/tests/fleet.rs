@@ -120,6 +120,21 @@ fn fleet_of(silos: &[&str]) -> Fleet {
     }
 }
 
+/// The data of an event the site or the build agent published: a structured CloudEvent 1.0
+/// of a `ck.fleet.` type (anything else fails the test).
+fn event_data(payload: &[u8]) -> serde_json::Value {
+    let event: serde_json::Value = serde_json::from_slice(payload).expect("a JSON document");
+    assert_eq!(event["specversion"], "1.0", "{event}");
+    assert!(
+        event["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("ck.fleet.")),
+        "{event}"
+    );
+    assert_eq!(event["datacontenttype"], "application/json", "{event}");
+    event["data"].clone()
+}
+
 async fn connect(server: &NatsServer, user: (&str, &str)) -> async_nats::Client {
     async_nats::ConnectOptions::with_user_and_password(user.0.into(), user.1.into())
         .connect(server.url())
@@ -563,7 +578,13 @@ async fn outcome_of(
             .await
             .unwrap_or_else(|_| panic!("no done for {id}; steps {steps:?}\n{}", log()))
             .expect("the subscription stays open");
-        let body: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        let report = [".done", ".progress"]
+            .iter()
+            .any(|kind| message.subject.ends_with(kind));
+        if !report {
+            continue;
+        }
+        let body = event_data(&message.payload);
         if body["id"] != id {
             continue;
         }
@@ -879,6 +900,19 @@ impl SiteRig {
 async fn an_install_request_at_the_hub_is_carried_out_by_the_site_host_alone() {
     let fleet = fleet();
     let mut site = SiteRig::start(&fleet).await;
+    // Every event the site and the build agent send the hub — install progress and done,
+    // build done, the host's lifecycle — judged by the Python CloudEvents SDK through nats-py.
+    let witness = ck_tests::Witness::start(
+        &site.root,
+        &fleet.hub.url(),
+        OPERATOR,
+        &[
+            "fleet.install.ct-fac.progress",
+            "fleet.install.ct-fac.done",
+            "fleet.build.*.done",
+            "fleet.events.ct-fac.>",
+        ],
+    );
     // The build pipeline at the hub: the operator's checkout built once (its TOOL loop), a
     // build agent answering for it; a build request at the hub is built, reproduced and
     // pushed to the hub's store.
@@ -910,7 +944,7 @@ async fn an_install_request_at_the_hub_is_carried_out_by_the_site_host_alone() {
             .await
             .expect("the build agent answers within 60 s")
             .expect("the build agent answers");
-            serde_json::from_slice::<serde_json::Value>(&reply.payload).unwrap()
+            event_data(&reply.payload)
         }
     };
     let built = build(r#"{"ref":"develop","id":"b-1"}"#).await;
@@ -1124,6 +1158,13 @@ async fn an_install_request_at_the_hub_is_carried_out_by_the_site_host_alone() {
         answer.expect("echo answers after the restart")["status"],
         "ok"
     );
+    witness.expect_types(&[
+        "ck.fleet.install.progress",
+        "ck.fleet.install.done",
+        "ck.fleet.build.done",
+        "ck.fleet.boot",
+        "ck.fleet.pod.ready",
+    ]);
 }
 
 /// How many `done` reports of ct-fac the hub's FLEET_REPORTS holds, by request id.
@@ -1179,7 +1220,7 @@ async fn dones_at_hub(
             continue;
         };
         if message.subject.as_str() == "fleet.install.ct-fac.done" {
-            let body: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+            let body = event_data(&message.payload);
             *dones
                 .entry(body["id"].as_str().unwrap_or_default().to_owned())
                 .or_default() += 1;
@@ -1608,7 +1649,7 @@ async fn timed_install(
             .await
             .unwrap_or_else(|_| panic!("no done for {id} at {silo}"))
             .unwrap();
-        let report: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        let report = event_data(&message.payload);
         if report["id"] == id.as_str() {
             return (started.elapsed(), report);
         }
@@ -1655,7 +1696,15 @@ async fn bench_fleet_install() {
         while let Some(Ok(message)) = messages.next().await {
             let body: serde_json::Value =
                 serde_json::from_slice(&message.payload).unwrap_or_default();
-            let done = serde_json::json!({"id": body["id"], "outcome": "installed"});
+            let done = ck_events::structured(
+                &format!("base:{}:done", body["id"]),
+                "ck://bench/baseline",
+                "ck.fleet.install.done",
+                body["id"].as_str(),
+                &ck_events::now(),
+                &serde_json::json!({"id": body["id"], "outcome": "installed"}),
+            )
+            .unwrap();
             site_js
                 .publish("fleet.install.base.done", done.to_string().into())
                 .await
@@ -1868,7 +1917,7 @@ async fn bench_fleet_install() {
             .await
             .unwrap();
         builds.push(started.elapsed());
-        let done: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+        let done = event_data(&reply.payload);
         assert_eq!(done["ok"], true, "{done}");
     }
     report.push(summary(

@@ -172,6 +172,13 @@ async fn a_full_lifecycle_seals_once_and_verify_names_any_changed_byte() {
     let tmp = tempfile::tempdir().unwrap();
     let server = nats_jetstream(&tmp.path().join("js"));
     let kernel = built_kernel(&tmp.path().join("tasks"));
+    // Every DATA loop event, judged by the Python CloudEvents SDK through nats-py.
+    let witness = ck_tests::Witness::start(
+        tmp.path(),
+        &server.url(),
+        ("", ""),
+        &[&format!("ck.{GUID}.data.>")],
+    );
     let _host = Host::start(&server, &kernel, tmp.path(), "host");
     let c = async_nats::connect(server.url()).await.unwrap();
 
@@ -266,6 +273,11 @@ async fn a_full_lifecycle_seals_once_and_verify_names_any_changed_byte() {
         .get_stream(format!("ck_data_{}", GUID.replace('-', "_")))
         .await
         .unwrap();
+    witness.expect_types(&[
+        "ck.data.written",
+        "ck.data.proof-generated",
+        "ck.data.ledger-entry",
+    ]);
     for event in ["data.written", "data.proof-generated", "data.ledger-entry"] {
         // Announced once the seal is committed to the DATA repository, just after the answer.
         let subject = format!("ck.{GUID}.{event}");
@@ -589,6 +601,12 @@ async fn amendments_follow_instance_mutability() {
         "instance_mutability: amendments_allowed\n",
     )
     .unwrap();
+    let witness = ck_tests::Witness::start(
+        tmp.path(),
+        &server.url(),
+        ("", ""),
+        &[&format!("ck.{GUID}.data.amended")],
+    );
     let _host = Host::start(&server, &kernel, tmp.path(), "amendable");
     let amended = task(
         &c,
@@ -631,6 +649,7 @@ async fn amendments_follow_instance_mutability() {
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
+    witness.expect_types(&["ck.data.amended"]);
     let event = loop {
         match stream
             .get_last_raw_message_by_subject(&format!("ck.{GUID}.data.amended"))

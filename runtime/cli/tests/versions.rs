@@ -96,6 +96,13 @@ async fn a_running_host_follows_promote_canary_and_rollback() {
         .await
         .unwrap();
     observer.flush().await.unwrap();
+    // Every CK and TOOL loop event, judged by the Python CloudEvents SDK through nats-py.
+    let witness = ck_tests::Witness::start(
+        tmp.path(),
+        &server.url(),
+        ("", ""),
+        &[&format!("ck.{GUID}.ck.>"), &format!("ck.{GUID}.tool.>")],
+    );
     let cache = tmp.path().join("cache");
     let host = Proc::spawn(
         env!("CARGO_BIN_EXE_ck"),
@@ -195,6 +202,16 @@ async fn a_running_host_follows_promote_canary_and_rollback() {
     assert_eq!(status["data"]["serving"]["name"], "stable");
     let versions = ck(&["versions", k]);
     assert!(versions.contains("serving revision"), "{versions}");
+    witness.expect_types(&[
+        "ck.ck.commit",
+        "ck.ck.ref-update",
+        "ck.ck.canary",
+        "ck.ck.rollback",
+        "ck.ck.promote",
+        "ck.tool.commit",
+        "ck.tool.invoked",
+        "ck.tool.completed",
+    ]);
 
     // A promotion that changes the kernel's own permissions (declaring task actions opens its
     // JetStream subjects) renews the connection, so the server enforces the new ones; requests

@@ -621,6 +621,52 @@ impl ControlPlane {
     }
 }
 
+/// A site's report (`progress` or `done`) as the CloudEvent it is published as: type
+/// `ck.fleet.install.{progress|done}`, `source` the reporting host's SPIFFE ID, `subject` the
+/// request's id, and an `id` made of the silo, the request, the kind and the report's own
+/// blake3 digest — the same report sent again has the same id (it is also its
+/// `Nats-Msg-Id`), two different reports never do. Returns the id and the document.
+pub fn report_event<T: Serialize>(
+    silo: &str,
+    kind: InstallSubject,
+    request: Option<&str>,
+    host_spiffe_id: &str,
+    report: &T,
+) -> Result<(String, serde_json::Value), ControlError> {
+    let data = serde_json::to_value(report)
+        .map_err(|e| ControlError::Refused(format!("encoding the report: {e}")))?;
+    let digest = blake3::hash(data.to_string().as_bytes()).to_hex();
+    let id = format!(
+        "{silo}:{}:{}:{}",
+        request.unwrap_or("-"),
+        kind.name(),
+        &digest[..16]
+    );
+    let ty = format!("ck.fleet.install.{}", kind.name());
+    let event = ck_events::EventSpec {
+        id: &id,
+        source: host_spiffe_id,
+        ty: &ty,
+        subject: request,
+        time: &ck_events::now(),
+        data,
+        extensions: Vec::new(),
+    }
+    .structured()
+    .map_err(|e| ControlError::Refused(e.to_string()))?;
+    Ok((id, event))
+}
+
+/// The data of a site's report (a structured CloudEvent of a `ck.fleet.install.` type), if
+/// the payload is one.
+pub fn report_data(payload: &[u8]) -> Option<serde_json::Value> {
+    let event: ck_events::Event = serde_json::from_slice(payload).ok()?;
+    if !ck_events::has_type_prefix(&event, "ck.fleet.install.") {
+        return None;
+    }
+    ck_events::json_data(&event)
+}
+
 /// A report of a request, as the hub sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
@@ -644,13 +690,10 @@ impl RequestWatch {
                 continue;
             };
             // Reports are the site's: anything unreadable is skipped, not trusted.
-            let report = match kind {
-                "progress" => serde_json::from_slice(&message.payload)
-                    .ok()
-                    .map(Report::Progress),
-                "done" => serde_json::from_slice(&message.payload)
-                    .ok()
-                    .map(Report::Done),
+            let data = report_data(&message.payload);
+            let report = match (kind, data) {
+                ("progress", Some(data)) => serde_json::from_value(data).ok().map(Report::Progress),
+                ("done", Some(data)) => serde_json::from_value(data).ok().map(Report::Done),
                 _ => None,
             };
             let id = match &report {

@@ -122,6 +122,24 @@ pub fn structured(
     .structured()
 }
 
+/// Whether `event`'s type starts with `prefix`.
+pub fn has_type_prefix(event: &Event, prefix: &str) -> bool {
+    use cloudevents::AttributesReader;
+    event.ty().starts_with(prefix)
+}
+
+/// An event's data, if it is JSON (`datacontenttype` `application/json`).
+pub fn json_data(event: &Event) -> Option<Value> {
+    use cloudevents::AttributesReader;
+    if event.datacontenttype() != Some(DATA_CONTENT_TYPE) {
+        return None;
+    }
+    match event.data()? {
+        cloudevents::Data::Json(value) => Some(value.clone()),
+        _ => None,
+    }
+}
+
 /// Whether `name` can be a CloudEvents extension attribute: 1–20 lowercase ASCII letters or
 /// digits (CloudEvents 1.0 §3.1.1; the Python SDK refuses anything else).
 pub fn valid_extension_name(name: &str) -> bool {

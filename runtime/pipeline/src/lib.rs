@@ -138,7 +138,13 @@ impl BuildAgent {
             };
             let kernel = &self.kernels[i];
             let done = self.build(kernel, &message.payload).await;
-            let body = serde_json::to_vec(&done).unwrap_or_default();
+            let body = match done_event(kernel, &done) {
+                Ok(event) => event.to_string().into_bytes(),
+                Err(e) => {
+                    tracing::error!(kernel = %kernel.name, error = %e, "build.done-unformable");
+                    continue;
+                }
+            };
             let subject = topics::fleet_build_subject(&kernel.guid, true);
             tracing::info!(kernel = %kernel.name, ok = done.ok, ms = done.ms, error = ?done.error, "build.done");
             if let Err(e) = client.publish(subject, body.clone().into()).await {
@@ -170,7 +176,11 @@ impl BuildAgent {
                 .map_err(|e| format!("malformed build request: {e}"))
         };
         let mut done = BuildDone {
-            id: request.as_ref().ok().and_then(|r| r.id.clone()),
+            id: request
+                .as_ref()
+                .ok()
+                .and_then(|r| r.id.clone())
+                .filter(|id| topics::is_fleet_name(id)),
             kernel: kernel.name.clone(),
             guid: kernel.guid.clone(),
             reference: request
@@ -187,6 +197,9 @@ impl BuildAgent {
         };
         let outcome = match request {
             Err(e) => Err(e),
+            Ok(r) if r.id.as_deref().is_some_and(|id| !topics::is_fleet_name(id)) => {
+                Err("field `id` must be 1–64 of A-Z a-z 0-9 - _ (one per request)".to_owned())
+            }
             Ok(r) if !valid_ref(&r.reference) => Err(format!(
                 "`ref` must be 1–100 of A-Z a-z 0-9 . _ / - (a branch or a commit id), not `{}`",
                 r.reference.chars().take(100).collect::<String>()
@@ -229,6 +242,36 @@ impl BuildAgent {
         done.pushed = true;
         Ok(())
     }
+}
+
+/// A build's `done` as the CloudEvent it is published (and answered) as: type
+/// `ck.fleet.build.done`, `source` `ck://build-agent/{guid}`, `subject` the request's id (or
+/// none), `id` the kernel, the request and the answer's own blake3 digest (the same answer
+/// has the same id, two different answers never do).
+pub fn done_event(
+    kernel: &Kernel,
+    done: &BuildDone,
+) -> Result<serde_json::Value, ck_events::EventError> {
+    let data = serde_json::to_value(done).unwrap_or_default();
+    let digest = blake3::hash(data.to_string().as_bytes()).to_hex();
+    // Only a checked request id names the event (a refused request's is dropped).
+    let about = done.id.as_deref();
+    let id = format!(
+        "{}:build:{}:{}",
+        kernel.guid,
+        about.unwrap_or("-"),
+        &digest[..16]
+    );
+    ck_events::EventSpec {
+        id: &id,
+        source: &format!("ck://build-agent/{}", kernel.guid),
+        ty: "ck.fleet.build.done",
+        subject: about,
+        time: &ck_events::now(),
+        data,
+        extensions: Vec::new(),
+    }
+    .structured()
 }
 
 fn valid_ref(r: &str) -> bool {

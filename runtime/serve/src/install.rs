@@ -841,8 +841,13 @@ impl Host {
             ms: ms(started),
             detail: Some(refusal.reason.clone()),
         };
-        self.publish(site, InstallSubject::Progress, &progress)
-            .await;
+        self.publish(
+            site,
+            InstallSubject::Progress,
+            progress.id.as_deref(),
+            &progress,
+        )
+        .await;
         let record = ck_audit::AuditRecord::now(
             if claimed.is_empty() {
                 "unknown"
@@ -928,8 +933,13 @@ impl Host {
             detail,
         };
         tracing::info!(id, step = ?step, ok, ms = progress.ms, "site.progress");
-        self.publish(site, InstallSubject::Progress, &progress)
-            .await;
+        self.publish(
+            site,
+            InstallSubject::Progress,
+            progress.id.as_deref(),
+            &progress,
+        )
+        .await;
     }
 
     /// Publishes into the site's reports stream (kept while the link is down), waiting for
@@ -938,16 +948,32 @@ impl Host {
         &self,
         site: &SiteParts,
         subject: InstallSubject,
+        request: Option<&str>,
         body: &T,
     ) -> bool {
         let Ok(plane) = self.local_plane() else {
             return false;
         };
-        let subject = topics::fleet_install_subject(&site.silo, subject);
-        let payload = serde_json::to_vec(body).unwrap_or_default();
+        let kind = subject;
+        let subject = topics::fleet_install_subject(&site.silo, kind);
+        let (id, event) = match ck_control::install::report_event(
+            &site.silo,
+            kind,
+            request,
+            &site.config.host_spiffe_id,
+            body,
+        ) {
+            Ok(formed) => formed,
+            Err(e) => {
+                tracing::error!(subject, error = %e, "site.report-unformable");
+                return false;
+            }
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(ck_bus::envelope::MSG_ID, id.as_str());
         match plane
             .jetstream()
-            .publish(subject.clone(), payload.into())
+            .publish_with_headers(subject.clone(), headers, event.to_string().into())
             .await
         {
             Ok(ack) => match ack.await {
@@ -966,7 +992,10 @@ impl Host {
 
     async fn report_done(&self, site: &SiteParts, done: &Done) -> Result<(), String> {
         tracing::info!(id = ?done.id, outcome = ?done.outcome, reason = ?done.reason, "site.done");
-        if self.publish(site, InstallSubject::Done, done).await {
+        if self
+            .publish(site, InstallSubject::Done, done.id.as_deref(), done)
+            .await
+        {
             Ok(())
         } else {
             Err("the site's reports stream did not acknowledge done".into())
