@@ -23,10 +23,13 @@ bool exports_conceptkernel_kernel_handler_handle(ck_str *action, ck_str *data, c
     ok = ck_fail(err, 500, "malloc returned NULL before the host stopped the hog");
   } else if (ck_eq(action, "crash")) {
     __builtin_trap(); /* trap */
-  } else if (ck_eq(action, "sneak")) {
-    /* Publish on another kernel's DATA subject: the host must refuse before NATS sees it. */
+  } else if (ck_eq(action, "sneak") || ck_eq(action, "stray")) {
+    /* sneak: another kernel's DATA subject; stray: a subject outside every declared family (a
+     * misspelt platform family). The host must refuse both before NATS sees them. */
     ck_str subject;
-    kernel_string_set(&subject, "ck.5c4d3e2f-1a0b-4c9d-8e7f-6a5b4c3d2e10.data.written");
+    kernel_string_set(&subject, ck_eq(action, "sneak")
+                                    ? "ck.5c4d3e2f-1a0b-4c9d-8e7f-6a5b4c3d2e10.data.written"
+                                    : "platform.capabilty.changed.v1");
     kernel_list_u8_t payload = {(uint8_t *)"{\"forged\":true}", 15};
     conceptkernel_kernel_host_publish_error_t perr;
     if (conceptkernel_kernel_host_publish(&subject, &payload, &perr)) {
@@ -56,7 +59,7 @@ bool exports_conceptkernel_kernel_handler_handle(ck_str *action, ck_str *data, c
     b.len = n + 2;
     ok = ck_ok_buf(ret, &b);
   } else {
-    ok = ck_fail(err, 404, "Test.Hostile knows spin, hog, crash, sneak and flood");
+    ok = ck_fail(err, 404, "Test.Hostile knows spin, hog, crash, sneak, stray and flood");
   }
   kernel_string_free(data);
   kernel_string_free(action);

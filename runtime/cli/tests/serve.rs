@@ -333,6 +333,42 @@ async fn many_spinning_kernels_do_not_starve_the_host() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_guest_publish_outside_every_family_is_denied_naming_the_closest_family() {
+    let s = setup().await;
+    let c = &s.client;
+    let stray = "platform.capabilty.changed.v1";
+    let mut watch = c.subscribe(stray).await.unwrap();
+    c.flush().await.unwrap();
+    let answer = ask(c, "input.Test.Hostile", "stray", json!({})).await;
+    assert_eq!(answer["status"], "ok", "{answer}");
+    let denied = &answer["data"]["denied"];
+    assert_eq!(denied["subject"], stray);
+    let reason = denied["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("outside every declared subject family")
+            && reason.contains("closest: `platform.capability`"),
+        "{reason}"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), watch.next())
+            .await
+            .is_err(),
+        "the stray message reached NATS"
+    );
+    let hostile = s._kernels.path().join("hostile");
+    ck_tests::eventually(
+        Duration::from_secs(5),
+        || {
+            ck_audit::read(&hostile)
+                .unwrap()
+                .iter()
+                .any(|l| l["subject"] == stray && l["result"] == "deny")
+        },
+        || format!("no audit line for {stray}"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_guest_publish_without_a_grant_is_denied_before_nats() {
     let s = setup().await;
     let c = &s.client;

@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     /// Subjects the guest may never publish on although its connection may (loop events and
     /// JetStream: written by the host alone).
     pub reserved: Vec<String>,
+    /// The declared subject families (the ACL compiler's).
+    pub families: Arc<ck_acl::families::Families>,
 }
 
 /// The request being handled.
@@ -167,6 +169,16 @@ impl State {
             let reason = format!(
                 "'{subject}' is reserved for the host (matches '{pattern}': loop events and JetStream state are written by the host, never by a kernel's code)"
             );
+            self.audit_deny(action, subject, &reason);
+            return Err(PublishError::Denied(Denial {
+                subject: subject.to_owned(),
+                reason,
+            }));
+        }
+        // Outside every declared family nothing may be published, whatever a grant says; the
+        // family file names the closest family, which is what a misspelt subject needs.
+        if let Err(outside) = self.shared.families.family_of_subject(subject) {
+            let reason = format!("{outside}: a kernel publishes only inside a declared family");
             self.audit_deny(action, subject, &reason);
             return Err(PublishError::Denied(Denial {
                 subject: subject.to_owned(),

@@ -99,6 +99,7 @@ impl KernelService {
                 .spiffe_id()
                 .unwrap_or_else(|| manifest.name.clone()),
             reserved: ck_manifest::topics::host_reserved(&manifest.guid),
+            families: ck_acl::Policy::default().families,
         });
         Ok(Self {
             memory_cap: usize::try_from(limits.memory_mb << 20).unwrap_or(usize::MAX),
