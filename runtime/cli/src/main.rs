@@ -14,6 +14,7 @@ mod fleet;
 mod host;
 mod identity;
 mod new;
+mod platform;
 mod publish;
 mod restore;
 mod run;
@@ -105,6 +106,9 @@ enum Command {
     /// A fleet's link streams: each site's install requests kept at the hub and mirrored to
     /// the site, its reports kept at the site and sourced to the hub.
     Fleet(fleet::Args),
+    /// The platform lane: one JetStream stream per subject family, publishing a CloudEvent
+    /// inside a family, and checking subscription contracts.
+    Platform(platform::Args),
     /// Show the fleet: silos, their hosts (live or stale) and what each serves, from the
     /// cluster's FLEET_STATE; --watch follows every change.
     Status(status::Args),
@@ -173,6 +177,7 @@ fn main() -> ExitCode {
         Command::Rollback(args) => versions::rollback(&args),
         Command::Publish(args) => publish::run(&args),
         Command::Fleet(args) => fleet::run(&args),
+        Command::Platform(args) => platform::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Restore(args) => restore::run(&args),
         Command::Versions(args) => versions::versions(&args),
