@@ -13,6 +13,7 @@ mod dev;
 mod fleet;
 mod host;
 mod identity;
+mod mcp;
 mod new;
 mod platform;
 mod publish;
@@ -109,6 +110,9 @@ enum Command {
     /// The platform lane: one JetStream stream per subject family, publishing a CloudEvent
     /// inside a family, and checking subscription contracts.
     Platform(platform::Args),
+    /// A read-only MCP server on stdio for coding agents: subject families (with their
+    /// streams and message counts), kernels, subscriptions, delivery results and silos.
+    Mcp(mcp::Args),
     /// Show the fleet: silos, their hosts (live or stale) and what each serves, from the
     /// cluster's FLEET_STATE; --watch follows every change.
     Status(status::Args),
@@ -178,6 +182,7 @@ fn main() -> ExitCode {
         Command::Publish(args) => publish::run(&args),
         Command::Fleet(args) => fleet::run(&args),
         Command::Platform(args) => platform::run(&args),
+        Command::Mcp(args) => mcp::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Restore(args) => restore::run(&args),
         Command::Versions(args) => versions::versions(&args),

@@ -32,8 +32,12 @@ async fn platform_events_land_only_inside_a_family_each_in_its_stream() {
     let tmp = tempfile::tempdir().unwrap();
     let server = ck_tests::nats_jetstream(&tmp.path().join("js"));
     let url = server.url();
-    let witness =
-        ck_tests::Witness::start(tmp.path(), &url, ("", ""), &["platform.capability.>", "fleet.agent.>"]);
+    let witness = ck_tests::Witness::start(
+        tmp.path(),
+        &url,
+        ("", ""),
+        &["platform.capability.>", "fleet.agent.>"],
+    );
     let client = async_nats::connect(&url).await.unwrap();
     let mut everything = client.subscribe(">").await.unwrap();
     client.flush().await.unwrap();
