@@ -24,6 +24,10 @@ enum Command {
     /// Publish one CloudEvent (structured mode) into its family's stream; a subject outside
     /// every family is refused, naming the closest family. Prints the stream and sequence.
     Publish(PublishArgs),
+    /// Project the CK, TOOL and DATA loops' commits and ref moves onto platform.hvfs.>
+    /// (durable consumers: stopped and started again, it resumes where it left off) until
+    /// interrupted.
+    Hvfs(HvfsArgs),
     /// Check subscription contracts against contracts/platform-update-subscription.schema.json
     /// and the subject families; exit 1 naming the first contract at fault.
     Contracts(ContractsArgs),
@@ -86,6 +90,14 @@ struct PublishArgs {
 }
 
 #[derive(clap::Args)]
+struct HvfsArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    families: FamiliesArg,
+}
+
+#[derive(clap::Args)]
 struct ContractsArgs {
     /// Contract files, or directories of them (every *.json but schemas).
     #[arg(value_name = "PATH", required = true)]
@@ -100,6 +112,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         Command::Contracts(a) => contracts(a),
         Command::Streams(a) => block_on(streams(a)),
         Command::Publish(a) => block_on(publish(a)),
+        Command::Hvfs(a) => block_on(hvfs(a)),
     }
 }
 
@@ -171,6 +184,30 @@ async fn publish(a: &PublishArgs) -> Result<ExitCode> {
         }
         Err(e) => Err(refusals.explain(e.into())),
     }
+}
+
+async fn hvfs(a: &HvfsArgs) -> Result<ExitCode> {
+    let families = a.families.load()?;
+    let refusals = Refusals::default();
+    let js = a.cluster.connect(&refusals).await?;
+    let platform = ck_platform::Platform::new(js, &families);
+    let stop = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    eprintln!("hvfs.projecting");
+    let done = ck_platform::hvfs::run_projector(&platform, stop, |_| {})
+        .await
+        .map_err(|e| refusals.explain(e.into()))?;
+    println!(
+        "hvfs: {} projected, {} already stored, {} not commits or ref moves",
+        done.stored, done.duplicates, done.skipped
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn contracts(a: &ContractsArgs) -> Result<ExitCode> {

@@ -218,3 +218,149 @@ fn every_example_contract_is_accepted_and_a_broken_one_is_refused_with_the_schem
         text(&out)
     );
 }
+
+const ECHO_GUID: &str = "0e1c4a5b-2d3f-4a6b-9c8d-7e6f5a4b3c2d";
+const TASKS_GUID: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+
+/// Every message of `stream`: (subject, Nats-Msg-Id).
+async fn stream_messages(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Vec<(String, String)> {
+    let mut handle = js.get_stream(stream).await.unwrap();
+    let state = handle.info().await.unwrap().state.clone();
+    let mut out = Vec::new();
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(m) = handle.get_raw_message(seq).await {
+            let id = m
+                .headers
+                .get("Nats-Msg-Id")
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            out.push((m.subject.to_string(), id));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loops_commits_and_ref_moves_reach_the_hvfs_lane_once_across_a_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ck_tests::nats_jetstream(&tmp.path().join("js"));
+    let url = server.url();
+    let ok = |args: &[&str]| {
+        let out = ck(args);
+        assert!(out.status.success(), "ck {args:?}: {}", text(&out));
+    };
+    let kernel = tmp.path().join("operator/echo");
+    ck_tests::copy_kernel("echo", &kernel);
+    ck_tests::write_echo_version(&kernel, 1);
+    ck_tests::ck_build(CK, &[&kernel]);
+    let k = kernel.to_str().unwrap();
+    ok(&["publish", k, "--nats", &url]);
+    ok(&["platform", "streams", "--nats", &url]);
+    let witness = ck_tests::Witness::start(tmp.path(), &url, ("", ""), &["platform.hvfs.>"]);
+    let client = async_nats::connect(&url).await.unwrap();
+    // The DATA loop: a task kernel seals one instance (its DATA stream holds data.written).
+    let tasks = tmp.path().join("tasks");
+    ck_tests::copy_kernel("tasks", &tasks);
+    ck_tests::ck_build(CK, &[&tasks]);
+    let _tasks_host = ck_tests::ck_run(CK, &url, &tasks, tmp.path(), "tasks", &[]);
+    for body in [
+        serde_json::json!({"action": "task.start", "data": {"task_id": "t-1"}}),
+        serde_json::json!({"action": "task.complete", "data": {"task_id": "t-1", "output": {"winner": "ada"}}}),
+    ] {
+        let reply = client
+            .request("input.Demo.Tasks", body.to_string().into())
+            .await
+            .unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(answer["status"], "ok", "{answer}");
+    }
+    let js = async_nats::jetstream::new(client);
+    let projector = || {
+        let p = ck_tests::Proc::spawn(
+            CK,
+            &["platform", "hvfs", "--nats", &url],
+            &tmp.path().join("hvfs.log"),
+        );
+        p.wait_for("hvfs.projecting");
+        p
+    };
+    // What the HVFS lane must hold: one projection of each commit and ref move in the loop
+    // event stream, by id.
+    let expected = || async {
+        let mut events = stream_messages(&js, "CK_LOOP_EVENTS").await;
+        events.extend(
+            stream_messages(&js, &ck_manifest::topics::data_event_stream(TASKS_GUID)).await,
+        );
+        let mut ids: Vec<String> = events
+            .into_iter()
+            .filter(|(subject, _)| {
+                ck_manifest::topics::parse_loop_event_subject(subject)
+                    .and_then(|(_, e)| ck_manifest::topics::HvfsKind::of(e))
+                    .is_some()
+            })
+            .map(|(_, id)| format!("hvfs:{id}"))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let projected = || async {
+        let mut ids: Vec<String> = stream_messages(&js, "PLATFORM_HVFS")
+            .await
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    let until_caught_up = || async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (want, have) = (expected().await, projected().await);
+            if want == have {
+                return have;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "HVFS lane {have:?}\nloop events {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+
+    let mut first = projector();
+    let before = until_caught_up().await;
+    assert!(
+        before.iter().any(|id| id.contains(":ck.commit:"))
+            && before.iter().any(|id| id.contains(":tool.commit:"))
+            && before.iter().any(|id| id.contains(":data.written:")),
+        "{before:?}"
+    );
+    // Killed (no goodbye); a new version is published and promoted meanwhile.
+    first.kill();
+    ck_tests::write_echo_version(&kernel, 2);
+    ck_tests::ck_build(CK, &[&kernel]);
+    ok(&["publish", k, "--nats", &url]);
+    ok(&["promote", ECHO_GUID, "develop", "--nats", &url]);
+    let _second = projector();
+    let after = until_caught_up().await;
+    assert!(after.len() > before.len(), "{after:?}");
+    assert!(
+        after.iter().any(|id| id.contains(":ck.promote:")),
+        "{after:?}"
+    );
+    let subjects: Vec<String> = stream_messages(&js, "PLATFORM_HVFS")
+        .await
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert!(
+        subjects.contains(&format!("platform.hvfs.ref.v1.ck.{ECHO_GUID}"))
+            && subjects.contains(&format!("platform.hvfs.commit.v1.tool.{ECHO_GUID}"))
+            && subjects.contains(&format!("platform.hvfs.commit.v1.data.{TASKS_GUID}")),
+        "{subjects:?}"
+    );
+    witness.expect_types(&["ck.platform.hvfs.commit", "ck.platform.hvfs.ref"]);
+}

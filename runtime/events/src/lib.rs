@@ -16,7 +16,7 @@
 //! connection) and reads no clock but [`now`].
 
 use ck_manifest::topics::{LoopEvent, loop_event_id, loop_event_subject};
-pub use cloudevents::Event;
+pub use cloudevents::{AttributesReader, Event};
 use cloudevents::{EventBuilder, EventBuilderV10};
 use serde_json::Value;
 
@@ -124,13 +124,11 @@ pub fn structured(
 
 /// Whether `event`'s type starts with `prefix`.
 pub fn has_type_prefix(event: &Event, prefix: &str) -> bool {
-    use cloudevents::AttributesReader;
     event.ty().starts_with(prefix)
 }
 
 /// An event's data, if it is JSON (`datacontenttype` `application/json`).
 pub fn json_data(event: &Event) -> Option<Value> {
-    use cloudevents::AttributesReader;
     if event.datacontenttype() != Some(DATA_CONTENT_TYPE) {
         return None;
     }

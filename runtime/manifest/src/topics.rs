@@ -440,6 +440,58 @@ pub const JS_ACCOUNT_INFO: &str = "$JS.API.INFO";
 /// Replies of a client using the default inbox prefix.
 pub const CLIENT_INBOX: &str = "_INBOX.>";
 
+/// What an HVFS projection of a loop event is about: a new commit of a loop, or a moved ref.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HvfsKind {
+    /// A new commit (CK or TOOL snapshot; a DATA seal or amendment, committed to the DATA
+    /// repository).
+    Commit,
+    /// A branch or serving pointer moved (ref update, promote, rollback, canary).
+    Ref,
+}
+
+impl HvfsKind {
+    /// Token used in subjects and CloudEvent types.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HvfsKind::Commit => "commit",
+            HvfsKind::Ref => "ref",
+        }
+    }
+
+    /// What a loop event is, for the source-control substrate, if it is anything: commits and
+    /// ref moves are; per-call TOOL events and DATA bookkeeping are not.
+    pub fn of(event: LoopEvent) -> Option<HvfsKind> {
+        match event {
+            LoopEvent::CkCommit
+            | LoopEvent::ToolCommit
+            | LoopEvent::DataWritten
+            | LoopEvent::DataAmended => Some(HvfsKind::Commit),
+            LoopEvent::CkRefUpdate
+            | LoopEvent::CkPromote
+            | LoopEvent::CkRollback
+            | LoopEvent::CkCanary
+            | LoopEvent::ToolRefUpdate
+            | LoopEvent::ToolPromote => Some(HvfsKind::Ref),
+            _ => None,
+        }
+    }
+}
+
+/// `platform.hvfs.{commit|ref}.v1.{loop}.{guid}`: the HVFS lane's projection of a loop event
+/// (family `platform.hvfs`; the kernel's GUID is the last token, the key `latest-per-key`
+/// replays by).
+pub fn hvfs_subject(kind: HvfsKind, lp: Loop, guid: &str) -> String {
+    format!("platform.hvfs.{}.v1.{}.{guid}", kind.as_str(), lp.as_str())
+}
+
+/// The loop event a subject `ck.{guid}.{loop}.{event}` carries, with the GUID.
+pub fn parse_loop_event_subject(subject: &str) -> Option<(&str, LoopEvent)> {
+    let rest = subject.strip_prefix(KERNEL_PREFIX)?.strip_prefix('.')?;
+    let (guid, event) = rest.split_once('.')?;
+    Some((guid, event.parse().ok()?))
+}
+
 /// The subjects [`LOOP_EVENT_STREAM`] keeps: the CK loop's events and the TOOL loop's
 /// version events of every kernel — not the TOOL loop's per-call events (`tool.invoked`,
 /// `tool.completed`, `tool.failed`), which are one per request and no part of a version's
@@ -802,6 +854,16 @@ mod tests {
             assert_eq!(e.to_string().parse::<LoopEvent>(), Ok(*e));
         }
         assert!("data.nope".parse::<LoopEvent>().is_err());
+        assert_eq!(
+            parse_loop_event_subject("ck.g-1.ck.ref-update"),
+            Some(("g-1", LoopEvent::CkRefUpdate))
+        );
+        assert_eq!(parse_loop_event_subject("ck.g-1.host.probe"), None);
+        assert_eq!(
+            hvfs_subject(HvfsKind::Commit, Loop::Data, "g-1"),
+            "platform.hvfs.commit.v1.data.g-1"
+        );
+        assert_eq!(HvfsKind::of(LoopEvent::ToolInvoked), None);
         assert!("written".parse::<LoopEvent>().is_err());
     }
 

@@ -9,9 +9,13 @@
 //! - by JetStream: a subject no family stream captures has no stream, so a JetStream publish
 //!   to it fails ([`PlatformError::NoStream`]) instead of vanishing as a core publish would.
 //!
+//! The HVFS lane ([`hvfs`]) projects the loops' commits and ref moves into `platform.hvfs`.
+//!
 //! Events are formed by `ck-events` (the one builder); their `id` is their `Nats-Msg-Id`, so
 //! a retried publish is stored once. This crate owns no other stream and no consumer (the
 //! webhook bridge's consumers are `ck bridge`'s).
+
+pub mod hvfs;
 
 use std::time::Duration;
 
@@ -98,7 +102,7 @@ pub struct Published {
 
 /// The platform lane of one JetStream.
 pub struct Platform<'f> {
-    js: jetstream::Context,
+    pub(crate) js: jetstream::Context,
     families: &'f Families,
     /// Streams seen to exist: a JetStream publish to a subject no stream captures only times
     /// out when anyone subscribes to it, so the stream is looked up (once) before publishing.
@@ -273,7 +277,7 @@ impl Platform<'_> {
     }
 }
 
-fn nats(what: &str, e: impl std::fmt::Display) -> PlatformError {
+pub(crate) fn nats(what: &str, e: impl std::fmt::Display) -> PlatformError {
     PlatformError::Nats {
         what: what.to_owned(),
         why: e.to_string(),

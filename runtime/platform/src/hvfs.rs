@@ -1,0 +1,207 @@
+//! The HVFS lane: the CK, TOOL and DATA loops' commits and ref moves projected onto
+//! `platform.hvfs.{commit|ref}.v1.{loop}.{guid}` (`ck_manifest::topics::hvfs_subject`), so the
+//! source-control substrate's consumers see them without knowing kernel subjects.
+//!
+//! The projector reads the loop event streams through durable consumers (`ck-hvfs` on
+//! `CK_LOOP_EVENTS` and on each kernel's DATA stream `ck_data_{guid}`) and acknowledges a loop
+//! event only once its projection is stored, whose id (`hvfs:{loop event id}`) is its
+//! `Nats-Msg-Id`: killed at any point, it resumes where it left off and a projection sent twice
+//! is stored once.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer;
+use ck_events::AttributesReader;
+use ck_manifest::topics::{self, HvfsKind};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::{Platform, PlatformError, PlatformEvent};
+
+/// The durable consumer name the projector uses on every stream it reads.
+pub const PROJECTOR: &str = "ck-hvfs";
+
+/// A loop event's projection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Projection {
+    /// `platform.hvfs.…`.
+    pub subject: String,
+    /// `hvfs:{loop event id}`.
+    pub id: String,
+    /// `ck.platform.hvfs.commit` or `ck.platform.hvfs.ref`.
+    pub ty: String,
+    /// The loop event's source (the kernel's URN).
+    pub source: String,
+    /// The loop event's time.
+    pub time: String,
+    /// The loop event's `subject` attribute.
+    pub about: Option<String>,
+    /// `{loop, event, guid, loop_event_id, loop_event}`: the loop event's data.
+    pub data: Value,
+}
+
+/// The projection of the loop event `payload` published on `subject`, if it is a commit or a
+/// ref move; `None` for anything else (per-call events, bookkeeping, unreadable payloads).
+pub fn project(subject: &str, payload: &[u8]) -> Option<Projection> {
+    let (guid, event) = topics::parse_loop_event_subject(subject)?;
+    let kind = HvfsKind::of(event)?;
+    let loop_event: ck_events::Event = serde_json::from_slice(payload).ok()?;
+    let data = ck_events::json_data(&loop_event).unwrap_or(Value::Null);
+    Some(Projection {
+        subject: topics::hvfs_subject(kind, event.loop_(), guid),
+        id: format!("hvfs:{}", loop_event.id()),
+        ty: format!("ck.platform.hvfs.{}", kind.as_str()),
+        source: loop_event.source().to_string(),
+        time: loop_event
+            .time()
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+            .unwrap_or_else(ck_events::now),
+        about: loop_event.subject().map(str::to_owned),
+        data: json!({
+            "loop": event.loop_().as_str(),
+            "event": event.to_string(),
+            "guid": guid,
+            "loop_event_id": loop_event.id(),
+            "loop_event": data,
+        }),
+    })
+}
+
+/// What one projector pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Projected {
+    /// Projections stored.
+    pub stored: u64,
+    /// Projections the stream had already (a resumed run).
+    pub duplicates: u64,
+    /// Loop events that project to nothing.
+    pub skipped: u64,
+}
+
+/// Projects every loop event of `CK_LOOP_EVENTS` and of the DATA streams present when it
+/// starts until `stop` resolves. A projection that cannot be stored is not acknowledged: the
+/// loop event comes again.
+pub async fn run_projector(
+    platform: &Platform<'_>,
+    stop: impl std::future::Future<Output = ()>,
+    mut progress: impl FnMut(&Projected),
+) -> Result<Projected, PlatformError> {
+    let js = platform.js.clone();
+    let mut sources = vec![topics::LOOP_EVENT_STREAM.to_owned()];
+    let mut names = js.stream_names();
+    while let Some(name) = names.next().await {
+        let name = name.map_err(|e| crate::nats("listing streams", e))?;
+        if name.starts_with("ck_data_") {
+            sources.push(name);
+        }
+    }
+    let mut feeds = Vec::new();
+    for name in &sources {
+        let what = format!("opening the projector's consumer on {name}");
+        let Ok(stream) = js.get_stream(name).await else {
+            // No loop events yet (no `ck publish` on this cluster): nothing to read there.
+            continue;
+        };
+        let config = consumer::pull::Config {
+            durable_name: Some(PROJECTOR.to_owned()),
+            description: Some("ck HVFS projector".to_owned()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(PROJECTOR, config)
+            .await
+            .map_err(|e| crate::nats(&what, e))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| crate::nats(&what, e))?;
+        feeds.push(messages.boxed());
+    }
+    let mut all = futures::stream::select_all(feeds);
+    let mut done = Projected::default();
+    tokio::pin!(stop);
+    loop {
+        let message = tokio::select! {
+            _ = &mut stop => return Ok(done),
+            next = all.next() => match next {
+                Some(Ok(message)) => message,
+                Some(Err(e)) => return Err(crate::nats("reading loop events", e)),
+                None => return Ok(done),
+            },
+        };
+        match project(message.subject.as_str(), &message.payload) {
+            None => done.skipped += 1,
+            Some(p) => {
+                let stored = platform
+                    .publish(&PlatformEvent {
+                        subject: &p.subject,
+                        ty: &p.ty,
+                        source: &p.source,
+                        about: p.about.as_deref(),
+                        id: Some(&p.id),
+                        time: Some(&p.time),
+                        data: p.data.clone(),
+                    })
+                    .await?;
+                if stored.duplicate {
+                    done.duplicates += 1;
+                } else {
+                    done.stored += 1;
+                }
+            }
+        }
+        message
+            .ack()
+            .await
+            .map_err(|e| crate::nats("acknowledging a loop event", e))?;
+        progress(&done);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loop_event(subject_event: ck_manifest::topics::LoopEvent, key: &str) -> Vec<u8> {
+        ck_events::LoopCloudEvent {
+            guid: "g-1",
+            source: "ckp://Kernel#Demo.X:v1",
+            event: subject_event,
+            key,
+            about: None,
+            time: "2026-12-01T00:00:00.000000Z",
+            data: json!({"commit": "abc"}),
+        }
+        .body()
+        .unwrap()
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn commits_and_ref_moves_are_projected_and_nothing_else() {
+        use ck_manifest::topics::LoopEvent;
+        let p = project("ck.g-1.ck.commit", &loop_event(LoopEvent::CkCommit, "abc")).unwrap();
+        assert_eq!(p.subject, "platform.hvfs.commit.v1.ck.g-1");
+        assert_eq!(p.id, "hvfs:g-1:ck.commit:abc");
+        assert_eq!(p.ty, "ck.platform.hvfs.commit");
+        assert_eq!(p.data["loop_event"]["commit"], "abc");
+        assert_eq!(p.time, "2026-12-01T00:00:00.000000Z");
+        let r = project(
+            "ck.g-1.tool.promote",
+            &loop_event(LoopEvent::ToolPromote, "rev2"),
+        )
+        .unwrap();
+        assert_eq!(r.subject, "platform.hvfs.ref.v1.tool.g-1");
+        assert_eq!(
+            project(
+                "ck.g-1.tool.invoked",
+                &loop_event(LoopEvent::ToolInvoked, "c1")
+            ),
+            None
+        );
+        assert_eq!(project("ck.g-1.ck.commit", b"not json"), None);
+    }
+}
