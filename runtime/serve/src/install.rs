@@ -841,13 +841,7 @@ impl Host {
             ms: ms(started),
             detail: Some(refusal.reason.clone()),
         };
-        self.publish(
-            site,
-            InstallSubject::Progress,
-            progress.id.as_deref(),
-            &progress,
-        )
-        .await;
+        self.publish_progress(site, &progress).await;
         let record = ck_audit::AuditRecord::now(
             if claimed.is_empty() {
                 "unknown"
@@ -933,13 +927,18 @@ impl Host {
             detail,
         };
         tracing::info!(id, step = ?step, ok, ms = progress.ms, "site.progress");
+        self.publish_progress(site, &progress).await;
+    }
+
+    /// Publishes one step's progress report.
+    async fn publish_progress(&self, site: &SiteParts, progress: &Progress) -> bool {
         self.publish(
             site,
             InstallSubject::Progress,
             progress.id.as_deref(),
-            &progress,
+            progress,
         )
-        .await;
+        .await
     }
 
     /// Publishes into the site's reports stream (kept while the link is down), waiting for
