@@ -10,7 +10,15 @@ use standardwebhooks::Webhook;
 #[error("signing the delivery: {0}")]
 pub struct SignError(String);
 
-/// The three headers of an attempt at `timestamp` delivering `body` with id `id`.
+/// The `webhook-id` of the CloudEvent `event_id`: `msg_` and the first 32 hex digits of its
+/// blake3 — the same for every attempt, and free of the `.` that CloudEvent ids of loop
+/// events hold (`{guid}:ck.commit:{commit}`) and the signed content cannot.
+pub fn webhook_id(event_id: &str) -> String {
+    format!("msg_{}", &blake3::hash(event_id.as_bytes()).to_hex()[..32])
+}
+
+/// The three headers of an attempt at `timestamp` delivering `body` with webhook id `id`
+/// (from [`webhook_id`]).
 pub fn headers(
     id: &str,
     timestamp: i64,
@@ -77,6 +85,12 @@ mod tests {
                 .is_err()
         );
         assert!(headers("a.b", now, body, &[vec![1u8; 32]]).is_err());
+        let id = webhook_id("g-1:ck.commit:abc");
+        assert!(
+            !id.contains('.') && id == webhook_id("g-1:ck.commit:abc"),
+            "{id}"
+        );
+        assert!(headers(&id, now, body, &[vec![1u8; 32]]).is_ok());
     }
 
     fn standardwebhooks_http_headers(signed: &[(&'static str, String); 3]) -> http::HeaderMap {

@@ -60,15 +60,45 @@ pub fn non_public(ip: IpAddr) -> Option<&'static str> {
                 Some("broadcast")
             } else if v4.is_documentation() || (a == 198 && (b == 18 || b == 19)) {
                 Some("documentation or benchmarking")
+            } else if a == 192 && b == 0 && v4.octets()[2] == 0 {
+                Some("IETF protocol assignments")
             } else {
                 None
             }
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+            };
+            // Addresses that carry an IPv4 address reach it: judge that one. IPv4-mapped
+            // (::ffff:a.b.c.d), IPv4-compatible (::a.b.c.d), NAT64 (64:ff9b::/96 and
+            // 64:ff9b:1::/48, the last 32 bits) and 6to4 (2002:AABB:CCDD::/16).
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return non_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+                return non_public(IpAddr::V4(embedded(s[6], s[7])));
+            }
+            if (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0])
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+            {
+                return non_public(IpAddr::V4(embedded(s[6], s[7])));
+            }
+            if s[0] == 0x2002 {
+                return non_public(IpAddr::V4(embedded(s[1], s[2])));
+            }
+            let first = s[0];
+            if first == 0x2001 && s[1] == 0 {
+                // Teredo: the client's address is obfuscated; never call it.
+                return Some("Teredo");
+            }
+            if first == 0x0100 && s[1..4] == [0, 0, 0] {
+                return Some("discard-only");
+            }
+            if first & 0xffc0 == 0xfec0 {
+                return Some("site-local");
+            }
             if v6.is_loopback() {
                 Some("loopback")
             } else if v6.is_unspecified() {
@@ -148,6 +178,16 @@ mod tests {
             ("::ffff:127.0.0.1", Some("loopback")),
             ("fd00::1", Some("unique-local")),
             ("fe80::1", Some("link-local")),
+            ("::127.0.0.1", Some("loopback")),
+            ("::169.254.169.254", Some("link-local")),
+            ("64:ff9b::a00:1", Some("private")),
+            ("64:ff9b:1::a9fe:a9fe", Some("link-local")),
+            ("2002:7f00:1::", Some("loopback")),
+            ("2001:0:4136:e378::1", Some("Teredo")),
+            ("fec0::1", Some("site-local")),
+            ("100::1", Some("discard-only")),
+            ("192.0.0.8", Some("IETF protocol assignments")),
+            ("64:ff9b::808:808", None),
             ("8.8.8.8", None),
             ("2606:4700::1111", None),
         ] {

@@ -204,8 +204,8 @@ async fn hvfs(a: &HvfsArgs) -> Result<ExitCode> {
         .await
         .map_err(|e| refusals.explain(e.into()))?;
     println!(
-        "hvfs: {} projected, {} already stored, {} not commits or ref moves",
-        done.stored, done.duplicates, done.skipped
+        "hvfs: {} projected, {} already stored, {} not commits or ref moves, {} unprojectable",
+        done.stored, done.duplicates, done.skipped, done.refused
     );
     Ok(ExitCode::SUCCESS)
 }

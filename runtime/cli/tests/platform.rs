@@ -278,6 +278,26 @@ async fn the_loops_commits_and_ref_moves_reach_the_hvfs_lane_once_across_a_kill(
         assert_eq!(answer["status"], "ok", "{answer}");
     }
     let js = async_nats::jetstream::new(client);
+    // DATA events are announced just after the seal is committed: wait for data.written.
+    let data_stream = ck_manifest::topics::data_event_stream(TASKS_GUID);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let written = match js.get_stream(&data_stream).await {
+            Ok(stream) => stream
+                .get_last_raw_message_by_subject(&format!("ck.{TASKS_GUID}.data.written"))
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        if written {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no data.written in {data_stream}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let projector = || {
         let p = ck_tests::Proc::spawn(
             CK,

@@ -182,6 +182,18 @@ pub enum ContractError {
         /// Why.
         source: FilterOutside,
     },
+    /// A webhook or MCP filter in a family that no stream stores.
+    #[error(
+        "{origin}: subjectFilters[{index}]: family `{family}` has no stream to deliver from (webhook and mcp subscriptions replay from a family stream)"
+    )]
+    NoStream {
+        /// The file (or `<input>`).
+        origin: String,
+        /// Which filter.
+        index: usize,
+        /// The family.
+        family: String,
+    },
     /// Two contracts of one directory share a subscription id.
     #[error("{second}: subscriptionId `{id}` is already used by {first}")]
     DuplicateId {
@@ -254,13 +266,23 @@ impl<'f> ContractChecker<'f> {
                 source,
             })?;
         for (index, filter) in subscription.subject_filters.iter().enumerate() {
-            self.families
-                .family_of_filter(filter)
-                .map_err(|source| ContractError::Filter {
+            let family =
+                self.families
+                    .family_of_filter(filter)
+                    .map_err(|source| ContractError::Filter {
+                        origin: origin.to_owned(),
+                        index,
+                        source,
+                    })?;
+            // Webhook and MCP delivery replay from the family's stream: without one there is
+            // nothing to deliver from.
+            if subscription.delivery_mode != DeliveryMode::Nats && family.stream.is_none() {
+                return Err(ContractError::NoStream {
                     origin: origin.to_owned(),
                     index,
-                    source,
-                })?;
+                    family: family.name.clone(),
+                });
+            }
         }
         Ok(subscription)
     }
@@ -278,7 +300,23 @@ impl<'f> ContractChecker<'f> {
                 size,
             });
         }
-        let text = std::fs::read_to_string(path).map_err(read)?;
+        // Read at most one byte past the limit: the size checked above may not be what is
+        // read (a FIFO, a device, a growing file).
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(
+                std::fs::File::open(path).map_err(read)?,
+                MAX_CONTRACT_BYTES + 1,
+            ),
+            &mut text,
+        )
+        .map_err(read)?;
+        if text.len() as u64 > MAX_CONTRACT_BYTES {
+            return Err(ContractError::TooLarge {
+                path: path.to_owned(),
+                size: text.len() as u64,
+            });
+        }
         self.check(&path.display().to_string(), &text)
     }
 
@@ -428,6 +466,8 @@ mod tests {
             refusal(|c| c["subjectFilters"] = json!(["platform.capability.>", "platform.>"]));
         assert!(across.contains("subjectFilters[1]"), "{across}");
         assert!(across.contains("more than one family"), "{across}");
+        let streamless = refusal(|c| c["subjectFilters"] = json!(["fleet.install.*.done"]));
+        assert!(streamless.contains("has no stream"), "{streamless}");
     }
 
     #[test]

@@ -690,12 +690,20 @@ impl RequestWatch {
                 continue;
             };
             // Reports are the site's: anything unreadable is skipped, not trusted.
+            if !matches!(kind, "progress" | "done") {
+                continue;
+            }
             let data = report_data(&message.payload);
             let report = match (kind, data) {
                 ("progress", Some(data)) => serde_json::from_value(data).ok().map(Report::Progress),
                 ("done", Some(data)) => serde_json::from_value(data).ok().map(Report::Done),
                 _ => None,
             };
+            if report.is_none() {
+                // A site's report that is not a `ck.fleet.install.*` CloudEvent (a host older
+                // than this ck, or anything else): skipped, and said so.
+                tracing::warn!(subject = %message.subject, bytes = message.payload.len(), "report.unreadable");
+            }
             let id = match &report {
                 Some(Report::Progress(p)) => p.id.as_deref(),
                 Some(Report::Done(d)) => d.id.as_deref(),

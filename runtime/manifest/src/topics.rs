@@ -113,8 +113,11 @@ pub fn task_bucket(guid: &str) -> String {
 /// The JetStream stream keeping a kernel's DATA loop events (`ck.{guid}.data.>`), so that their
 /// `Nats-Msg-Id`s deduplicate replays.
 pub fn data_event_stream(guid: &str) -> String {
-    format!("ck_data_{}", guid.replace('-', "_"))
+    format!("{DATA_EVENT_STREAM_PREFIX}{}", guid.replace('-', "_"))
 }
+
+/// The prefix of every kernel's DATA event stream name ([`data_event_stream`]).
+pub const DATA_EVENT_STREAM_PREFIX: &str = "ck_data_";
 
 /// The control plane's registry bucket (JetStream KV): every published CK and TOOL commit of
 /// every kernel (`{guid}.ck.{commit}`: the manifest; `{guid}.tool.{commit}`: the component's

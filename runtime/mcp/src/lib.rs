@@ -9,8 +9,9 @@
 //! | `recent_delivery_results` | the newest messages of the `platform.delivery` family's stream |
 //! | `list_silos` | `FLEET_STATE`: each silo, its hosts, live or stale, and what they serve |
 //!
-//! It writes nothing: no stream, bucket or consumer is created (counting the last hour uses
-//! an ephemeral ordered consumer the server removes), no file is written.
+//! It changes nothing a deployment keeps: no stream or bucket is created and no file is
+//! written. Counting the last hour of a stream creates a short-lived consumer, deleted at
+//! once (and by the server after 5 s idle if the delete is lost).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -179,7 +180,7 @@ impl CkMcp {
                     "families": s.families(&self.sources.families),
                     "replayPolicy": s.replay_policy,
                     "startSequence": s.start_sequence,
-                    "sink": s.sink.as_ref().map(|k| k.url.clone()),
+                    "sink": s.sink.as_ref().map(|k| without_credentials(&k.url)),
                     "auth": s.auth.as_ref().map(|a| a.class),
                 })
             })
@@ -217,14 +218,20 @@ impl CkMcp {
         };
         let info = stream.info().await.map_err(failure)?;
         let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        // Newest first; a bounded number of look-ups (deleted sequences cost one each) and
+        // of bytes (anyone allowed to publish in the family wrote these).
         let mut results = Vec::new();
         let mut seq = last;
-        while seq >= first.max(1) && (results.len() as u64) < limit {
+        let mut lookups = 0;
+        while seq >= first.max(1) && (results.len() as u64) < limit && lookups < limit * 4 {
+            lookups += 1;
             if let Ok(message) = stream.get_raw_message(seq).await {
-                results.push(
+                results.push(if message.payload.len() > MAX_RESULT_BYTES {
+                    json!({"sequence": seq, "omitted": format!("{} bytes, over {MAX_RESULT_BYTES}", message.payload.len())})
+                } else {
                     serde_json::from_slice::<Value>(&message.payload)
-                        .unwrap_or_else(|_| json!({"unreadable": seq})),
-                );
+                        .unwrap_or_else(|_| json!({"sequence": seq, "unreadable": true}))
+                });
             }
             seq -= 1;
         }
@@ -269,6 +276,19 @@ impl ServerHandler for CkMcp {
     }
 }
 
+/// The largest delivery result returned whole.
+const MAX_RESULT_BYTES: usize = 16 * 1024;
+
+/// `url` without user information or query (either may hold a credential): scheme, host,
+/// port and path.
+fn without_credentials(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{scheme}://{host}/{path}")
+}
+
 /// A stream's message count and how many of them arrived in the last hour.
 async fn stream_counts(js: &jetstream::Context, name: &str) -> Value {
     let Ok(mut stream) = js.get_stream(name).await else {
@@ -307,4 +327,19 @@ async fn last_hour(
     let name = info.name.clone();
     let _ = stream.delete_consumer(&name).await;
     Some(pending)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_sink_url_is_shown_without_what_may_be_a_credential() {
+        assert_eq!(
+            super::without_credentials("https://u:tok@hooks.example/in?token=abc#x"),
+            "https://hooks.example/in"
+        );
+        assert_eq!(
+            super::without_credentials("https://hooks.example"),
+            "https://hooks.example/"
+        );
+    }
 }

@@ -141,7 +141,12 @@ impl BuildAgent {
             let body = match done_event(kernel, &done) {
                 Ok(event) => event.to_string().into_bytes(),
                 Err(e) => {
+                    // The requester still gets an answer rather than a timeout.
                     tracing::error!(kernel = %kernel.name, error = %e, "build.done-unformable");
+                    if let Some(reply) = message.reply {
+                        let refusal = serde_json::json!({"ok": false, "error": e.to_string()});
+                        let _ = client.publish(reply, refusal.to_string().into()).await;
+                    }
                     continue;
                 }
             };

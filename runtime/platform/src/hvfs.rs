@@ -40,14 +40,20 @@ pub struct Projection {
     pub data: Value,
 }
 
-/// The projection of the loop event `payload` published on `subject`, if it is a commit or a
-/// ref move; `None` for anything else (per-call events, bookkeeping, unreadable payloads).
-pub fn project(subject: &str, payload: &[u8]) -> Option<Projection> {
-    let (guid, event) = topics::parse_loop_event_subject(subject)?;
-    let kind = HvfsKind::of(event)?;
-    let loop_event: ck_events::Event = serde_json::from_slice(payload).ok()?;
+/// The projection of the loop event `payload` published on `subject`: `Ok(None)` when it is
+/// no commit or ref move (per-call events, bookkeeping), an error when it should be one but
+/// its payload is no CloudEvent.
+pub fn project(subject: &str, payload: &[u8]) -> Result<Option<Projection>, String> {
+    let Some((guid, event)) = topics::parse_loop_event_subject(subject) else {
+        return Ok(None);
+    };
+    let Some(kind) = HvfsKind::of(event) else {
+        return Ok(None);
+    };
+    let loop_event: ck_events::Event = serde_json::from_slice(payload)
+        .map_err(|e| format!("{subject}: the loop event is no CloudEvent: {e}"))?;
     let data = ck_events::json_data(&loop_event).unwrap_or(Value::Null);
-    Some(Projection {
+    Ok(Some(Projection {
         subject: topics::hvfs_subject(kind, event.loop_(), guid),
         id: format!("hvfs:{}", loop_event.id()),
         ty: format!("ck.platform.hvfs.{}", kind.as_str()),
@@ -64,7 +70,7 @@ pub fn project(subject: &str, payload: &[u8]) -> Option<Projection> {
             "loop_event_id": loop_event.id(),
             "loop_event": data,
         }),
-    })
+    }))
 }
 
 /// What one projector pass did.
@@ -76,11 +82,15 @@ pub struct Projected {
     pub duplicates: u64,
     /// Loop events that project to nothing.
     pub skipped: u64,
+    /// Loop events that should project but cannot (unreadable, or a projection refused):
+    /// logged as `hvfs.unprojectable` and terminated, so they cannot stop the lane.
+    pub refused: u64,
 }
 
 /// Projects every loop event of `CK_LOOP_EVENTS` and of the DATA streams present when it
-/// starts until `stop` resolves. A projection that cannot be stored is not acknowledged: the
-/// loop event comes again.
+/// starts until `stop` resolves. A projection the server could not store (a transient
+/// failure) is not acknowledged and ends the run with the error: the loop event comes again
+/// on the next. A loop event that can never be projected is logged and terminated.
 pub async fn run_projector(
     platform: &Platform<'_>,
     stop: impl std::future::Future<Output = ()>,
@@ -91,16 +101,27 @@ pub async fn run_projector(
     let mut names = js.stream_names();
     while let Some(name) = names.next().await {
         let name = name.map_err(|e| crate::nats("listing streams", e))?;
-        if name.starts_with("ck_data_") {
+        if name.starts_with(topics::DATA_EVENT_STREAM_PREFIX) {
             sources.push(name);
         }
     }
     let mut feeds = Vec::new();
     for name in &sources {
         let what = format!("opening the projector's consumer on {name}");
-        let Ok(stream) = js.get_stream(name).await else {
-            // No loop events yet (no `ck publish` on this cluster): nothing to read there.
-            continue;
+        let stream = match js.get_stream(name).await {
+            Ok(stream) => stream,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                        if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                // No loop events yet (no `ck publish` on this cluster): nothing to read there.
+                tracing::info!(stream = %name, "hvfs.no-stream");
+                continue;
+            }
+            Err(e) => return Err(crate::nats(&what, e)),
         };
         let config = consumer::pull::Config {
             durable_name: Some(PROJECTOR.to_owned()),
@@ -119,37 +140,73 @@ pub async fn run_projector(
             .map_err(|e| crate::nats(&what, e))?;
         feeds.push(messages.boxed());
     }
-    let mut all = futures::stream::select_all(feeds);
     let mut done = Projected::default();
     tokio::pin!(stop);
+    if feeds.is_empty() {
+        tracing::warn!("hvfs.no-sources");
+        stop.await;
+        return Ok(done);
+    }
+    let mut all = futures::stream::select_all(feeds);
     loop {
         let message = tokio::select! {
             _ = &mut stop => return Ok(done),
             next = all.next() => match next {
                 Some(Ok(message)) => message,
-                Some(Err(e)) => return Err(crate::nats("reading loop events", e)),
-                None => return Ok(done),
+                // A missed heartbeat or a reconnect: the consumer's stream goes on.
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "hvfs.read-error");
+                    continue;
+                }
+                None => {
+                    stop.await;
+                    return Ok(done);
+                }
             },
         };
-        match project(message.subject.as_str(), &message.payload) {
-            None => done.skipped += 1,
-            Some(p) => {
-                let stored = platform
-                    .publish(&PlatformEvent {
-                        subject: &p.subject,
-                        ty: &p.ty,
-                        source: &p.source,
-                        about: p.about.as_deref(),
-                        id: Some(&p.id),
-                        time: Some(&p.time),
-                        data: p.data.clone(),
-                    })
-                    .await?;
-                if stored.duplicate {
-                    done.duplicates += 1;
-                } else {
-                    done.stored += 1;
+        let projection = match project(message.subject.as_str(), &message.payload) {
+            Ok(None) => {
+                done.skipped += 1;
+                None
+            }
+            Ok(Some(p)) => Some(p),
+            Err(why) => {
+                tracing::warn!(subject = %message.subject, why, "hvfs.unprojectable");
+                done.refused += 1;
+                terminate(&message).await?;
+                progress(&done);
+                continue;
+            }
+        };
+        if let Some(p) = projection {
+            let published = platform
+                .publish(&PlatformEvent {
+                    subject: &p.subject,
+                    ty: &p.ty,
+                    source: &p.source,
+                    about: p.about.as_deref(),
+                    id: Some(&p.id),
+                    time: Some(&p.time),
+                    data: p.data.clone(),
+                })
+                .await;
+            match published {
+                Ok(stored) if stored.duplicate => done.duplicates += 1,
+                Ok(_) => done.stored += 1,
+                // The projection itself is refused (a bad id, an event the SDK cannot form):
+                // it never will be stored, so it must not stop the lane.
+                Err(
+                    e @ (PlatformError::BadId(_)
+                    | PlatformError::Event(_)
+                    | PlatformError::Outside(_)),
+                ) => {
+                    tracing::warn!(subject = %message.subject, error = %e, "hvfs.unprojectable");
+                    done.refused += 1;
+                    terminate(&message).await?;
+                    progress(&done);
+                    continue;
                 }
+                Err(e) => return Err(e),
             }
         }
         message
@@ -158,6 +215,13 @@ pub async fn run_projector(
             .map_err(|e| crate::nats("acknowledging a loop event", e))?;
         progress(&done);
     }
+}
+
+async fn terminate(message: &async_nats::jetstream::Message) -> Result<(), PlatformError> {
+    message
+        .ack_with(async_nats::jetstream::AckKind::Term)
+        .await
+        .map_err(|e| crate::nats("terminating a loop event", e))
 }
 
 #[cfg(test)]
@@ -183,7 +247,9 @@ mod tests {
     #[test]
     fn commits_and_ref_moves_are_projected_and_nothing_else() {
         use ck_manifest::topics::LoopEvent;
-        let p = project("ck.g-1.ck.commit", &loop_event(LoopEvent::CkCommit, "abc")).unwrap();
+        let p = project("ck.g-1.ck.commit", &loop_event(LoopEvent::CkCommit, "abc"))
+            .unwrap()
+            .unwrap();
         assert_eq!(p.subject, "platform.hvfs.commit.v1.ck.g-1");
         assert_eq!(p.id, "hvfs:g-1:ck.commit:abc");
         assert_eq!(p.ty, "ck.platform.hvfs.commit");
@@ -193,6 +259,7 @@ mod tests {
             "ck.g-1.tool.promote",
             &loop_event(LoopEvent::ToolPromote, "rev2"),
         )
+        .unwrap()
         .unwrap();
         assert_eq!(r.subject, "platform.hvfs.ref.v1.tool.g-1");
         assert_eq!(
@@ -200,8 +267,8 @@ mod tests {
                 "ck.g-1.tool.invoked",
                 &loop_event(LoopEvent::ToolInvoked, "c1")
             ),
-            None
+            Ok(None)
         );
-        assert_eq!(project("ck.g-1.ck.commit", b"not json"), None);
+        assert!(project("ck.g-1.ck.commit", b"not json").is_err());
     }
 }

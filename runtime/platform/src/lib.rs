@@ -12,8 +12,9 @@
 //! The HVFS lane ([`hvfs`]) projects the loops' commits and ref moves into `platform.hvfs`.
 //!
 //! Events are formed by `ck-events` (the one builder); their `id` is their `Nats-Msg-Id`, so
-//! a retried publish is stored once. This crate owns no other stream and no consumer (the
-//! webhook bridge's consumers are `ck bridge`'s).
+//! a retry of the same event within the stream's [`DEDUP_WINDOW`] is stored once. This crate
+//! owns the family streams and the HVFS projector's `ck-hvfs` consumers, no others (the
+//! webhook bridge's consumers will be `ck bridge`'s).
 
 pub mod hvfs;
 
@@ -43,6 +44,9 @@ pub enum PlatformError {
     /// The event could not be formed.
     #[error(transparent)]
     Event(#[from] ck_events::EventError),
+    /// An event id that cannot be a `Nats-Msg-Id` (1–256 visible ASCII characters).
+    #[error("refused: event id `{0}` must be 1–256 visible ASCII characters")]
+    BadId(String),
     /// The server did not do what was asked.
     #[error("{what}: {why}")]
     Nats {
@@ -200,6 +204,9 @@ impl<'f> Platform<'f> {
                 &derived
             }
         };
+        if !(1..=256).contains(&id.len()) || !id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(PlatformError::BadId(id.chars().take(80).collect()));
+        }
         let body = ck_events::EventSpec {
             id,
             source: event.source,
