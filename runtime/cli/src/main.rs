@@ -10,6 +10,7 @@ mod build_agent;
 mod call;
 mod deploy;
 mod dev;
+mod families;
 mod fleet;
 mod host;
 mod identity;

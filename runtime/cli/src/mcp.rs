@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::publish::{ClusterArgs, Refusals};
 
@@ -26,14 +26,7 @@ pub struct Args {
 
 /// Runs `ck mcp` until the client closes stdin.
 pub fn run(args: &Args) -> Result<ExitCode> {
-    let families = match &args.subject_families {
-        None => ck_acl::families::Families::builtin(),
-        Some(file) => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            ck_acl::families::Families::parse(&text).with_context(|| file.display().to_string())?
-        }
-    };
+    let families = crate::families::load(args.subject_families.as_deref())?;
     tokio::runtime::Runtime::new()?.block_on(async {
         let js = match args.cluster.nats {
             Some(_) => Some(args.cluster.connect(&Refusals::default()).await?),

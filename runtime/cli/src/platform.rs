@@ -42,14 +42,7 @@ struct FamiliesArg {
 
 impl FamiliesArg {
     fn load(&self) -> Result<Families> {
-        match &self.subject_families {
-            None => Ok(Families::builtin()),
-            Some(file) => {
-                let text = std::fs::read_to_string(file)
-                    .with_context(|| format!("reading {}", file.display()))?;
-                Families::parse(&text).with_context(|| file.display().to_string())
-            }
-        }
+        crate::families::load(self.subject_families.as_deref())
     }
 }
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ck_manifest::{Diagnostic, KernelSet, Severity};
 use serde::Serialize;
 
@@ -110,15 +110,7 @@ fn path_problem(path: &std::path::Path, message: &str) -> Diagnostic {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
-    let families = match &args.subject_families {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            ck_acl::families::Families::parse(&text)
-                .with_context(|| format!("{}", path.display()))?
-        }
-        None => ck_acl::families::Families::builtin(),
-    };
+    let families = crate::families::load(args.subject_families.as_deref())?;
     let (loaded, mut diagnostics) = load_all(&args.paths);
     let manifests = loaded.len();
     let kernels: Vec<_> = loaded.iter().filter_map(|l| l.kernel.clone()).collect();

@@ -110,13 +110,7 @@ pub async fn run_projector(
         let what = format!("opening the projector's consumer on {name}");
         let stream = match js.get_stream(name).await {
             Ok(stream) => stream,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    async_nats::jetstream::context::GetStreamErrorKind::JetStream(ref j)
-                        if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
-                ) =>
-            {
+            Err(e) if crate::stream_not_found(&e) => {
                 // No loop events yet (no `ck publish` on this cluster): nothing to read there.
                 tracing::info!(stream = %name, "hvfs.no-stream");
                 continue;

@@ -265,23 +265,24 @@ impl Platform<'_> {
                 }
                 Ok(())
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    jetstream::context::GetStreamErrorKind::JetStream(ref j)
-                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-                ) =>
-            {
-                Err(PlatformError::NoStream {
-                    subject: subject.to_owned(),
-                    why: format!(
-                        "the server has no stream {name} yet: run `ck platform streams` ({e})"
-                    ),
-                })
-            }
+            Err(e) if stream_not_found(&e) => Err(PlatformError::NoStream {
+                subject: subject.to_owned(),
+                why: format!(
+                    "the server has no stream {name} yet: run `ck platform streams` ({e})"
+                ),
+            }),
             Err(e) => Err(nats(&format!("looking up stream {name}"), e)),
         }
     }
+}
+
+/// Whether the server answered that the stream does not exist (and not something else).
+pub(crate) fn stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(ref j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
 }
 
 pub(crate) fn nats(what: &str, e: impl std::fmt::Display) -> PlatformError {
