@@ -635,12 +635,11 @@ pub fn report_event<T: Serialize>(
 ) -> Result<(String, serde_json::Value), ControlError> {
     let data = serde_json::to_value(report)
         .map_err(|e| ControlError::Refused(format!("encoding the report: {e}")))?;
-    let digest = blake3::hash(data.to_string().as_bytes()).to_hex();
     let id = format!(
         "{silo}:{}:{}:{}",
         request.unwrap_or("-"),
         kind.name(),
-        &digest[..16]
+        ck_events::content_key(&data)
     );
     let ty = format!("ck.fleet.install.{}", kind.name());
     let event = ck_events::EventSpec {

@@ -122,6 +122,13 @@ pub fn structured(
     .structured()
 }
 
+/// The last part of an event id derived from its data: the first 16 hex digits of the blake3
+/// of the data's JSON — the same data gives the same id (a re-sent report is stored once), two
+/// different data never share one in practice.
+pub fn content_key(data: &Value) -> String {
+    blake3::hash(data.to_string().as_bytes()).to_hex()[..16].to_owned()
+}
+
 /// Whether `event`'s type starts with `prefix`.
 pub fn has_type_prefix(event: &Event, prefix: &str) -> bool {
     event.ty().starts_with(prefix)

@@ -258,14 +258,13 @@ pub fn done_event(
     done: &BuildDone,
 ) -> Result<serde_json::Value, ck_events::EventError> {
     let data = serde_json::to_value(done).unwrap_or_default();
-    let digest = blake3::hash(data.to_string().as_bytes()).to_hex();
     // Only a checked request id names the event (a refused request's is dropped).
     let about = done.id.as_deref();
     let id = format!(
         "{}:build:{}:{}",
         kernel.guid,
         about.unwrap_or("-"),
-        &digest[..16]
+        ck_events::content_key(&data)
     );
     ck_events::EventSpec {
         id: &id,
