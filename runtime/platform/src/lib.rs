@@ -14,7 +14,7 @@
 //! Events are formed by `ck-events` (the one builder); their `id` is their `Nats-Msg-Id`, so
 //! a retry of the same event within the stream's [`DEDUP_WINDOW`] is stored once. This crate
 //! owns the family streams and the HVFS projector's `ck-hvfs` consumers, no others (the
-//! webhook bridge's consumers will be `ck bridge`'s).
+//! webhook bridge's consumers are `ck-bridge`'s).
 
 pub mod hvfs;
 
