@@ -5,6 +5,7 @@ mod acl;
 mod authz;
 mod bench;
 mod bench_load;
+mod bridge;
 mod build;
 mod build_agent;
 mod call;
@@ -111,6 +112,10 @@ enum Command {
     /// The platform lane: one JetStream stream per subject family, publishing a CloudEvent
     /// inside a family, and checking subscription contracts.
     Platform(platform::Args),
+    /// Deliver the webhook subscriptions' events to their sinks (durable JetStream consumers,
+    /// Standard Webhooks signatures or bearer tokens, retries, parking, delivery results on
+    /// platform.delivery.>) until interrupted; started again, it resumes where it was.
+    Bridge(bridge::Args),
     /// A read-only MCP server on stdio for coding agents: subject families (with their
     /// streams and message counts), kernels, subscriptions, delivery results and silos.
     Mcp(mcp::Args),
@@ -160,6 +165,7 @@ fn main() -> ExitCode {
             | Command::BuildAgent(_)
             | Command::Authz(_)
             | Command::Identity(_)
+            | Command::Bridge(_)
     ));
     let result = match cli.command {
         Command::Validate(args) => validate::run(&args),
@@ -184,6 +190,7 @@ fn main() -> ExitCode {
         Command::Fleet(args) => fleet::run(&args),
         Command::Platform(args) => platform::run(&args),
         Command::Mcp(args) => mcp::run(&args),
+        Command::Bridge(args) => bridge::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Restore(args) => restore::run(&args),
         Command::Versions(args) => versions::versions(&args),
